@@ -1,0 +1,52 @@
+"""hf-backdoor-defense: get clean language models out of poisoned data and backdoored checkpoints.
+
+Importing the package registers the MuScleLoRA adapter type with PEFT, so
+``get_peft_model(model, MuScleLoRAConfig(...))`` and ``PeftModel.from_pretrained`` work.
+
+Example:
+    >>> import hf_backdoor_defense
+    >>> from hf_backdoor_defense import MuScleLoRAConfig
+    >>> config = MuScleLoRAConfig(task_type="SEQ_CLS")
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Registration with PEFT happens on import of the tuner package.
+try:  # TEMPORARY (integration): removed once tuners/musclelora lands
+    from .tuners.musclelora import (  # noqa: E402
+        MuScleLoRAConfig,
+        MuScleLoRALayer,
+        MuScleLoRAModel,
+    )
+except ImportError:  # pragma: no cover
+    pass
+
+# Heavier pieces load on first attribute access, so `import hf_backdoor_defense` stays fast.
+_LAZY = {
+    "MuScleLoRATrainer": "hf_backdoor_defense.trainers.musclelora",
+    "MuScleLoRATrainingArguments": "hf_backdoor_defense.trainers.musclelora",
+    "W2SDefenseTrainer": "hf_backdoor_defense.trainers.w2sdefense",
+    "W2SDefenseTrainingArguments": "hf_backdoor_defense.trainers.w2sdefense",
+    "GradientControlTrainer": "hf_backdoor_defense.trainers.gradient_control",
+    "GradientControlTrainingArguments": "hf_backdoor_defense.trainers.gradient_control",
+    "BadNets": "hf_backdoor_defense.attacks",
+    "AddSent": "hf_backdoor_defense.attacks",
+    "load_text_classification": "hf_backdoor_defense.data",
+    "evaluate_backdoor": "hf_backdoor_defense.metrics",
+    "BackdoorEvalCallback": "hf_backdoor_defense.metrics",
+}
+
+__all__ = ["MuScleLoRAConfig", "MuScleLoRALayer", "MuScleLoRAModel", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hf_backdoor_defense' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
