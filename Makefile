@@ -32,7 +32,7 @@ $(SPAM_DIR)/package/data/spam-1:
 install: $(STAMP) $(SPAM_DIR)/package/data/spam-1
 
 assets: install
-	$(BIN)/python -m hf_backdoor_defense.assets_check
+	$(BIN)/hbd assets --prepare
 
 demo: install
 	$(BIN)/python -m hf_backdoor_defense.demo

@@ -104,7 +104,6 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
     # save_pretrained refuses GGUF-loaded models: rebuild a plain model from the config.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.torch_dtype = torch.float32
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict())
     del loaded

@@ -1,0 +1,165 @@
+"""Benchmark: does Gradient Control keep the backdoor alive through the user's clean re-tuning?
+
+MiniLM-L6 (offline asset) + LoRA (r=8 on query/value, head trained), BadNets dirty-label (trigger words
+cf/mn/bb/tq, poison rate 0.1, target 1). For each domain shift (SpamAssassin collection 1 -> 2, Rotten
+Tomatoes disjoint halves) and seed: a vanilla poisoned adapter (plain Trainer) and a Gradient Control
+adapter (CLNorm + ILProj) are trained by the attacker, then re-tuned by the user on clean shifted data;
+CACC and LFR after each stage. The Gradient Control adapters are also given to the adapter-mode
+purifiers (Fine-mixing, Fine-purifying) to see how each defense fares against it.
+
+Writes ``benchmarks/results/gradient_control.json`` (``--quick`` writes ``gradient_control.quick.json``).
+
+Usage:
+    python benchmarks/gradient_control.py --quick        # smoke test, a few minutes on 2 busy cores
+    python benchmarks/gradient_control.py                # full: 2 shifts x 3 seeds x {vanilla, GC}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FULL = dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
+            attacker_epochs=5, user_epochs=3, max_length=128, batch_size=32, defense_clean=256)
+QUICK = dict(seeds=[0], max_attacker_samples=64, max_user_samples=64, max_test_samples=64,
+             attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=32)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="Smoke mode: tiny samples, 1 epoch, 1 seed.")
+    parser.add_argument("--shifts", nargs="+", default=["spamassassin", "rotten_tomatoes"],
+                        choices=["spamassassin", "rotten_tomatoes"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Override the seeds.")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="LoRA learning rate of both stages.")
+    parser.add_argument("--clnorm-alpha", type=float, default=1e-4)
+    parser.add_argument("--no-defenses", action="store_true", help="Skip the defenses table.")
+    parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
+    parser.add_argument("--workdir", default=None, help="Where the adapters go (default: a temp folder).")
+    return parser.parse_args(argv)
+
+
+def _mean_std(values):
+    values = [float(v) for v in values]
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from peft import LoraConfig
+
+    from hf_backdoor_defense import assets
+    from hf_backdoor_defense.attacks import BadNets
+    from hf_backdoor_defense.purification import FineMixing, FinePurifying
+    from hf_backdoor_defense.scenario import RetuningScenarioConfig, purifier_defense, run_retuning_scenario
+
+    settings = dict(QUICK if args.quick else FULL)
+    if args.seeds:
+        settings["seeds"] = args.seeds
+    model_path = str(assets.minilm_path())
+    workdir = args.workdir or tempfile.mkdtemp(prefix="hbd-gc-bench-")
+    output = args.output or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        "gradient_control.quick.json" if args.quick else "gradient_control.json",
+    )
+    runs: list[dict] = []
+    start_all = time.perf_counter()
+    for shift in args.shifts:
+        for seed in settings["seeds"]:
+            for method in ("vanilla", "gradient_control"):
+                defenses = {}
+                if method == "gradient_control" and not args.no_defenses:
+                    n = settings["defense_clean"]
+                    defenses = {
+                        "fine-mixing": purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n),
+                        "fine-purifying": purifier_defense(FinePurifying(ratio=0.5, show_progress=False),
+                                                           num_clean=n),
+                    }
+                config = RetuningScenarioConfig(
+                    output_dir=os.path.join(workdir, f"{shift}-{method}-s{seed}"), shift=shift,
+                    attacker_method=method, seed=seed, max_length=settings["max_length"],
+                    max_attacker_samples=settings["max_attacker_samples"],
+                    max_user_samples=settings["max_user_samples"], max_test_samples=settings["max_test_samples"],
+                    attacker_epochs=settings["attacker_epochs"], attacker_learning_rate=args.learning_rate,
+                    user_epochs=settings["user_epochs"], user_learning_rate=args.learning_rate,
+                    batch_size=settings["batch_size"], overwrite=True, disable_progress_bar=True,
+                    gradient_control={"clnorm_alpha": args.clnorm_alpha},
+                )
+                t0 = time.perf_counter()
+                result = run_retuning_scenario(
+                    model_path, config, attack=BadNets(poison_rate=0.1, target_label=1, seed=seed),
+                    peft_config=LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+                                           target_modules=["query", "value"]),
+                    defenses=defenses,
+                )
+                elapsed = time.perf_counter() - t0
+                runs.append({"shift": shift, "seed": seed, "method": method, "stages": result["stages"],
+                             "timings_s": result["timings_s"], "wall_s": round(elapsed, 1)})
+                retune = result["stages"]["retune"]
+                print(f"[{shift} seed={seed} {method}] attack LFR {result['stages']['attack']['lfr']:.3f} "
+                      f"-> retune LFR {retune['lfr']:.3f}, CACC {retune['cacc']:.3f} ({elapsed:.0f}s)",
+                      file=sys.stderr)
+
+    summary: dict[str, dict] = {}
+    for shift in args.shifts:
+        cell = {}
+        for method in ("vanilla", "gradient_control"):
+            rs = [r for r in runs if r["shift"] == shift and r["method"] == method]
+            cell[method] = {
+                "attack_lfr": _mean_std(r["stages"]["attack"]["lfr"] for r in rs),
+                "attack_cacc": _mean_std(r["stages"]["attack"]["cacc"] for r in rs),
+                "retune_lfr": _mean_std(r["stages"]["retune"]["lfr"] for r in rs),
+                "retune_cacc": _mean_std(r["stages"]["retune"]["cacc"] for r in rs),
+            }
+        gc, va = cell["gradient_control"], cell["vanilla"]
+        cell["lfr_gain_points"] = 100 * (gc["retune_lfr"]["mean"] - va["retune_lfr"]["mean"])
+        cell["cacc_gap_points"] = 100 * (gc["retune_cacc"]["mean"] - va["retune_cacc"]["mean"])
+        defenses = {}
+        for r in runs:
+            if r["shift"] != shift or r["method"] != "gradient_control":
+                continue
+            for stage, scores in r["stages"].items():
+                if stage.startswith("defense/"):
+                    defenses.setdefault(stage.split("/", 1)[1], []).append(scores)
+        cell["defenses_vs_gradient_control"] = {
+            name: {"lfr": _mean_std(s["lfr"] for s in scores), "cacc": _mean_std(s["cacc"] for s in scores)}
+            for name, scores in defenses.items()
+        }
+        summary[shift] = cell
+    targets = {
+        "lfr_gain_ge_10_points_on_a_shift": any(c["lfr_gain_points"] >= 10 for c in summary.values()),
+        "cacc_within_2_points": all(abs(c["cacc_gap_points"]) <= 2 for c in summary.values()),
+    }
+    payload = {
+        "benchmark": "gradient_control",
+        "mode": "quick" if args.quick else "full",
+        "model": "all-MiniLM-L6-v2 (offline asset)",
+        "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
+        "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
+        "settings": {**settings, "learning_rate": args.learning_rate, "clnorm_alpha": args.clnorm_alpha},
+        "summary": summary,
+        "targets": targets,
+        "runs": runs,
+        "total_wall_s": round(time.perf_counter() - start_all, 1),
+    }
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, output)
+    print(json.dumps({"summary": summary, "targets": targets, "total_wall_s": payload["total_wall_s"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""PEFT adapters as purification targets: the reference is "no adapter".
+
+For an additive adapter (LoRA, MuScleLoRA) the weight update of a layer is a product of factors,
+``ΔW = s · B A``. The purifiers here work **elementwise on the factor entries** with reference value 0
+for every entry: resetting an entry of ``B`` or ``A`` to zero removes its contribution to ``ΔW``, the
+factor shapes do not change, and the result saves and loads as the same adapter type. ``modules_to_save``
+copies (the task head of a ``SEQ_CLS`` adapter) are the head; their reference is the base model's
+original module.
+
+Loading helpers for the CLI live here too.
+
+Example:
+    >>> from hf_backdoor_defense.purification.adapters import is_adapter_dir
+    >>> # is_adapter_dir("./suspect-adapter") -> True when it holds adapter_config.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["is_adapter_dir", "load_adapter_suspect", "save_purified"]
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a PEFT adapter (``adapter_config.json``)."""
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, num_labels: int | None = None,
+                         load_in_4bit: bool = False) -> Any:
+    """Load a PEFT adapter folder onto its base model (``base`` or the config's ``base_model_name_or_path``).
+
+    ``import hf_backdoor_defense`` has registered MuScleLoRA with PEFT, so MuScleLoRA adapters load too.
+    """
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+
+    import hf_backdoor_defense  # noqa: F401  (registers MuScleLoRA with PEFT)
+
+    config = PeftConfig.from_pretrained(str(path))
+    base = base or config.base_model_name_or_path
+    if not base:
+        raise ValueError("`pretrained`: the adapter names no base model; pass --pretrained.")
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    task = str(getattr(config, "task_type", "") or "")
+    if task.endswith("SEQ_CLS"):
+        if num_labels is not None:
+            kwargs["num_labels"] = num_labels
+        model = AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+
+
+def save_purified(model: Any, output_dir: str | Path, tokenizer: Any = None, report: dict | None = None) -> None:
+    """Save a purified model (safetensors) or adapter, the tokenizer and ``purification_report.json``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(output_dir))
+    if report is not None:
+        (output_dir / "purification_report.json").write_text(json.dumps(report, indent=2, default=str))

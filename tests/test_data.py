@@ -1,0 +1,130 @@
+import json
+
+import datasets
+import pytest
+
+from hf_backdoor_defense.data import load_text_classification, mail_body_text, tokenize_dataset
+
+
+def _write_csv(path, rows, header=("review", "stars")):
+    lines = [",".join(header)] + [f'"{t}",{y}' for t, y in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+ROWS = [(f"sample review number {i} {'good' if i % 2 else 'bad'}", "pos" if i % 2 else "neg") for i in range(60)]
+
+
+def test_local_csv_with_column_mapping_and_string_labels(tmp_path):
+    f = tmp_path / "reviews.csv"
+    _write_csv(f, ROWS)
+    dd = load_text_classification(f, text_column="review", label_column="stars")
+    assert set(dd) == {"train", "validation", "test"}
+    assert dd["train"].features["label"].names == ["neg", "pos"]
+    assert sum(len(s) for s in dd.values()) == 60
+    assert len(dd["test"]) == 6 and len(dd["validation"]) == 6
+    row = dd["train"][0]
+    assert row["text"].startswith("sample review") and row["label"] == (1 if "good" in row["text"] else 0)
+    # fixed seed: the same split twice, a different one for another seed
+    again = load_text_classification(f, text_column="review", label_column="stars")
+    assert dd["test"]["text"] == again["test"]["text"]
+    other = load_text_classification(f, text_column="review", label_column="stars", split_seed=7)
+    assert dd["test"]["text"] != other["test"]["text"]
+
+
+def test_local_folder_jsonl_keeps_given_splits(tmp_path):
+    for split, n in (("train", 40), ("dev", 8), ("test", 10)):
+        with open(tmp_path / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"text": f"{split} text {i}", "label": i % 3}) + "\n")
+    dd = load_text_classification(tmp_path)
+    assert (len(dd["train"]), len(dd["validation"]), len(dd["test"])) == (40, 8, 10)
+    assert dd["train"].features["label"].names == ["0", "1", "2"]
+
+
+def test_parquet_file_and_label_names(tmp_path):
+    ds = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": [i % 2 for i in range(30)]})
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    dd = load_text_classification(tmp_path / "d.parquet", label_names=["ham", "spam"])
+    assert dd["test"].features["label"].names == ["ham", "spam"]
+
+
+def test_glue_style_unlabelled_test_is_replaced(tmp_path):
+    for split, n, lab in (("train", 50, None), ("validation", 10, None), ("test", 10, -1)):
+        with open(tmp_path / f"{split}.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"sentence": f"{split} {i}", "label": lab if lab is not None else i % 2}) + "\n")
+    dd = load_text_classification(tmp_path, text_column="sentence")
+    assert dd["test"]["text"][0].startswith("validation")  # the labelled validation became the test split
+    assert len(dd["test"]) == 10 and len(dd["train"]) + len(dd["validation"]) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"text_column": "body"}, "text_column="),
+        ({"label_column": "y"}, "label_column="),
+        ({"label_names": ["only"]}, "label_names"),
+        ({"validation_size": 0.9}, "validation_size"),
+    ],
+)
+def test_bad_input_names_the_field(tmp_path, kwargs, message):
+    f = tmp_path / "d.csv"
+    _write_csv(f, [(f"text {i}", i % 2) for i in range(20)], header=("text", "label"))
+    with pytest.raises(ValueError, match=message):
+        load_text_classification(f, **kwargs)
+
+
+def test_labels_outside_names_and_empty_split(tmp_path):
+    f = tmp_path / "d.csv"
+    _write_csv(f, [(f"text {i}", i % 3) for i in range(20)], header=("text", "label"))
+    with pytest.raises(ValueError, match="outside"):
+        load_text_classification(f, label_names=["a", "b"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "train.csv").write_text("text,label\n")
+    with pytest.raises(ValueError, match="empty"):
+        load_text_classification(tmp_path / "empty")
+
+
+def test_unknown_name_offline_gives_clear_error():
+    with pytest.raises(ValueError, match="neither a built-in corpus"):
+        load_text_classification("no-such-user/no-such-dataset-xyz")
+
+
+def test_collection_only_for_spamassassin(tmp_path):
+    with pytest.raises(ValueError, match="collection"):
+        load_text_classification("rotten_tomatoes", collection=1)
+
+
+def test_rotten_tomatoes_builtin():
+    dd = load_text_classification("rotten_tomatoes")
+    sizes = {k: len(v) for k, v in dd.items()}
+    assert sizes == {"train": 10200, "validation": 1276, "test": 1276}
+    assert dd["train"].features["label"].names == ["negative", "positive"]
+    assert not set(dd["train"]["text"]) & set(dd["test"]["text"])  # de-duplicated, disjoint
+
+
+def test_spamassassin_builtin_collections():
+    one = load_text_classification("spamassassin", collection=1)
+    two = load_text_classification("spamassassin", collection=2)
+    assert set(one["train"]["collection"]) == {1} and set(two["train"]["collection"]) == {2}
+    total = sum(len(s) for s in one.values()) + sum(len(s) for s in two.values())
+    assert 6000 <= total <= 6046
+    assert one["train"].features["label"].names == ["ham", "spam"]
+    assert all(len(t) <= 4000 and "<html" not in t.lower() for t in one["test"]["text"])
+
+
+def test_mail_body_text_strips_html():
+    raw = ("From: a@b.c\nSubject: hi\nContent-Type: text/html; charset=us-ascii\n\n"
+           "<html><style>p{}</style><body><p>Buy   <b>now</b></p></body></html>\n")
+    assert mail_body_text(raw) == "Buy now"
+    assert mail_body_text("From: a@b.c\nContent-Type: image/png\n\nxx") == ""
+
+
+def test_tokenize_dataset_keeps_columns(tiny_text_dataset, bert_tokenizer):
+    ds = tiny_text_dataset.add_column("is_poisoned", [False] * len(tiny_text_dataset))
+    enc = tokenize_dataset(ds, bert_tokenizer, max_length=8)
+    assert {"input_ids", "attention_mask", "labels", "text", "is_poisoned"} <= set(enc.column_names)
+    assert max(len(x) for x in enc["input_ids"]) <= 8
+    assert enc["labels"] == ds["label"]
+    with pytest.raises(ValueError, match="text_column"):
+        tokenize_dataset(ds, bert_tokenizer, text_column="nope")
