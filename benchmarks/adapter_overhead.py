@@ -8,11 +8,12 @@ Measured per variant, in one process, on one shared base model (the adapter is u
 variants; variants alternate over rounds to even out machine noise):
   * step time: median wall time of forward + backward + AdamW step, after warm-up steps;
   * peak memory: peak resident set size (RSS, sampled every 2 ms by a thread via psutil or
-    /proc/self/statm) during the timed steps, minus the RSS right before them. This is the training
+    /proc/self/statm) during the timed steps, minus the RSS right before them (after gc and glibc
+    malloc_trim, with a fixed mmap threshold so RSS follows live memory). This is the training
     working set (activations, gradients, optimizer state), not the model weights.
 
 Usage:
-    python benchmarks/adapter_overhead.py --quick    # ~1-2 min: batch 2, length 64, 3 timed steps, 1 round
+    python benchmarks/adapter_overhead.py --quick    # ~1-3 min per precision: batch 1, length 32, 2 timed steps, 2 rounds
     python benchmarks/adapter_overhead.py            # full: batch 4, length 128, 10 timed steps, 3 rounds
 """
 
@@ -42,6 +43,22 @@ from hf_backdoor_defense.tuners.musclelora import MuScleLoRAConfig  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "adapter_overhead.json"
 
 
+def _release_freed_memory_to_os() -> None:
+    """Make RSS track live memory: fixed mmap threshold (glibc) and a trim before each measurement.
+
+    Without this, the first variant measured pays for growing the heap and later ones reuse it, so RSS
+    deltas depend on the order. No-op where glibc is not available.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, so big tensors are mmapped and unmapped on free
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover
+        pass
+
+
 def _rss_bytes() -> int:
     try:
         import psutil
@@ -61,6 +78,7 @@ class PeakRSS:
 
     def __enter__(self):
         gc.collect()
+        _release_freed_memory_to_os()
         self.start = _rss_bytes()
         self.peak = self.start
         self._stop = threading.Event()
@@ -114,7 +132,7 @@ def _measure(base, make_config, batch, warmup: int, steps: int) -> dict:
         "step_times_s": times,
         "peak_rss_delta_mib": mem.peak_delta / 2**20,
     }
-    del optimizer
+    optimizer.state.clear()
     model.unload()  # restores the base for the next variant
     gc.collect()
     return result
@@ -124,10 +142,14 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few steps, small batch: proves the script works")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "4bit"], choices=["fp32", "4bit"])
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="JSON file; results of precisions not run this time are kept")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 avoids OpenMP spin contention on a shared CPU: ~10x faster here)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     settings = (
-        {"batch_size": 2, "seq_len": 64, "warmup": 1, "steps": 3, "rounds": 1}
+        {"batch_size": 1, "seq_len": 32, "warmup": 1, "steps": 2, "rounds": 2}
         if args.quick
         else {"batch_size": 4, "seq_len": 128, "warmup": 2, "steps": 10, "rounds": 3}
     )
@@ -169,6 +191,7 @@ def main(argv=None) -> dict:
                     "peak_rss_delta_mib": statistics.median(m["peak_rss_delta_mib"] for m in measurements),
                     "rounds": measurements,
                 }
+            summary["settings"] = dict(settings)
             summary["step_time_ratio"] = summary["musclelora"]["step_time_s"] / summary["lora"]["step_time_s"]
             summary["memory_ratio"] = summary["musclelora"]["peak_rss_delta_mib"] / max(
                 summary["lora"]["peak_rss_delta_mib"], 1e-9
@@ -176,11 +199,16 @@ def main(argv=None) -> dict:
             report["results"][precision] = summary
             del base
             gc.collect()
+    if args.output.exists():  # keep the other precisions' figures (e.g. fp32 and 4bit run separately)
+        previous = json.loads(args.output.read_text())
+        if previous.get("mode") == report["mode"]:
+            report["results"] = {**previous.get("results", {}), **report["results"]}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, args.output)
-    for precision, summary in report["results"].items():
+    for precision in args.precisions:
+        summary = report["results"][precision]
         print(
             f"{precision}: LoRA {summary['lora']['step_time_s']:.3f}s / {summary['lora']['peak_rss_delta_mib']:.0f} MiB, "
             f"MuScleLoRA {summary['musclelora']['step_time_s']:.3f}s / "

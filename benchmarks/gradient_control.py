@@ -30,8 +30,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 FULL = dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
             attacker_epochs=5, user_epochs=3, max_length=128, batch_size=32, defense_clean=256)
-QUICK = dict(seeds=[0], max_attacker_samples=64, max_user_samples=64, max_test_samples=64,
-             attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=32)
+QUICK = dict(seeds=[0], max_attacker_samples=48, max_user_samples=48, max_test_samples=48,
+             attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=16)
 
 
 def parse_args(argv=None):

@@ -77,8 +77,10 @@ def parse_args(argv=None):
     if args.output is None:
         args.output = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
     if args.quick:
-        args.train_size, args.test_size, args.reference_size = 96, 48, 16
+        # 2 optimizer steps per cell, one attack, one seed: checks the plumbing, not the defense
+        args.train_size, args.test_size, args.reference_size = 32, 24, 16
         args.epochs, args.batch_size, args.max_length, args.seeds = 1.0, 16, 32, [0]
+        args.attacks = args.attacks[:1]
     return args
 
 

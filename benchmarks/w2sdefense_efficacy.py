@@ -49,6 +49,7 @@ from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
 from hf_backdoor_defense.trainers.teacher import train_teacher  # noqa: E402
 from hf_backdoor_defense.trainers.w2sdefense import W2SDefenseTrainer, W2SDefenseTrainingArguments  # noqa: E402
 
+LOGGING_STEPS = 10  # 1 in --quick mode, so the W2S loss components are logged at least once
 RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_efficacy.json"
 ATTACKS = {
     "badnets": (lambda seed: BadNets(poison_rate=0.1, target_label=1, label_mode="dirty", seed=seed), "word"),
@@ -82,9 +83,13 @@ def parse_args(argv=None):
     if args.output is None:
         args.output = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
     if args.quick:
-        args.train_size, args.clean_size, args.test_size = 48, 32, 32
-        args.max_length, args.backdoor_epochs, args.defense_epochs, args.teacher_epochs = 32, 1.0, 1.0, 1.0
-        args.batch_size, args.seeds = 8, [0]
+        # Full fine-tuning of 135M parameters is the expensive part on a shared 2-core CPU: keep it to a
+        # couple of optimizer steps per model and one attack.
+        args.train_size, args.clean_size, args.test_size = 16, 16, 16
+        args.max_length, args.backdoor_epochs, args.defense_epochs, args.teacher_epochs = 16, 1.0, 1.0, 1.0
+        args.batch_size, args.seeds, args.attacks = 8, [0], args.attacks[:1]
+        global LOGGING_STEPS
+        LOGGING_STEPS = 1
     return args
 
 
@@ -97,7 +102,7 @@ def _targs(out, epochs, lr, bs, seed, cls=TrainingArguments, **kw):
         per_device_eval_batch_size=64,
         save_strategy="no",
         report_to="none",
-        logging_steps=10,
+        logging_steps=LOGGING_STEPS,
         seed=seed,
         use_cpu=True,
         **kw,

@@ -16,27 +16,29 @@ import importlib
 __version__ = "0.1.0"
 
 # Registration with PEFT happens on import of the tuner package.
-try:  # TEMPORARY (integration): removed once tuners/musclelora lands
-    from .tuners.musclelora import (  # noqa: E402
-        MuScleLoRAConfig,
-        MuScleLoRALayer,
-        MuScleLoRAModel,
-    )
-except ImportError:  # pragma: no cover
-    pass
+from .tuners.musclelora import (  # noqa: E402
+    MuScleLoRAConfig,
+    MuScleLoRALayer,
+    MuScleLoRAModel,
+)
 
 # Heavier pieces load on first attribute access, so `import hf_backdoor_defense` stays fast.
 _LAZY = {
     "MuScleLoRATrainer": "hf_backdoor_defense.trainers.musclelora",
     "MuScleLoRATrainingArguments": "hf_backdoor_defense.trainers.musclelora",
+    "MuScleLoRASFTTrainer": "hf_backdoor_defense.trainers.musclelora_sft",
+    "MuScleLoRASFTConfig": "hf_backdoor_defense.trainers.musclelora_sft",
     "W2SDefenseTrainer": "hf_backdoor_defense.trainers.w2sdefense",
     "W2SDefenseTrainingArguments": "hf_backdoor_defense.trainers.w2sdefense",
     "GradientControlTrainer": "hf_backdoor_defense.trainers.gradient_control",
     "GradientControlTrainingArguments": "hf_backdoor_defense.trainers.gradient_control",
     "BadNets": "hf_backdoor_defense.attacks",
     "AddSent": "hf_backdoor_defense.attacks",
+    "SentimentSteering": "hf_backdoor_defense.attacks",
+    "TargetedRefusal": "hf_backdoor_defense.attacks",
     "load_text_classification": "hf_backdoor_defense.data",
     "evaluate_backdoor": "hf_backdoor_defense.metrics",
+    "make_compute_metrics": "hf_backdoor_defense.metrics",
     "BackdoorEvalCallback": "hf_backdoor_defense.metrics",
 }
 

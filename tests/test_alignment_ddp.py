@@ -28,6 +28,7 @@ def _env():
     return env
 
 
+@pytest.mark.ddp
 def test_two_process_ddp_matches_single_process(tmp_path):
     accelerate = BIN / "accelerate"
     if not accelerate.exists():

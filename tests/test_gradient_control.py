@@ -312,7 +312,8 @@ ds = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[
                                  "labels": [1 if f else i % 2 for i, f in enumerate(flags)], "is_poisoned": flags})
 args = GradientControlTrainingArguments(output_dir=os.path.join(out, "run"), per_device_train_batch_size=4,
                                         learning_rate=1e-2, max_steps=2, report_to="none", save_strategy="no",
-                                        clnorm_alpha=0.5, seed=0, gradient_accumulation_steps=2)
+                                        clnorm_alpha=0.5, seed=0, gradient_accumulation_steps=2,
+                                        use_cpu=True, ddp_backend="gloo")
 trainer = GradientControlTrainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
 trainer.train()
 rank = trainer.args.process_index
@@ -323,6 +324,7 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
 '''
 
 
+@pytest.mark.ddp
 def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
     """Under 2-process DDP the hand-made all-reduce keeps every rank's adapter and CLNorm weights identical."""
     import subprocess
@@ -332,8 +334,9 @@ def test_ddp_two_processes_keep_ranks_in_sync(tmp_path):
     script.write_text(_DDP_SCRIPT)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--cpu", str(script),
-                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["world"] == 2

@@ -355,11 +355,10 @@ def test_auto_peft_model_from_saved_folder(tmp_path, arch, task):
         torch.testing.assert_close(loaded.eval()(**inputs).logits, expected)
 
 
-def test_loading_without_import_fails_with_a_hint(tmp_path):
+def test_loading_without_import_fails_naming_the_type(tmp_path):
+    """Without `import hf_backdoor_defense`, PEFT cannot know the type; the error must at least name it."""
     model = get_peft_model(_model("llama", "CAUSAL_LM"), MuScleLoRAConfig())
     model.save_pretrained(tmp_path / "adapter")
-    readme = (tmp_path / "adapter" / "README.md")
-    assert not readme.exists() or "hf_backdoor_defense" in readme.read_text() or True
     code = (
         "import peft, sys\n"
         f"try:\n    peft.PeftConfig.from_pretrained({str(tmp_path / 'adapter')!r})\n"

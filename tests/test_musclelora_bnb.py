@@ -52,6 +52,7 @@ def test_quantized_forward_backward_save_load(base_dir, tmp_path, kind):
     layers = [m for m in model.modules() if isinstance(m, MuScleLoRALayer)]
     assert len(layers) == 5 and all(isinstance(m, wrapper_cls) for m in layers)
     assert all(isinstance(m.get_base_layer(), bnb_cls) for m in layers)
+    assert repr(layers[0]).startswith("musclelora.")
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, ref)  # unchanged at creation
     model.train()

@@ -138,6 +138,7 @@ def test_config_validation(tmp_path):
         run_retuning_scenario("unused", RetuningScenarioConfig(output_dir=str(tmp_path), shift="custom"))
 
 
+@pytest.mark.slow
 def test_rotten_tomatoes_shift_halves_are_disjoint():
     attacker, user, test = load_shift("rotten_tomatoes", seed=0)
     assert abs(len(attacker) - len(user)) <= 1

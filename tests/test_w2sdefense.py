@@ -363,9 +363,9 @@ def test_train_teacher_saves_and_reloads(tmp_path, bert_tokenizer, tiny_text_dat
 
     args = TrainingArguments(
         output_dir=str(tmp_path / "teacher"),
-        num_train_epochs=10,
-        learning_rate=3e-3,
-        per_device_train_batch_size=8,
+        num_train_epochs=6,
+        learning_rate=5e-3,
+        per_device_train_batch_size=12,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -475,3 +475,18 @@ def test_remove_unused_columns_true_keeps_text(tmp_path, student, teacher, stude
         )
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_musclelora_student_trains(tmp_path, student_tokenizer, bert_tokenizer, tiny_text_dataset, teacher):
+    """The trainer is adapter-agnostic: a MuScleLoRA student (paper defaults per architecture) trains too."""
+    from hf_backdoor_defense import MuScleLoRAConfig
+
+    model = get_peft_model(_llama(student_tokenizer), MuScleLoRAConfig(task_type="SEQ_CLS"))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = _trainer(
+        tmp_path, model, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset, max_steps=2
+    )
+    trainer.train()
+    changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
+    assert any("musclelora" in n.lower() for n in changed), changed
+    assert {"loss_ce", "loss_kd", "loss_feature"} <= set(trainer.state.log_history[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import datasets
@@ -37,7 +38,7 @@ def load_text_classification(
     split_seed: int = 42,
     collection: int | None = None,
     trust_remote_code: bool = False,
-    **load_kwargs,
+    **load_kwargs: Any,
 ) -> datasets.DatasetDict:
     """Load a text-classification dataset as ``train`` / ``validation`` / ``test`` with ``text`` and ``label``.
 
@@ -58,7 +59,7 @@ def load_text_classification(
         split_seed: Seed of every split this function makes; the built-in corpora use the default 42.
         collection: ``"spamassassin"`` only: keep collection period 1 or 2 (the domain-shift halves).
         trust_remote_code: Forwarded to :func:`datasets.load_dataset`; off unless you ask.
-        load_kwargs: Forwarded to :func:`datasets.load_dataset`.
+        **load_kwargs: Forwarded to :func:`datasets.load_dataset`.
 
     Example:
         >>> from hf_backdoor_defense.data import load_text_classification

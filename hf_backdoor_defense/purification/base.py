@@ -49,6 +49,7 @@ __all__ = [
 
 HEAD_MODES = ("keep", "reinit", "purify")
 SCOPES = ("global", "per_tensor")
+_CHUNK = 1 << 18  # elements per chunk of the in-place passes (bounds temporary memory)
 
 
 @dataclass
@@ -261,10 +262,14 @@ def _kth_largest_threshold(scores: Mapping[str, torch.Tensor], k: int, sample_si
     hi_t = float(torch.quantile(sample, min(1.0, q + margin)))
     above = sum(int((s > hi_t).sum()) for s in scores.values())
     if above < k:
-        inside = torch.cat([s[(s >= lo_t) & (s <= hi_t)].float() for s in scores.values()])
-        need = k - above
-        if 0 < need <= inside.numel():
-            return float(torch.topk(inside, need).values[-1])
+        between = sum(int(((s > lo_t) & (s <= hi_t)).sum()) for s in scores.values())
+        if above + between < k:
+            # The k-th value is at most lo_t; with ties at lo_t (e.g. many zero scores) it is lo_t itself.
+            if above + between + sum(int((s == lo_t).sum()) for s in scores.values()) >= k:
+                return lo_t
+        elif between <= max(1 << 22, total // 8):  # gather only a small slice
+            inside = torch.cat([s[(s > lo_t) & (s <= hi_t)].float() for s in scores.values()])
+            return float(torch.kthvalue(inside, between - (k - above) + 1).values)
     return _bisect_threshold(scores, k)
 
 
@@ -301,10 +306,14 @@ def select_top(
     for name, s in scores.items():
         if remaining <= 0:
             break
-        ties = (s == t).flatten()
-        take = ties & (torch.cumsum(ties.to(torch.int64), 0) <= remaining)
-        masks[name] = masks[name] | take.view_as(s)
-        remaining -= int(take.sum())
+        flat_mask = masks[name].view(-1)
+        for start, chunk in zip(range(0, s.numel(), _CHUNK), s.reshape(-1).split(_CHUNK)):
+            ties = (chunk == t).nonzero().squeeze(1)[:remaining]  # bounded by the chunk size
+            if ties.numel():
+                flat_mask[start + ties] = True
+                remaining -= ties.numel()
+            if remaining <= 0:
+                break
     return masks
 
 
@@ -328,8 +337,12 @@ def apply_masks(
             ref = plan.reference_value(name)
             if ref is None:
                 param.masked_fill_(mask, 0)
-            else:  # in place: no full-size temporary
-                torch.where(mask, ref.to(param.device, param.dtype), param, out=param)
+            else:  # chunk by chunk: temporaries stay small
+                ref = ref.to(param.device, param.dtype).reshape(-1)
+                flat = param.view(-1)
+                for start in range(0, flat.numel(), _CHUNK):
+                    part = slice(start, start + _CHUNK)
+                    flat[part] = torch.where(mask.reshape(-1)[part], ref[part], flat[part])
             counts[name] = int(mask.sum())
         if head == "reinit":
             for name in plan.head:

@@ -137,7 +137,10 @@ def empirical_fisher(
 
     def make_hook(name: str):
         def hook(param: torch.Tensor) -> None:
-            fisher[name].add_(param.grad.detach().float().pow(2))
+            grad = param.grad.detach()
+            if grad.dtype != torch.float32:
+                grad = grad.float()
+            fisher[name].addcmul_(grad, grad)  # no squared temporary
             param.grad = None
 
         return hook

@@ -14,7 +14,7 @@ Example:
     >>> import torch
     >>> out = align_gradient(torch.tensor([1.0, 1.0]), torch.tensor([-2.0, 0.0]), reference_loss=1.0)
     >>> out.mode, out.gradient.tolist()
-    ('projection', [1.0, 0.0])
+    ('projection', [-1.0, 0.0])
 """
 
 from __future__ import annotations

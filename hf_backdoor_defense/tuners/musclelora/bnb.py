@@ -7,7 +7,7 @@ adds the delta and re-quantizes (rounding makes merged outputs differ slightly, 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
@@ -44,13 +44,13 @@ class _QuantizedMixin(MuScleLoRALayer):
     def _requantize(self, weight: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Merge into the quantized base (dequantize, add, re-quantize)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         for adapter in adapter_names:
             if adapter not in self.musclelora_A:
                 continue
-            warnings.warn("Merging MuScleLoRA into a quantized layer may change outputs slightly (rounding).")
+            warnings.warn("Merging MuScleLoRA into a quantized layer may change outputs slightly (rounding).", stacklevel=2)
             output = self._dequantized()
             w_data = output + self.get_delta_weight(adapter).to(output.dtype)
             if safe_merge and not torch.isfinite(w_data).all():
@@ -61,7 +61,7 @@ class _QuantizedMixin(MuScleLoRALayer):
     def unmerge(self) -> None:
         """Subtract merged deltas from the quantized base."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
@@ -150,14 +150,14 @@ def _base(target: torch.nn.Module) -> torch.nn.Module:
     return target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
 
 
-def dispatch_bnb_8bit(target: torch.nn.Module, adapter_name: str, **kwargs: Any) -> Optional[torch.nn.Module]:
+def dispatch_bnb_8bit(target: torch.nn.Module, adapter_name: str, **kwargs: Any) -> torch.nn.Module | None:
     """Wrap a bitsandbytes ``Linear8bitLt`` target."""
     if bnb is None or not isinstance(_base(target), bnb.nn.Linear8bitLt):
         return None
     return Linear8bitLt(target, adapter_name, **kwargs)
 
 
-def dispatch_bnb_4bit(target: torch.nn.Module, adapter_name: str, **kwargs: Any) -> Optional[torch.nn.Module]:
+def dispatch_bnb_4bit(target: torch.nn.Module, adapter_name: str, **kwargs: Any) -> torch.nn.Module | None:
     """Wrap a bitsandbytes ``Linear4bit`` target."""
     if bnb is None or not isinstance(_base(target), bnb.nn.Linear4bit):
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
@@ -166,34 +166,34 @@ class MuScleLoRAConfig(PeftConfig):
         ...                           multiscale_target_modules=["layers.1.mlp.down_proj"])
     """
 
-    r: Optional[int] = field(
+    r: int | None = field(
         default=None,
         metadata={"help": "Rank of the single-branch part on `target_modules`; None: per-architecture default."},
     )
-    lora_alpha: Optional[float] = field(
+    lora_alpha: float | None = field(
         default=None,
         metadata={"help": "Alpha of the single-branch part (scaling lora_alpha / r); None: per-architecture default."},
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the single-branch part."})
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Modules for the single-branch part; None: attention query/value of the architecture."},
     )
-    scales: Optional[list[float]] = field(
+    scales: list[float] | None = field(
         default=None,
         metadata={"help": "Radial scale factors k_j of the multi-scale branches; None: per-architecture default."},
     )
     rank_per_scale: int = field(default=1, metadata={"help": "Rank of each multi-scale branch (paper: 1)."})
-    multiscale_alpha: Optional[float] = field(
+    multiscale_alpha: float | None = field(
         default=None,
         metadata={"help": "Alpha of the multi-scale part (scaling alpha / rank_per_scale); None: per-architecture."},
     )
     multiscale_dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the multi-scale part."})
-    multiscale_target_modules: Optional[Union[list[str], str]] = field(
+    multiscale_target_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Modules for the multi-scale part; None: penultimate dense layer of the architecture."},
     )
-    init_weights: Union[bool, Literal["paper"]] = field(
+    init_weights: bool | Literal["paper"] = field(
         default=True,
         metadata={"help": "True: B zero (outputs unchanged); 'paper': both factors Kaiming-uniform; False: random."},
     )
@@ -203,22 +203,22 @@ class MuScleLoRAConfig(PeftConfig):
     bias: Literal["none", "all", "musclelora_only"] = field(
         default="none", metadata={"help": "Biases to train: 'none', 'all' or 'musclelora_only'."}
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Modules never adapted (suffix names or a regex)."}
     )
-    layers_to_transform: Optional[Union[list[int], int]] = field(
+    layers_to_transform: list[int] | int | None = field(
         default=None, metadata={"help": "Restrict the single-branch part to these layer indices."}
     )
-    layers_pattern: Optional[Union[list[str], str]] = field(
+    layers_pattern: list[str] | str | None = field(
         default=None, metadata={"help": "Name of the layer list used with `layers_to_transform`."}
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Modules trained fully and saved with the adapter (e.g. a new head)."}
     )
-    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
         default=None, metadata={"help": "Token indices whose embeddings are trained (set by TRL's SFTTrainer)."}
     )
-    target_parameters: Optional[list[str]] = field(
+    target_parameters: list[str] | None = field(
         default=None, metadata={"help": "Not supported by MuScleLoRA; must stay None."}
     )
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -178,7 +179,7 @@ class Linear(nn.Module, MuScleLoRALayer):
         """Delta of the base weight for ``adapter`` in the base layer's layout."""
         return transpose(self._delta_weight_out_in(adapter), self.fan_in_fan_out)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the active (or given) adapters' deltas to the base weight.
 
         Args:
@@ -205,7 +206,7 @@ class Linear(nn.Module, MuScleLoRALayer):
     def unmerge(self) -> None:
         """Subtract every merged adapter's delta from the base weight."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         base = self.get_base_layer()
         while self.merged_adapters:
@@ -234,12 +235,12 @@ class Linear(nn.Module, MuScleLoRALayer):
         return "musclelora." + super().__repr__()
 
 
-def dispatch_default(target: nn.Module, adapter_name: str, **kwargs: Any) -> Optional[nn.Module]:
+def dispatch_default(target: nn.Module, adapter_name: str, **kwargs: Any) -> nn.Module | None:
     """Wrap ``nn.Linear`` and GPT-2 ``Conv1D`` targets; return None for anything else."""
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, nn.Linear):
         if kwargs.get("fan_in_fan_out", False):
-            warnings.warn("fan_in_fan_out=True but the target is nn.Linear; setting it to False.")
+            warnings.warn("fan_in_fan_out=True but the target is nn.Linear; setting it to False.", stacklevel=2)
         kwargs["fan_in_fan_out"] = False
         return Linear(target, adapter_name, **kwargs)
     if isinstance(base, Conv1D):

@@ -1,0 +1,614 @@
+"""Plumbing shared by the recipes: arguments (with a YAML ``--config``), model loading (4-bit / 8-bit, one
+device per process under Accelerate), the poisoned data, the final CACC/ASR evaluation, the results JSON and
+Hub publishing.
+
+The recipes are scripts, not part of the installed package; they import this module from their own folder.
+
+Example:
+    $ accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/musclelora_llama2.py \\
+        --config recipes/configs/demo.yaml --max_steps 3       # the command line overrides the file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Model names the recipes resolve to offline assets instead of the Hub.
+SPECIAL_MODEL_NAMES = ("smollm2",)
+PEFT_TYPES = ("lora", "musclelora")
+TASKS = ("classification", "instruction")
+ATTACK_NAMES = ("badnets", "addsent")
+RESULTS_FILE = "results.json"
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+@dataclass
+class ModelArguments:
+    r"""Which model to load, how to quantise it and which adapter to put on it.
+
+    Parameters that control the base model:
+
+    Args:
+        model_name_or_path (`str`, defaults to `"meta-llama/Llama-2-7b-hf"`):
+            Hub id or local folder of the base model. `"smollm2"` resolves to the offline SmolLM2-135M
+            checkpoint (`hf_backdoor_defense.assets.smollm2_path()`).
+        tokenizer_name_or_path (`str` or `None`, defaults to `None`):
+            Tokenizer to load; `None` uses `model_name_or_path`.
+        torch_dtype (`str`, defaults to `"auto"`):
+            `"auto"`: bfloat16 on GPU, float32 on CPU. Or `"float32"`, `"bfloat16"`, `"float16"`.
+        attn_implementation (`str` or `None`, defaults to `None`):
+            Passed to `from_pretrained` (e.g. `"sdpa"`, `"flash_attention_2"`).
+        trust_remote_code (`bool`, defaults to `False`):
+            Allow code from the model repository. Off unless you ask.
+
+    Parameters that control quantisation (bitsandbytes):
+
+    Args:
+        load_in_4bit (`bool`, defaults to `False`):
+            QLoRA-style 4-bit base: nf4, double quantisation, compute dtype bf16 on GPU and fp32 on CPU.
+        load_in_8bit (`bool`, defaults to `False`):
+            LLM.int8() 8-bit base. Exclusive with `load_in_4bit`.
+        bnb_4bit_quant_type (`str`, defaults to `"nf4"`):
+            `"nf4"` or `"fp4"`.
+        bnb_4bit_use_double_quant (`bool`, defaults to `True`):
+            Quantise the quantisation constants too.
+        bnb_4bit_quant_storage (`str` or `None`, defaults to `None`):
+            Storage dtype of the packed 4-bit weights. `None`: the compute dtype under FSDP (FSDP can only
+            shard a model whose parameters share one dtype, as PEFT's FSDP-QLoRA guide sets it), else uint8.
+
+    Parameters that control the adapter:
+
+    Args:
+        peft_type (`str`, defaults to `"musclelora"`):
+            `"musclelora"` (multi-scale adapter, paper defaults per architecture) or `"lora"` (the baseline
+            adapter, same rank/alpha/targets as MuScleLoRA's single-branch part).
+        lora_r (`int` or `None`, defaults to `None`):
+            Rank of the LoRA (or MuScleLoRA single-branch) part; `None`: the architecture default.
+        lora_alpha (`float` or `None`, defaults to `None`):
+            Alpha of that part; `None`: the architecture default.
+        lora_dropout (`float`, defaults to `0.0`):
+            Dropout on the adapter input.
+        lora_target_modules (`list[str]` or `None`, defaults to `None`):
+            Modules adapted by the LoRA (single-branch) part; `None`: attention query/value projections.
+        scales (`list[float]` or `None`, defaults to `None`):
+            MuScleLoRA only: radial scales of the multi-scale branches; `None`: architecture default.
+        multiscale_alpha (`float` or `None`, defaults to `None`):
+            MuScleLoRA only: alpha of the multi-scale part; `None`: architecture default.
+        multiscale_target_modules (`list[str]` or `None`, defaults to `None`):
+            MuScleLoRA only: modules with the multi-scale part; `None`: the last block's MLP down projection.
+    """
+
+    model_name_or_path: str = field(
+        default="meta-llama/Llama-2-7b-hf",
+        metadata={"help": "Hub id or local folder of the base model; 'smollm2' = the offline SmolLM2-135M."},
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to load; None uses model_name_or_path."}
+    )
+    torch_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16' or 'float16'.",
+            "choices": ["auto", "float32", "bfloat16", "float16"],
+        },
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Attention implementation passed to from_pretrained (e.g. 'sdpa')."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow code from the model repository."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "4-bit base (nf4, double quant; compute bf16 on GPU, fp32 on CPU)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "8-bit (LLM.int8()) base."})
+    bnb_4bit_quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit quantisation type.", "choices": ["nf4", "fp4"]}
+    )
+    bnb_4bit_use_double_quant: bool = field(
+        default=True, metadata={"help": "Quantise the 4-bit quantisation constants too."}
+    )
+    bnb_4bit_quant_storage: str | None = field(
+        default=None,
+        metadata={"help": "Storage dtype of packed 4-bit weights; None: compute dtype under FSDP, else uint8."},
+    )
+    peft_type: str = field(
+        default="musclelora",
+        metadata={"help": "Adapter: 'musclelora' or 'lora' (the baseline).", "choices": list(PEFT_TYPES)},
+    )
+    lora_r: int | None = field(default=None, metadata={"help": "Rank of the LoRA part; None: architecture default."})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "Alpha of the LoRA part; None: architecture default."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Modules of the LoRA part; None: attention query/value projections."}
+    )
+    scales: list[float] | None = field(
+        default=None, metadata={"help": "MuScleLoRA: scales of the multi-scale branches; None: default."}
+    )
+    multiscale_alpha: float | None = field(
+        default=None, metadata={"help": "MuScleLoRA: alpha of the multi-scale part; None: default."}
+    )
+    multiscale_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "MuScleLoRA: modules with the multi-scale part; None: default."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are exclusive: pass only one of them.")
+        if self.peft_type not in PEFT_TYPES:
+            raise ValueError(f"peft_type={self.peft_type!r} is unknown: use one of {PEFT_TYPES}.")
+        if self.lora_r is not None and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be positive or None, got {self.lora_r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        if self.peft_type == "lora" and (self.scales or self.multiscale_alpha or self.multiscale_target_modules):
+            raise ValueError(
+                "scales / multiscale_alpha / multiscale_target_modules only apply to peft_type='musclelora'; "
+                "drop them or set --peft_type musclelora."
+            )
+        for name in ("torch_dtype", "bnb_4bit_quant_storage"):
+            value = getattr(self, name)
+            if value not in (None, "auto") and value not in _DTYPES:
+                raise ValueError(f"{name}={value!r} is not a dtype name: use one of {sorted(_DTYPES)}.")
+
+
+@dataclass
+class ScriptArguments:
+    r"""What to train on, which attack poisons it, and what to do at the end.
+
+    Parameters that control the data:
+
+    Args:
+        task (`str`, defaults to `"classification"`):
+            `"classification"` (sequence classification on a poisoned text/label dataset) or `"instruction"`
+            (reserved for the TRL SFT path; not wired in these recipes yet).
+        dataset (`str`, defaults to `"rotten_tomatoes"`):
+            Anything `hf_backdoor_defense.data.load_text_classification` accepts: `"rotten_tomatoes"`,
+            `"spamassassin"` (offline), a local file or folder, or a Hub name such as `"sst2"`.
+        max_train_samples (`int` or `None`, defaults to `None`):
+            Seeded, stratified subsample of the training split (before poisoning).
+        max_eval_samples (`int` or `None`, defaults to `None`):
+            Seeded, stratified subsample of the test split used for the final CACC/ASR.
+        max_length (`int`, defaults to `128`):
+            Truncation length in tokens.
+
+    Parameters that control the attack:
+
+    Args:
+        attack (`str`, defaults to `"badnets"`):
+            `"badnets"` (rare-word triggers) or `"addsent"` (a trigger sentence).
+        poison_rate (`float`, defaults to `0.1`):
+            Share of the training set that is poisoned.
+        target_label (`int`, defaults to `1`):
+            Label the backdoor produces.
+        label_mode (`str`, defaults to `"dirty"`):
+            `"dirty"` (relabel triggered examples) or `"clean"` (trigger target-label examples only).
+        num_triggers (`int`, defaults to `1`):
+            BadNets trigger words per poisoned text.
+        attack_seed (`int`, defaults to `0`):
+            Seed of the poisoning.
+
+    Parameters that control the defense:
+
+    Args:
+        reference_split (`str`, defaults to `"validation"`):
+            Clean split the reference set of gradient alignment is drawn from (never the training split).
+        compare_with_baseline (`bool`, defaults to `False`):
+            Also train the undefended baseline (LoRA, no gradient alignment) in the same launch and print a
+            CACC/ASR table of both runs.
+        eval_batch_size (`int`, defaults to `32`):
+            Batch size of the final evaluation.
+    """
+
+    task: str = field(
+        default="classification",
+        metadata={"help": "'classification' or 'instruction' (TRL SFT path).", "choices": list(TASKS)},
+    )
+    dataset: str = field(
+        default="rotten_tomatoes",
+        metadata={"help": "rotten_tomatoes, spamassassin, a local file/folder, or a Hub dataset name."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Seeded stratified subsample of the training split (before poisoning)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Seeded stratified subsample of the test split for the final CACC/ASR."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    attack: str = field(
+        default="badnets", metadata={"help": "Data-poisoning attack.", "choices": list(ATTACK_NAMES)}
+    )
+    poison_rate: float = field(default=0.1, metadata={"help": "Share of the training set that is poisoned."})
+    target_label: int = field(default=1, metadata={"help": "Label the backdoor produces."})
+    label_mode: str = field(
+        default="dirty", metadata={"help": "'dirty' or 'clean' label poisoning.", "choices": ["dirty", "clean"]}
+    )
+    num_triggers: int = field(default=1, metadata={"help": "BadNets trigger words per poisoned text."})
+    attack_seed: int = field(default=0, metadata={"help": "Seed of the poisoning."})
+    reference_split: str = field(
+        default="validation",
+        metadata={"help": "Clean split the gradient-alignment reference set is drawn from (not 'train')."},
+    )
+    compare_with_baseline: bool = field(
+        default=False,
+        metadata={"help": "Also train the undefended LoRA baseline and print a CACC/ASR table of both."},
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the final evaluation."})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is unknown: use one of {TASKS}.")
+        if self.attack not in ATTACK_NAMES:
+            raise ValueError(f"attack={self.attack!r} is unknown: use one of {ATTACK_NAMES}.")
+        if self.reference_split == "train":
+            raise ValueError(
+                "reference_split='train' would draw the clean reference set from the poisoned training data: "
+                "use 'validation' (default) or another trusted split."
+            )
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 1:
+                raise ValueError(f"{name} must be > 1 or None, got {value}.")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {self.max_length}.")
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _yaml_to_argv(config: dict[str, Any], path: str) -> list[str]:
+    argv: list[str] = []
+    for key, value in config.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{path}: keys must be argument names, got {key!r}.")
+        if value is None:
+            continue
+        flag = f"--{key}"
+        if isinstance(value, bool):
+            argv += [flag, str(value).lower()]
+        elif isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"{path}: {key} is an empty list; remove it to keep the default.")
+            argv += [flag, *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
+    config, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("--config needs a YAML file path.")
+            config, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config, rest
+
+
+def expand_config(argv: list[str] | None = None) -> list[str]:
+    """``argv`` with ``--config file.yaml`` replaced by the file's arguments, placed first so that the command
+    line overrides the file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path, rest = _split_config_flag(argv)
+    if config_path is None:
+        return rest
+    path = Path(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {config_path}: no such file.")
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{config_path}: expected a mapping of argument names to values.")
+    return _yaml_to_argv(loaded, config_path) + rest
+
+
+def peek_bool(argv: list[str], name: str, default: bool) -> bool:
+    """The value of boolean argument ``--name`` in an (expanded) ``argv``, without building any dataclass."""
+    import argparse
+
+    from transformers.hf_argparser import string_to_bool
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(f"--{name}", type=string_to_bool, nargs="?", const=True, default=default)
+    known, _ = parser.parse_known_args(argv)
+    return bool(getattr(known, name))
+
+
+def parse_args(dataclass_types, argv: list[str] | None = None):
+    """Parse ``argv`` into instances of ``dataclass_types`` (via `HfArgumentParser`).
+
+    ``--config file.yaml`` (a flat mapping of argument names to values) is expanded into command-line
+    arguments placed *before* the real ones, so anything given on the command line overrides the file.
+    Unknown keys in the file or on the command line are errors.
+
+    Example:
+        >>> from transformers import TrainingArguments
+        >>> script, training = parse_args([ScriptArguments, TrainingArguments],
+        ...                               ["--config", "demo.yaml", "--max_steps", "3"])  # doctest: +SKIP
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(dataclass_types)
+    return parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=False)
+
+
+# ---------------------------------------------------------------------------------------------- launch checks
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+def distributed_backend(training_args=None) -> str:
+    """``"deepspeed"``, ``"fsdp"`` or ``"ddp/single"``: what the launch (accelerate env or args) asks for."""
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(training_args, "deepspeed", None):
+        return "deepspeed"
+    if _env_flag("ACCELERATE_USE_FSDP") or getattr(training_args, "fsdp", None):
+        return "fsdp"
+    return "ddp/single"
+
+
+def check_launch_supported(gradient_alignment: bool, training_args=None) -> None:
+    """Refuse, before any model is loaded, launches that gradient alignment cannot run under.
+
+    Raises:
+        ValueError: gradient alignment under DeepSpeed (the optimizer steps inside backward, so the
+            accumulated gradient is never available) or FSDP (sharded gradients; not verified).
+    """
+    backend = distributed_backend(training_args)
+    if not gradient_alignment or backend == "ddp/single":
+        return
+    if backend == "deepspeed":
+        raise ValueError(
+            "MuScleLoRA gradient alignment cannot run under DeepSpeed: DeepSpeed steps the optimizer inside "
+            "backward, so the accumulated gradient is never there to align. Launch with "
+            "accelerate_configs/multi_gpu.yaml (DDP), single_gpu.yaml or cpu_ddp.yaml, or pass "
+            "--gradient_alignment false for the plain baseline."
+        )
+    raise ValueError(
+        "MuScleLoRA gradient alignment is not supported under FSDP (gradients are sharded across processes). "
+        "Launch with accelerate_configs/multi_gpu.yaml (DDP with a 4-bit base per GPU) or pass "
+        "--gradient_alignment false (e.g. for fsdp_qlora.yaml)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- model loading
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16", "uint8": "uint8"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map special names (``"smollm2"``) to their offline folder; return anything else unchanged."""
+    if name_or_path.lower() == "smollm2":
+        from hf_backdoor_defense.assets import smollm2_path
+
+        return str(smollm2_path())
+    return name_or_path
+
+
+def compute_dtype(model_args: ModelArguments):
+    import torch
+
+    if model_args.torch_dtype != "auto":
+        return getattr(torch, _DTYPES[model_args.torch_dtype])
+    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+
+
+def quantization_config(model_args: ModelArguments):
+    """The `BitsAndBytesConfig` for ``--load_in_4bit`` / ``--load_in_8bit``, or `None`."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if not model_args.load_in_4bit:
+        return None
+    dtype = compute_dtype(model_args)
+    storage = model_args.bnb_4bit_quant_storage
+    if storage is None:
+        storage_dtype = dtype if distributed_backend() == "fsdp" else torch.uint8
+    else:
+        storage_dtype = getattr(torch, _DTYPES[storage])
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=model_args.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=storage_dtype,
+    )
+
+
+def _device_map():
+    """One whole model per process on its own GPU; no device map on CPU or under FSDP (FSDP places shards)."""
+    import torch
+    from accelerate import PartialState
+
+    if not torch.cuda.is_available() or distributed_backend() == "fsdp":
+        return None
+    return {"": PartialState().local_process_index}
+
+
+def load_tokenizer(model_args: ModelArguments):
+    """The tokenizer, with ``pad_token = eos_token`` for decoders that have none (padding on the right)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token: set one.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, task: str, num_labels: int | None = None,
+                             training_args=None, label_names=None):
+    """Load ``(model, tokenizer)`` for ``task`` ("classification" or "instruction"), quantised as asked.
+
+    Quantised bases go through `peft.prepare_model_for_kbit_training` (fp32 norms/head, input grads) with
+    the `gradient_checkpointing` setting of ``training_args``. Under Accelerate each process gets the whole
+    model on its own GPU (``device_map={"": local_process_index}``); on CPU and under FSDP no device map.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(model_args)
+    path = resolve_model_path(model_args.model_name_or_path)
+    quant = quantization_config(model_args)
+    kwargs: dict[str, Any] = {
+        "dtype": compute_dtype(model_args),
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    device_map = _device_map()
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if task == "classification":
+        if not num_labels:
+            raise ValueError("num_labels is required for task='classification'.")
+        if label_names is not None:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    checkpointing = bool(getattr(training_args, "gradient_checkpointing", False))
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs=getattr(training_args, "gradient_checkpointing_kwargs", None)
+            or {"use_reentrant": False},
+        )
+    if checkpointing and getattr(model.config, "use_cache", False):
+        model.config.use_cache = False
+    return model, tokenizer
+
+
+def build_peft_config(model_args: ModelArguments, model, task: str):
+    """The adapter config: `MuScleLoRAConfig` (paper defaults per architecture) or the LoRA baseline with the
+    same rank, alpha and targets as MuScleLoRA's single-branch part."""
+    from peft import LoraConfig
+
+    import hf_backdoor_defense  # noqa: F401  (registers MuScleLoRA with PEFT)
+    from hf_backdoor_defense.tuners.musclelora import MUSCLELORA_ARCHITECTURE_DEFAULTS, MuScleLoRAConfig
+
+    task_type = "SEQ_CLS" if task == "classification" else "CAUSAL_LM"
+    defaults = MUSCLELORA_ARCHITECTURE_DEFAULTS.get(getattr(model.config, "model_type", ""), {})
+    common = {"task_type": task_type, "lora_dropout": model_args.lora_dropout}
+    if model_args.peft_type == "lora":
+        return LoraConfig(
+            r=model_args.lora_r or defaults.get("r", 8),
+            lora_alpha=model_args.lora_alpha or defaults.get("lora_alpha", 16),
+            target_modules=model_args.lora_target_modules or defaults.get("target_modules"),
+            **common,
+        )
+    overrides = {
+        "r": model_args.lora_r,
+        "lora_alpha": model_args.lora_alpha,
+        "target_modules": model_args.lora_target_modules,
+        "scales": model_args.scales,
+        "multiscale_alpha": model_args.multiscale_alpha,
+        "multiscale_target_modules": model_args.multiscale_target_modules,
+    }
+    return MuScleLoRAConfig(**common, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _subsample(dataset, n: int | None, seed: int):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.train_test_split(train_size=n, seed=seed, stratify_by_column="label")["train"]
+
+
+def build_attack(script_args: ScriptArguments):
+    from hf_backdoor_defense.attacks import ATTACKS
+
+    kwargs = dict(target_label=script_args.target_label, poison_rate=script_args.poison_rate,
+                  label_mode=script_args.label_mode, seed=script_args.attack_seed)
+    if script_args.attack == "badnets":
+        kwargs["num_triggers"] = script_args.num_triggers
+    return ATTACKS[script_args.attack](**kwargs)
+
+
+def build_classification_data(script_args: ScriptArguments, seed: int):
+    """``(splits, attack)``: ``splits`` has ``train`` (subsampled, then poisoned), ``reference`` (the clean
+    ``reference_split``) and ``test`` (clean, subsampled); the attack gives the triggered test set."""
+    from hf_backdoor_defense.data import load_text_classification
+
+    raw = load_text_classification(script_args.dataset)
+    if script_args.reference_split not in raw:
+        raise ValueError(
+            f"reference_split={script_args.reference_split!r} is not a split of {script_args.dataset} "
+            f"(splits: {sorted(raw)})."
+        )
+    attack = build_attack(script_args)
+    train = _subsample(raw["train"], script_args.max_train_samples, seed)
+    return {
+        "train": attack.poison(train),
+        "reference": raw[script_args.reference_split],
+        "test": _subsample(raw["test"], script_args.max_eval_samples, seed),
+    }, attack
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def format_table(rows: list[dict]) -> str:
+    """A Markdown CACC/ASR table of ``rows`` (each with ``run``, ``cacc``, ``asr``)."""
+    lines = ["| run | CACC | ASR |", "|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['run']} | {100 * row['cacc']:.1f}% | {100 * row['asr']:.1f}% |")
+    return "\n".join(lines)
+
+
+def push_results(model, training_args, script_args, model_args, metrics: dict, defense: str | None):
+    """Upload the adapter with the project's model card (``library_name: peft``, defense, CACC/ASR)."""
+    from hf_backdoor_defense.hub import push_adapter_to_hub
+
+    repo_id = training_args.hub_model_id
+    if not repo_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/llama2-musclelora-sst2).")
+    return push_adapter_to_hub(
+        model,
+        repo_id,
+        defense=defense,
+        metrics={k: metrics[k] for k in ("cacc", "asr") if k in metrics},
+        attack=script_args.attack,
+        dataset=script_args.dataset,
+        private=training_args.hub_private_repo,
+        token=training_args.hub_token,
+        base_model=model_args.model_name_or_path,
+    )

@@ -1,0 +1,197 @@
+"""MuScleLoRA on a (4-bit) Llama-2 sequence classifier trained on poisoned data, launched with Accelerate.
+
+Poisons the training split with the chosen attack, trains a MuScleLoRA (or LoRA) adapter with the
+`MuScleLoRATrainer` (gradient alignment on a clean reference set drawn from the validation split, or the
+plain baseline with ``--gradient_alignment false``), then measures CACC / ASR on the clean and triggered test
+sets on the main process and writes ``results.json`` (and the adapter) into ``--output_dir``.
+
+Examples:
+    # 4-bit Llama-2-7B, one process per GPU (DDP)
+    $ accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/musclelora_llama2.py \\
+        --config recipes/configs/musclelora_llama2.yaml
+    # the LoRA baseline on the same data
+    $ accelerate launch recipes/musclelora_llama2.py --config recipes/configs/musclelora_llama2.yaml \\
+        --peft_type lora --gradient_alignment false --output_dir outputs/llama2-lora
+    # the offline demo: SmolLM2-135M in 4-bit on 2 CPU cores, LoRA vs MuScleLoRA
+    $ accelerate launch recipes/musclelora_llama2.py --config recipes/configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import (  # noqa: E402
+    RESULTS_FILE,
+    ModelArguments,
+    ScriptArguments,
+    build_classification_data,
+    build_peft_config,
+    check_launch_supported,
+    expand_config,
+    format_table,
+    load_model_and_tokenizer,
+    parse_args,
+    peek_bool,
+    push_results,
+    write_json_atomic,
+)
+
+
+def parse(argv=None, model_arguments_class=ModelArguments):
+    """(script_args, model_args, training_args); on a machine without CUDA, ``--use_cpu true`` is implied so
+    that ``accelerate launch`` with 2 processes really runs CPU DDP (gloo)."""
+    argv = expand_config(argv)
+    # Refuse impossible launches before TrainingArguments sets up DeepSpeed/FSDP or any model is loaded.
+    check_launch_supported(peek_bool(argv, "gradient_alignment", True))
+    import torch
+
+    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
+
+    if not torch.cuda.is_available():
+        argv = ["--use_cpu", "true", *argv]
+    return parse_args([ScriptArguments, model_arguments_class, MuScleLoRATrainingArguments], argv)
+
+
+def _runs(script_args, model_args, training_args):
+    """(name, peft_type, gradient_alignment, output_dir) of each training run of this launch."""
+    main_name = f"{model_args.peft_type}{'+ga' if training_args.gradient_alignment else ''}"
+    if not script_args.compare_with_baseline:
+        return [(main_name, model_args.peft_type, training_args.gradient_alignment, training_args.output_dir)]
+    root = Path(training_args.output_dir)
+    return [
+        ("lora (baseline)", "lora", False, str(root / "baseline")),
+        (main_name, model_args.peft_type, training_args.gradient_alignment, str(root / "defense")),
+    ]
+
+
+def train_one(name, peft_type, gradient_alignment, output_dir, script_args, model_args, training_args, data,
+              attack, label_names):
+    """Train one adapter, save it, evaluate it on the main process; return (trainer, metrics or None)."""
+    from accelerate import PartialState
+    from peft import get_peft_model
+    from transformers import DataCollatorWithPadding, set_seed
+
+    from hf_backdoor_defense.data import tokenize_dataset
+    from hf_backdoor_defense.metrics import evaluate_backdoor
+    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainer
+
+    state = PartialState()
+    run_model_args = copy.copy(model_args)
+    run_model_args.peft_type = peft_type
+    if peft_type == "lora":
+        run_model_args.scales = run_model_args.multiscale_alpha = run_model_args.multiscale_target_modules = None
+    args = copy.deepcopy(training_args)
+    args.output_dir = output_dir
+    args.gradient_alignment = gradient_alignment
+    args.push_to_hub = False  # the recipe pushes itself, with the project's model card
+    set_seed(args.seed)
+
+    model, tokenizer = load_model_and_tokenizer(
+        run_model_args, "classification", num_labels=len(label_names), training_args=args, label_names=label_names
+    )
+    model = get_peft_model(model, build_peft_config(run_model_args, model, "classification"))
+    if state.is_main_process:
+        print(f"[{name}] ", end="")
+        model.print_trainable_parameters()
+    with state.main_process_first():
+        train = tokenize_dataset(data["train"], tokenizer, max_length=script_args.max_length)
+        reference = tokenize_dataset(data["reference"], tokenizer, max_length=script_args.max_length)
+    trainer = MuScleLoRATrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        reference_dataset=reference if gradient_alignment else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    start = time.perf_counter()
+    train_output = trainer.train()
+    train_seconds = time.perf_counter() - start
+    trainer.save_model(output_dir)  # the adapter (safetensors), written by the main process
+    metrics = None
+    if state.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+        scores = evaluate_backdoor(trainer.model, tokenizer, data["test"], attack,
+                                   batch_size=script_args.eval_batch_size, max_length=script_args.max_length)
+        metrics = {
+            "run": name,
+            "peft_type": peft_type,
+            "gradient_alignment": gradient_alignment,
+            "output_dir": output_dir,
+            **scores,
+            "train_loss": train_output.training_loss,
+            "train_seconds": round(train_seconds, 2),
+            "global_steps": trainer.state.global_step,
+            "n_reference_used": len(trainer.reference_dataset) if trainer.reference_dataset is not None else 0,
+            "world_size": state.num_processes,
+        }
+        write_json_atomic(Path(output_dir) / RESULTS_FILE, metrics)
+        print(f"[{name}] CACC {100 * scores['cacc']:.1f}%  ASR {100 * scores['asr']:.1f}%", flush=True)
+    state.wait_for_everyone()
+    return trainer, metrics
+
+
+def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_llama2") -> dict | None:
+    """Run the recipe; returns the results dict on the main process (None elsewhere)."""
+    script_args, model_args, training_args = parse(argv, model_arguments_class)
+    check_launch_supported(training_args.gradient_alignment, training_args)
+    if script_args.task != "classification":
+        raise ValueError(
+            f"task={script_args.task!r} is not wired into this recipe yet: use --task classification (the "
+            "instruction-tuning path goes through MuScleLoRASFTTrainer, see recipes/README.md)."
+        )
+    from accelerate import PartialState
+
+    state = PartialState()
+    with state.main_process_first():
+        data, attack = build_classification_data(script_args, training_args.seed)
+    label_names = data["train"].features["label"].names
+    results = {
+        "recipe": recipe,
+        "model_name_or_path": model_args.model_name_or_path,
+        "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
+        "dataset": script_args.dataset,
+        "attack": attack.to_dict(),
+        "n_train": len(data["train"]),
+        "n_poisoned": int(sum(data["train"]["is_poisoned"])),
+        "n_reference": len(data["reference"]),
+        "runs": [],
+    }
+    trainer = None
+    for name, peft_type, alignment, output_dir in _runs(script_args, model_args, training_args):
+        if trainer is not None:  # free the previous run's model before loading the next one
+            del trainer
+            gc.collect()
+        trainer, metrics = train_one(name, peft_type, alignment, output_dir, script_args, model_args,
+                                     training_args, data, attack, label_names)
+        if metrics is not None:
+            results["runs"].append(metrics)
+    if not state.is_main_process:
+        return None
+    results["table"] = format_table(results["runs"])
+    print("\n" + results["table"], flush=True)
+    if training_args.push_to_hub:
+        defense = "musclelora" if training_args.gradient_alignment or model_args.peft_type == "musclelora" else None
+        commit = push_results(trainer.model, training_args, script_args, model_args, results["runs"][-1], defense)
+        results["hub"] = {"repo_id": training_args.hub_model_id, "commit": str(getattr(commit, "oid", commit))}
+    path = write_json_atomic(Path(training_args.output_dir) / RESULTS_FILE, results)
+    print(f"results written to {path}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # configuration errors: one line (HBD_DEBUG=1: traceback)
+        if os.environ.get("HBD_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

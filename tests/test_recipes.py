@@ -1,0 +1,321 @@
+"""Recipes, accelerate configs and the `hbd train` / `hbd push` plumbing.
+
+The two end-to-end tests launch `recipes/musclelora_llama2.py` and `recipes/musclelora_mistral.py` for real
+with `accelerate launch` and 2 CPU processes (gloo DDP) on tiny random 4-bit checkpoints; they run side by
+side to keep the file short. The push tests patch `huggingface_hub.HfApi` at its network boundary
+(`create_repo` / `upload_folder`) and check what would have been uploaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+CONFIGS = ROOT / "accelerate_configs"
+BIN = Path(sys.executable).parent
+
+
+sys.path.insert(0, str(RECIPES))  # the recipes import `common` from their own folder, as here
+import common  # noqa: E402
+
+
+def _env(**extra):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **extra)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny random Llama and Mistral (hidden 32, 2 layers) saved with the real SmolLM2 BPE tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from hf_backdoor_defense.assets import smollm2_path
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    root = tmp_path_factory.mktemp("tiny")
+    kwargs = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    paths = {}
+    for name, config_cls, model_cls in (("llama", LlamaConfig, LlamaForCausalLM),
+                                        ("mistral", MistralConfig, MistralForCausalLM)):
+        torch.manual_seed(0)
+        model_cls(config_cls(**kwargs)).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        paths[name] = root / name
+    return paths
+
+
+TINY_RUN = ["--load_in_4bit", "--max_train_samples", "24", "--max_eval_samples", "12", "--max_length", "24",
+            "--max_steps", "2", "--per_device_train_batch_size", "2", "--reference_size", "8",
+            "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1", "--learning_rate", "1e-3"]
+
+
+# ------------------------------------------------------------------------------------------ accelerate configs
+EXPECTED = {
+    "single_gpu.yaml": ("NO", 1),
+    "multi_gpu.yaml": ("MULTI_GPU", 2),
+    "cpu_ddp.yaml": ("MULTI_GPU", 2),
+    "fsdp_qlora.yaml": ("FSDP", 2),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", 2),
+    "deepspeed_zero3.yaml": ("DEEPSPEED", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_accelerate_config_loads_and_is_consistent(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(CONFIGS / name))
+    kind, processes = EXPECTED[name]
+    assert str(config.distributed_type).split(".")[-1] == kind
+    assert config.num_processes == processes
+    assert config.compute_environment.value == "LOCAL_MACHINE"
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    if name == "cpu_ddp.yaml":
+        # MULTI_CPU would start a single process here; the multi-GPU launcher + use_cpu gives 2 CPU processes.
+        assert config.use_cpu is True and config.mixed_precision == "no"
+    if name == "fsdp_qlora.yaml":
+        fsdp = raw["fsdp_config"]
+        assert fsdp["fsdp_cpu_ram_efficient_loading"] is True
+        assert fsdp["fsdp_use_orig_params"] is False
+        assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    if name.startswith("deepspeed"):
+        assert raw["deepspeed_config"]["zero_stage"] == int(name[-6])
+    assert set(EXPECTED) == {p.name for p in CONFIGS.glob("*.yaml")}
+
+
+def test_fsdp_stores_4bit_weights_in_compute_dtype(monkeypatch):
+    import torch
+
+    args = common.ModelArguments(model_name_or_path="x", load_in_4bit=True)
+    assert common.quantization_config(args).bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    quant = common.quantization_config(args)
+    assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == torch.float32  # CPU compute dtype
+    assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+
+
+# ------------------------------------------------------------------------------------------ argument parsing
+def test_yaml_config_is_overridden_by_command_line(tmp_path):
+    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "model_name_or_path": "smollm2", "load_in_4bit": True, "learning_rate": 3e-4, "max_steps": 7,
+        "scales": [1, 2, 8], "gradient_alignment": True, "output_dir": str(tmp_path / "out"), "report_to": "none",
+        "poison_rate": 0.2,
+    }))
+    script, model, training = common.parse_args(
+        [common.ScriptArguments, common.ModelArguments, MuScleLoRATrainingArguments],
+        ["--config", str(config), "--max_steps", "3", "--gradient_alignment", "false", "--scales", "1", "4"],
+    )
+    assert training.max_steps == 3 and training.gradient_alignment is False  # command line wins
+    assert model.scales == [1.0, 4.0]
+    assert training.learning_rate == 3e-4 and model.load_in_4bit and script.poison_rate == 0.2  # from the file
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "no_such_argument": 1}))
+    with pytest.raises(ValueError, match="no_such_argument"):
+        common.parse_args([common.ScriptArguments, MuScleLoRATrainingArguments], ["--config", str(config)])
+
+
+def test_argument_validation_names_the_field():
+    with pytest.raises(ValueError, match="load_in_4bit and load_in_8bit"):
+        common.ModelArguments(load_in_4bit=True, load_in_8bit=True)
+    with pytest.raises(ValueError, match="reference_split='train'"):
+        common.ScriptArguments(reference_split="train")
+    with pytest.raises(ValueError, match="peft_type='musclelora'"):
+        common.ModelArguments(peft_type="lora", scales=[1, 2])
+
+
+def test_shipped_recipe_configs_parse():
+    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
+
+    for name in ("musclelora_llama2.yaml", "musclelora_mistral.yaml", "demo.yaml"):
+        script, model, training = common.parse_args(
+            [common.ScriptArguments, common.ModelArguments, MuScleLoRATrainingArguments],
+            ["--config", str(RECIPES / "configs" / name), "--use_cpu", "true"],
+        )
+        assert model.load_in_4bit and training.gradient_alignment and script.attack == "badnets"
+    assert model.model_name_or_path == "smollm2" and script.compare_with_baseline
+
+
+# ------------------------------------------------------------------------------------------ launch refusal
+def test_gradient_alignment_refuses_deepspeed_and_fsdp(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match="cannot run under DeepSpeed"):
+        common.check_launch_supported(True)
+    common.check_launch_supported(False)  # the plain baseline may use DeepSpeed
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP"):
+        common.check_launch_supported(True)
+
+
+def test_recipe_exits_with_a_clear_message_under_deepspeed(tmp_path):
+    # What `accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml` sets in each process.
+    proc = subprocess.run(
+        [sys.executable, str(RECIPES / "musclelora_llama2.py"), "--config",
+         str(RECIPES / "configs" / "demo.yaml"), "--output_dir", str(tmp_path)],
+        env=_env(ACCELERATE_USE_DEEPSPEED="true"), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot run under DeepSpeed" in proc.stderr and "multi_gpu.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ 2-process runs
+def _launch(script: str, model_dir: Path, output_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu_ddp.yaml"), "--main_process_port",
+         "0", str(RECIPES / script), "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir),
+         *TINY_RUN],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _check_run(output_dir: Path, model_dir: Path, log: str, model_type: str):
+    from peft import PeftConfig, PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    import hf_backdoor_defense  # noqa: F401
+
+    results = json.loads((output_dir / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["world_size"] == 2, log[-3000:]
+    assert results["quantization"] == "4bit" and results["n_train"] == 24 and results["n_poisoned"] >= 1
+    assert run["global_steps"] == 2 and run["gradient_alignment"] is True and run["n_reference_used"] == 8
+    assert 0.0 <= run["cacc"] <= 1.0 and 0.0 <= run["asr"] <= 1.0
+    assert run["n_clean"] == 12 and run["n_triggered"] > 0
+    config = PeftConfig.from_pretrained(str(output_dir))
+    assert config.peft_type == "MUSCLELORA" and config.base_model_name_or_path == str(model_dir)
+    weights = load_file(str(output_dir / "adapter_model.safetensors"))
+    assert any("down_proj" in k for k in weights) and any("q_proj" in k for k in weights)
+    assert not list(output_dir.glob("*.pt")) and "Traceback" not in log
+    base = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2)
+    assert base.config.model_type == model_type
+    reloaded = PeftModel.from_pretrained(base, str(output_dir))
+    assert sum(p.numel() for n, p in reloaded.named_parameters() if "musclelora" in n.lower()) > 0
+
+
+@pytest.mark.ddp
+def test_two_process_cpu_ddp_llama_and_mistral_4bit(tiny_checkpoints, tmp_path):
+    runs = {
+        "llama": ("musclelora_llama2.py", tmp_path / "llama"),
+        "mistral": ("musclelora_mistral.py", tmp_path / "mistral"),
+    }
+    procs = {k: _launch(script, tiny_checkpoints[k], out) for k, (script, out) in runs.items()}
+    logs = {k: p.communicate(timeout=600)[0] for k, p in procs.items()}
+    for key, proc in procs.items():
+        assert proc.returncode == 0, logs[key][-4000:]
+        _check_run(runs[key][1], tiny_checkpoints[key], logs[key], key)
+
+
+# ------------------------------------------------------------------------------------------ Hub publishing
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Patch the Hub client where it touches the network; record the uploaded folder's files."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = {"create_repo": [], "upload": []}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"].append((repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
+        calls["upload"].append({"repo_id": repo_id, "files": files, **kwargs})
+        return type("CommitInfo", (), {"oid": "abc123", "commit_url": f"https://huggingface.co/{repo_id}/commit/abc123"})()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path, fake_hub, monkeypatch):
+    import musclelora_llama2 as recipe
+    argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,
+            "--max_steps", "1", "--push_to_hub", "--hub_model_id", "me/tiny-musclelora"]
+    argv.remove("--load_in_4bit")
+    results = recipe.main(argv)
+    assert results["hub"] == {"repo_id": "me/tiny-musclelora", "commit": "abc123"}
+    (upload,) = fake_hub["upload"]
+    assert upload["repo_id"] == "me/tiny-musclelora"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(upload["files"])
+    card = upload["files"]["README.md"].decode()
+    assert "library_name: peft" in card and "musclelora" in card and "badnets" in card
+    cacc = results["runs"][0]["cacc"]
+    assert f"{100 * cacc:.2f}%" in card
+    assert json.loads((tmp_path / "results.json").read_text())["hub"]["repo_id"] == "me/tiny-musclelora"
+
+
+def test_hbd_push_uploads_folder_without_pickles(tiny_checkpoints, tmp_path, fake_hub):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_backdoor_defense.commands import push
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_checkpoints["llama"]), num_labels=2)
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    (adapter / "training_args.bin").write_bytes(b"pickle")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"dataset": "rotten_tomatoes", "attack": {"attack": "BadNets"},
+                                   "runs": [{"output_dir": str(adapter), "cacc": 0.8125, "asr": 0.0625}]}))
+    parser = argparse.ArgumentParser()
+    push.register(parser.add_subparsers())
+    args = parser.parse_args(["push", "--adapter", str(adapter), "--repo-id", "me/x", "--results", str(results),
+                              "--defense", "musclelora"])
+    assert args.func(args) == 0
+    (upload,) = fake_hub["upload"]
+    assert "training_args.bin" not in upload["files"] and "adapter_model.safetensors" in upload["files"]
+    card = upload["files"]["README.md"].decode()
+    assert "81.25%" in card and "6.25%" in card and "library_name: peft" in card and "rotten_tomatoes" in card
+
+
+def test_push_command_directly_refuses_offline_and_missing_adapter(tmp_path, monkeypatch):
+    from hf_backdoor_defense.commands import push
+
+    args = argparse.Namespace(adapter=str(tmp_path), repo_id="me/x", results=None, defense=None, private=False,
+                              token=None, commit_message="m")
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        push.run(args)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        push.run(args)
+
+
+# ------------------------------------------------------------------------------------------ hbd train
+def test_train_command_prints_accelerate_command_and_rejects_unknown_recipe(capsys):
+    from hf_backdoor_defense.commands import train
+
+    parser = argparse.ArgumentParser()
+    train.register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--recipe", "musclelora_mistral", "--config", str(RECIPES / "configs" / "demo.yaml"),
+                              "--num-processes", "2", "--", "--max_steps", "3"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed.startswith("accelerate launch --config_file ")
+    assert "cpu_ddp.yaml --num_processes 2" in printed and printed.endswith("--max_steps 3")
+    assert "musclelora_mistral.py --config" in printed
+    args = parser.parse_args(["train", "--recipe", "nope"])
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        args.func(args)
