@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-# Sub-command modules, in the order `hbd --help` lists them.
-COMMANDS = ["assets", "poison", "evaluate"]
+# Sub-command modules (hf_backdoor_defense/commands/<name>.py), in the order `hbd --help` lists them.
+COMMANDS = ["assets", "poison", "train", "purify", "evaluate", "scenario", "analyze_frequency", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -458,7 +458,8 @@ def load_model_and_tokenizer(model_args: ModelArguments, task: str, num_labels: 
     """Load ``(model, tokenizer)`` for ``task`` ("classification" or "instruction"), quantised as asked.
 
     Quantised bases go through `peft.prepare_model_for_kbit_training` (fp32 norms/head, input grads) with
-    the `gradient_checkpointing` setting of ``training_args``. Under Accelerate each process gets the whole
+    the `gradient_checkpointing` setting of ``training_args`` (under FSDP only checkpointing and input grads,
+    so that all parameters keep one dtype). Under Accelerate each process gets the whole
     model on its own GPU (``device_map={"": local_process_index}``); on CPU and under FSDP no device map.
     """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -489,14 +490,18 @@ def load_model_and_tokenizer(model_args: ModelArguments, task: str, num_labels: 
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     checkpointing = bool(getattr(training_args, "gradient_checkpointing", False))
-    if quant is not None:
+    checkpointing_kwargs = getattr(training_args, "gradient_checkpointing_kwargs", None) or {"use_reentrant": False}
+    if quant is not None and distributed_backend() == "fsdp":
+        # FSDP flattens parameters of one dtype: keep everything in the storage/compute dtype (no fp32 upcast of
+        # norms and head, which prepare_model_for_kbit_training would do), as in PEFT's FSDP-QLoRA guide.
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+            model.enable_input_require_grads()
+    elif quant is not None:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=checkpointing,
-            gradient_checkpointing_kwargs=getattr(training_args, "gradient_checkpointing_kwargs", None)
-            or {"use_reentrant": False},
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs
         )
     if checkpointing and getattr(model.config, "use_cache", False):
         model.config.use_cache = False

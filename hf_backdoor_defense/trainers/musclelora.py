@@ -30,6 +30,7 @@ from transformers.training_args import OptimizerNames
 
 from ._reference import ReferenceSampler
 from .gradient_alignment import MODES, align_gradient, mixing_ratio
+from .loss_scaling import use_mean_loss_for_classification
 
 __all__ = [
     "ALIGNMENT_PRESETS",
@@ -248,7 +249,7 @@ class GradientAlignmentMixin:
                 f"{type(self).__name__} needs arguments with the gradient-alignment fields: pass "
                 "MuScleLoRATrainingArguments (or MuScleLoRASFTConfig) as args."
             )
-        self._fix_classification_loss_scaling()
+        use_mean_loss_for_classification(self)
         self.alignment_history: list[dict[str, float]] = []
         self._alignment_log: list[dict[str, float]] = []
         self.reference_dataset = None
@@ -294,18 +295,6 @@ class GradientAlignmentMixin:
             world_size=max(1, self.args.world_size),
             rank=self.args.process_index,
         )
-
-    def _fix_classification_loss_scaling(self) -> None:
-        # transformers 5.23 passes `num_items_in_batch` to any model whose forward takes **kwargs and then skips
-        # the 1/gradient_accumulation_steps scaling, but e.g. BertForSequenceClassification ignores it (plain
-        # mean cross-entropy), so accumulated gradients come out `gradient_accumulation_steps` times too large;
-        # the item count is also taken over labels[..., 1:], wrong for one label per example. Classification
-        # losses are per-example means: fall back to the Trainer's mean-then-divide path for them.
-        model = self.accelerator.unwrap_model(self.model)
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        if type(model).__name__.endswith("ForSequenceClassification") and self.compute_loss_func is None:
-            self.model_accepts_loss_kwargs = False
 
     # ----- reference data -------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+from .loss_scaling import use_mean_loss_for_classification
+
 __all__ = ["PurificationTrainer", "PurificationTrainingArguments", "finetune_clean"]
 
 
@@ -95,6 +97,7 @@ class PurificationTrainer(Trainer):
         kwargs.setdefault("data_collator", DataCollatorWithPadding(processing_class) if processing_class else None)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
+        use_mean_loss_for_classification(self)
 
 
 def finetune_clean(model: Any, train_dataset: Any, tokenizer: Any,
