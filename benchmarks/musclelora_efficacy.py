@@ -32,19 +32,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
 from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
+from hf_backdoor_defense.experiments import CellSettings  # noqa: E402
+from hf_backdoor_defense.experiments import train_cell as experiments_train_cell  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
-from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments  # noqa: E402
-
-try:  # the MuScleLoRA adapter type; fall back to LoRA + alignment (and say so) if it is missing
-    from hf_backdoor_defense.tuners.musclelora import MuScleLoRAConfig
-except ImportError:  # pragma: no cover
-    MuScleLoRAConfig = None
 
 RESULTS = Path(__file__).resolve().parent / "results" / "musclelora_efficacy.json"
 CLEAN_CELLS = ("clean_full_ft", "clean_lora")
@@ -89,55 +84,14 @@ def make_attack(name: str, seed: int, cli):
     return cls(poison_rate=cli.poison_rate, target_label=cli.target_label, label_mode="dirty", seed=seed)
 
 
-def build_model(kind: str, seed: int):
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
-    if kind == "full_ft":
-        return model, "full fine-tuning"
-    if kind == "lora":
-        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"])
-        return get_peft_model(model, config), "LoRA r=8 alpha=32 on query/value"
-    if MuScleLoRAConfig is not None:
-        return get_peft_model(model, MuScleLoRAConfig(task_type="SEQ_CLS")), "MuScleLoRA adapter (defaults)"
-    config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"])
-    return get_peft_model(model, config), "LoRA (MuScleLoRAConfig not importable) + alignment"
-
-
 def train_cell(cell: str, train, reference, tokenizer, seed: int, cli, workdir: str):
-    kind = cell.split("_", 1)[1]  # full_ft / lora / musclelora
-    model, adapter = build_model(kind, seed)
-    align = kind == "musclelora"
-    args = MuScleLoRATrainingArguments(
-        output_dir=os.path.join(workdir, f"{cell}-{seed}"),
-        per_device_train_batch_size=cli.batch_size,
-        num_train_epochs=cli.epochs,
-        learning_rate=cli.full_ft_lr if kind == "full_ft" else cli.adapter_lr,
-        seed=seed,
-        gradient_alignment=align,
-        alignment_preset="encoder",
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=10,
-        disable_tqdm=False,
-    )
-    trainer = MuScleLoRATrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        reference_dataset=reference if align else None,
-        processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
-    )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    model.eval()
-    return model, {
-        "adapter": adapter,
-        "train_seconds": seconds,
-        "seconds_per_step": seconds / trainer.state.global_step,
-    }
+    method = cell.split("_", 1)[1]  # full_ft / lora / musclelora
+    settings = CellSettings(epochs=cli.epochs, batch_size=cli.batch_size, max_length=cli.max_length,
+                            full_ft_lr=cli.full_ft_lr, adapter_lr=cli.adapter_lr, seed=seed)
+    model, info = experiments_train_cell(method, train, tokenizer, minilm_path(), settings,
+                                         reference=reference, workdir=workdir)
+    return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
+                   "seconds_per_step": info["seconds_per_step"]}
 
 
 def summarise(values):
@@ -214,7 +168,6 @@ def main(argv=None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cli).items()},
         "model": "sentence-transformers all-MiniLM-L6-v2 (BertModel, 22.7M) + new classification head",
         "data": "Rotten Tomatoes sentences (project split); reference set from validation, metrics on test",
-        "musclelora_adapter_available": MuScleLoRAConfig is not None,
         "alignment": "gradient_alignment=True, alignment_preset='encoder' (0.4 / 1 / 0.1), reference batch = train batch",
         "cells": table,
         "step_time_ratio_musclelora_vs_lora": summarise(step_ratios) if step_ratios else None,

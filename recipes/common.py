@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,10 @@ class ScriptArguments:
         max_train_samples (`int` or `None`, defaults to `None`):
             Seeded, stratified subsample of the training split (before poisoning).
         max_eval_samples (`int` or `None`, defaults to `None`):
-            Seeded, stratified subsample of the test split used for the final CACC/ASR.
+            Seeded, stratified subsample of the evaluation split used for the final CACC/ASR.
+        eval_split (`str`, defaults to `"test"`):
+            Split of the final CACC/ASR evaluation. Tune hyper-parameters with `"validation"` and a different
+            `reference_split`, never on `"test"`.
         max_length (`int`, defaults to `128`):
             Truncation length in tokens.
 
@@ -223,6 +227,9 @@ class ScriptArguments:
         default=None, metadata={"help": "Seeded stratified subsample of the test split for the final CACC/ASR."}
     )
     max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    eval_split: str = field(
+        default="test", metadata={"help": "Split of the final CACC/ASR evaluation (tune on 'validation')."}
+    )
     attack: str = field(
         default="badnets", metadata={"help": "Data-poisoning attack.", "choices": list(ATTACK_NAMES)}
     )
@@ -252,6 +259,15 @@ class ScriptArguments:
             raise ValueError(
                 "reference_split='train' would draw the clean reference set from the poisoned training data: "
                 "use 'validation' (default) or another trusted split."
+            )
+        if self.eval_split == "train":
+            raise ValueError("eval_split='train' evaluates on the poisoned training data: use 'test' or 'validation'.")
+        if self.eval_split == self.reference_split:
+            warnings.warn(
+                f"eval_split and reference_split are both {self.eval_split!r}: the clean reference examples are "
+                "also evaluated, which flatters CACC; draw the reference set from another split.",
+                UserWarning,
+                stacklevel=3,
             )
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
@@ -556,21 +572,21 @@ def build_attack(script_args: ScriptArguments):
 
 def build_classification_data(script_args: ScriptArguments, seed: int):
     """``(splits, attack)``: ``splits`` has ``train`` (subsampled, then poisoned), ``reference`` (the clean
-    ``reference_split``) and ``test`` (clean, subsampled); the attack gives the triggered test set."""
+    ``reference_split``) and ``test`` (the clean ``eval_split``, subsampled); the attack gives the triggered
+    test set."""
     from hf_backdoor_defense.data import load_text_classification
 
     raw = load_text_classification(script_args.dataset)
-    if script_args.reference_split not in raw:
-        raise ValueError(
-            f"reference_split={script_args.reference_split!r} is not a split of {script_args.dataset} "
-            f"(splits: {sorted(raw)})."
-        )
+    for name in ("reference_split", "eval_split"):
+        split = getattr(script_args, name)
+        if split not in raw:
+            raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
     attack = build_attack(script_args)
     train = _subsample(raw["train"], script_args.max_train_samples, seed)
     return {
         "train": attack.poison(train),
         "reference": raw[script_args.reference_split],
-        "test": _subsample(raw["test"], script_args.max_eval_samples, seed),
+        "test": _subsample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
     }, attack
 
 

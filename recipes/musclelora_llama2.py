@@ -159,6 +159,7 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
         "model_name_or_path": model_args.model_name_or_path,
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "dataset": script_args.dataset,
+        "eval_split": script_args.eval_split,
         "attack": attack.to_dict(),
         "n_train": len(data["train"]),
         "n_poisoned": int(sum(data["train"]["is_poisoned"])),

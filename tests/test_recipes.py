@@ -136,6 +136,10 @@ def test_argument_validation_names_the_field():
         common.ScriptArguments(reference_split="train")
     with pytest.raises(ValueError, match="peft_type='musclelora'"):
         common.ModelArguments(peft_type="lora", scales=[1, 2])
+    with pytest.raises(ValueError, match="eval_split='train'"):
+        common.ScriptArguments(eval_split="train")
+    with pytest.warns(UserWarning, match="flatters CACC"):
+        common.ScriptArguments(eval_split="validation")
 
 
 def test_shipped_recipe_configs_parse():

@@ -1,0 +1,122 @@
+"""Train-and-score cells shared by ``make demo`` and the benchmarks: one place for how each method trains.
+
+A *cell* is one way of training a classifier (``full_ft``, ``lora``, ``musclelora``) on one dataset;
+:func:`train_cell` returns the trained model and how long it took. :func:`format_table` renders result
+rows as the fixed-width table the demo prints.
+
+Example:
+    >>> from hf_backdoor_defense.experiments import CellSettings, train_cell   # doctest: +SKIP
+    >>> model, info = train_cell("musclelora", train_tok, tokenizer, model_dir, CellSettings(),
+    ...                          reference=reference_tok, workdir="/tmp/run")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+METHODS = {
+    "full_ft": "full fine-tune",
+    "lora": "LoRA (q/v, r=8, alpha=32)",
+    "musclelora": "MuScleLoRA + gradient alignment",
+}
+
+
+@dataclass
+class CellSettings:
+    """Training settings of a cell; adapters and full fine-tuning take different learning rates.
+
+    Args:
+        epochs: Training epochs.
+        batch_size: Train batch size (the reference batch has the same size).
+        max_length: Truncation length the data was tokenised with.
+        full_ft_lr: Learning rate of full fine-tuning.
+        adapter_lr: Learning rate of the LoRA and MuScleLoRA cells.
+        alignment_preset: Gradient-alignment preset of the MuScleLoRA cell (``"encoder"`` or ``"llm"``).
+        seed: Seed of the model head, data order and reference sampling.
+        extra_args: Further ``MuScleLoRATrainingArguments`` fields.
+    """
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    max_length: int = 64
+    full_ft_lr: float = 5e-5
+    adapter_lr: float = 5e-4
+    alignment_preset: str = "encoder"
+    seed: int = 0
+    extra_args: dict = field(default_factory=dict)
+
+
+def build_classifier(method: str, model_dir, num_labels: int, seed: int):
+    """A fresh classifier from ``model_dir`` prepared for ``method``; returns ``(model, description)``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from .tuners.musclelora import MuScleLoRAConfig
+
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose from {sorted(METHODS)}.")
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+    if method == "full_ft":
+        return model, METHODS[method]
+    if method == "lora":
+        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"])
+        return get_peft_model(model, config), METHODS[method]
+    return get_peft_model(model, MuScleLoRAConfig(task_type="SEQ_CLS")), METHODS[method]
+
+
+def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings, *, reference=None,
+               workdir: str, num_labels: int = 2, disable_tqdm: bool = False):
+    """Train one cell on the tokenised ``train`` set; return ``(model in eval mode, info dict)``.
+
+    ``musclelora`` needs ``reference`` (tokenised trusted clean examples) for gradient alignment; the
+    other methods run through the same trainer with alignment off, so every cell shares one code path.
+    """
+    from transformers import DataCollatorWithPadding
+
+    from .trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+
+    align = method == "musclelora"
+    if align and reference is None:
+        raise ValueError("method 'musclelora' needs a reference set of trusted clean examples (reference=).")
+    model, description = build_classifier(method, model_dir, num_labels, settings.seed)
+    args = MuScleLoRATrainingArguments(
+        output_dir=os.path.join(workdir, f"{method}-{settings.seed}"),
+        per_device_train_batch_size=settings.batch_size,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.full_ft_lr if method == "full_ft" else settings.adapter_lr,
+        seed=settings.seed,
+        gradient_alignment=align,
+        alignment_preset=settings.alignment_preset,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=10,
+        disable_tqdm=disable_tqdm,
+        **settings.extra_args,
+    )
+    trainer = MuScleLoRATrainer(
+        model=model, args=args, train_dataset=train, reference_dataset=reference if align else None,
+        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model.eval()
+    steps = max(1, trainer.state.global_step)
+    return model, {"method": description, "train_seconds": seconds, "seconds_per_step": seconds / steps}
+
+
+def format_table(rows: list[dict]) -> str:
+    """Render rows (keys ``attack``, ``training``, ``cacc``, ``asr``) as a fixed-width table, in percent."""
+    width = max([len("training")] + [len(r["training"]) for r in rows])
+    header = f"{'attack':<10} {'training':<{width}} {'CACC':>7} {'ASR':>7}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r['attack']:<10} {r['training']:<{width}} {100 * r['cacc']:>6.1f}% {100 * r['asr']:>6.1f}%"
+        )
+    return "\n".join(lines)
