@@ -6,7 +6,9 @@ backdoor probe rows are recorded (hf_backdoor_defense.analysis.FrequencyAnalysis
 ASR are measured on a test subsample (hf_backdoor_defense.metrics.evaluate_backdoor).
 
 Writes ``benchmarks/results/frequency<suffix>.json`` and ``docs/figures/frequency_{full_ft,musclelora,
-comparison}<suffix>.png`` where the suffix is ``_quick`` / ``_reduced`` / empty for the three modes.
+comparison}<suffix>.png`` where the suffix is ``_quick`` / ``_reduced`` / empty for the three modes (the
+``--quick`` smoke run puts its figures in ``benchmarks/results/`` instead, out of the docs).
+``--replot`` redraws the figures of a mode from its JSON without training.
 
 Usage:
     python benchmarks/frequency_analysis.py --quick      # smoke run: tiny sizes, proves the script works
@@ -47,11 +49,28 @@ METHODS = {"full_ft": ("full", "Full fine-tuning"), "musclelora": ("musclelora",
 
 MODES = {
     #            train  steps  batch  len  probe (clean, poisoned)  eval_every  test
-    "quick": dict(train_size=200, steps=8, batch_size=16, max_length=32, probe=(24, 16), eval_every=4, test_size=48),
-    "reduced": dict(train_size=800, steps=30, batch_size=16, max_length=32, probe=(64, 64), eval_every=3,
-                    test_size=100, full_ft_lr=1e-4),
-    "full": dict(train_size=3000, steps=400, batch_size=16, max_length=64, probe=(200, 200), eval_every=10,
-                 test_size=1000),
+    "quick": dict(
+        train_size=200, steps=8, batch_size=16, max_length=32, probe=(24, 16), eval_every=4, test_size=48
+    ),
+    "reduced": dict(
+        train_size=800,
+        steps=30,
+        batch_size=16,
+        max_length=32,
+        probe=(64, 64),
+        eval_every=3,
+        test_size=100,
+        full_ft_lr=1e-4,
+    ),
+    "full": dict(
+        train_size=3000,
+        steps=400,
+        batch_size=16,
+        max_length=64,
+        probe=(200, 200),
+        eval_every=10,
+        test_size=1000,
+    ),
 }
 
 
@@ -65,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--full_ft_lr", type=float, default=None, help="default 5e-5 (reduced mode: 1e-4)")
     p.add_argument("--adapter_lr", type=float, default=5e-4)
     p.add_argument("--poison_rate", type=float, default=0.1)
+    p.add_argument(
+        "--replot", action="store_true", help="only redraw the figures from the mode's results JSON"
+    )
     args = p.parse_args(argv)
     args.mode = "quick" if args.quick else "reduced" if args.reduced else "full"
     args.suffix = "" if args.mode == "full" else f"_{args.mode}"
@@ -86,13 +108,19 @@ def write_results(cli, sizes, config, runs, begin) -> dict:
     payload = {
         "benchmark": "frequency_analysis",
         "mode": cli.mode,
-        "command": "python benchmarks/frequency_analysis.py" + ("" if cli.mode == "full" else f" --{cli.mode}"),
+        "command": "python benchmarks/frequency_analysis.py"
+        + ("" if cli.mode == "full" else f" --{cli.mode}"),
         "sizes": sizes,
         "learning_rates": {"full_ft": cli.full_ft_lr, "adapters": cli.adapter_lr},
         "config": config.to_dict(),
-        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                     "python": sys.version.split()[0], "torch": torch.__version__,
-                     "load_average_1min": os.getloadavg()[0]},
+        "hardware": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "load_average_1min": os.getloadavg()[0],
+        },
         "wall_seconds": time.perf_counter() - begin,
         "runs": runs,
     }
@@ -100,8 +128,30 @@ def write_results(cli, sizes, config, runs, begin) -> dict:
     return payload
 
 
+def plot_all(runs: dict, suffix: str) -> None:
+    figures = RESULTS if suffix == "_quick" else FIGURES  # smoke-run figures stay out of the docs
+    histories = {}
+    for key, run in runs.items():
+        title = METHODS[key][1]
+        histories[title] = run["history"]
+        plot_frequency_history(
+            run["history"],
+            figures / f"frequency_{key}{suffix}.png",
+            title=f"{title}: MiniLM, Rotten Tomatoes, BadNets",
+        )
+    if len(histories) > 1:
+        plot_frequency_comparison(
+            histories,
+            figures / f"frequency_comparison{suffix}.png",
+            title="Low/high-frequency error of clean and backdoor training examples",
+        )
+
+
 def main(argv=None) -> int:
     cli = parse_args(argv)
+    if cli.replot:
+        plot_all(json.loads((RESULTS / f"frequency{cli.suffix}.json").read_text())["runs"], cli.suffix)
+        return 0
     sizes = MODES[cli.mode]
     if cli.full_ft_lr is None:
         cli.full_ft_lr = sizes.get("full_ft_lr", 5e-5)
@@ -113,29 +163,36 @@ def main(argv=None) -> int:
     test = data["test"].shuffle(seed=1234).select(range(min(sizes["test_size"], len(data["test"]))))
     attack = BadNets(poison_rate=cli.poison_rate, target_label=1, label_mode="dirty", seed=cli.seed)
     config = FrequencyAnalysisConfig(eval_steps=sizes["eval_every"], max_length=sizes["max_length"])
-    runs, histories = {}, {}
+    runs = {}
     for key in cli.methods:
         method, title = METHODS[key]
         callback, info, model = analyze(
-            minilm_path(), splits, attack, method=method, steps=sizes["steps"],
+            minilm_path(),
+            splits,
+            attack,
+            method=method,
+            steps=sizes["steps"],
             learning_rate=cli.full_ft_lr if method == "full" else cli.adapter_lr,
-            batch_size=sizes["batch_size"], max_length=sizes["max_length"], train_size=sizes["train_size"],
-            reference_size=96 if cli.mode != "quick" else 16, probe_clean=sizes["probe"][0],
-            probe_poisoned=sizes["probe"][1], config=config, seed=cli.seed,
+            batch_size=sizes["batch_size"],
+            max_length=sizes["max_length"],
+            train_size=sizes["train_size"],
+            reference_size=96 if cli.mode != "quick" else 16,
+            probe_clean=sizes["probe"][0],
+            probe_poisoned=sizes["probe"][1],
+            config=config,
+            seed=cli.seed,
         )
         scores = evaluate_backdoor(model, tokenizer, test, attack, max_length=sizes["max_length"])
         drops = drop_steps(callback.history)
         runs[key] = {**info, **scores, "drop_steps": drops, "history": callback.history}
-        histories[title] = callback.history
-        plot_frequency_history(callback.history, FIGURES / f"frequency_{key}{cli.suffix}.png",
-                               title=f"{title}: MiniLM, Rotten Tomatoes, BadNets")
-        print(f"[{key}] CACC {scores['cacc']:.3f} ASR {scores['asr']:.3f} halved at steps {drops} "
-              f"({info['wall_seconds']:.0f} s)", flush=True)
+        print(
+            f"[{key}] CACC {scores['cacc']:.3f} ASR {scores['asr']:.3f} halved at steps {drops} "
+            f"({info['wall_seconds']:.0f} s)",
+            flush=True,
+        )
         del model
         write_results(cli, sizes, config, runs, begin)
-        if len(histories) > 1:
-            plot_frequency_comparison(histories, FIGURES / f"frequency_comparison{cli.suffix}.png",
-                                      title="Low/high-frequency error of clean and backdoor training examples")
+        plot_all(runs, cli.suffix)
     payload = write_results(cli, sizes, config, runs, begin)
     print(f"wrote {RESULTS / f'frequency{cli.suffix}.json'} in {payload['wall_seconds']:.0f} s")
     return 0

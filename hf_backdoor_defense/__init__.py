@@ -46,6 +46,8 @@ _LAZY = {
     "RetuningScenarioConfig": "hf_backdoor_defense.scenario",
     "push_adapter_to_hub": "hf_backdoor_defense.hub",
     "write_model_card": "hf_backdoor_defense.hub",
+    "FrequencyAnalysisCallback": "hf_backdoor_defense.analysis",
+    "FrequencyAnalysisConfig": "hf_backdoor_defense.analysis",
     "BadNets": "hf_backdoor_defense.attacks",
     "AddSent": "hf_backdoor_defense.attacks",
     "SentimentSteering": "hf_backdoor_defense.attacks",

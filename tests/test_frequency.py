@@ -102,27 +102,36 @@ def test_frequency_errors_separates_clean_and_backdoor():
     assert len(out["per_sigma"]["sigma"]) == 2
     assert out["per_sigma"]["sigma"][1] == pytest.approx(0.01 * out["median_distance"])
     assert out["median_distance"] > 50
-    same = frequency_errors(x, probs, labels, poisoned, sigmas=out["per_sigma"]["sigma"], sigma_mode="absolute")
+    same = frequency_errors(
+        x, probs, labels, poisoned, sigmas=out["per_sigma"]["sigma"], sigma_mode="absolute"
+    )
     assert same["clean_low"] == pytest.approx(out["clean_low"])
 
 
 def test_config_validation():
     assert len(FrequencyAnalysisConfig().sigmas) == 25
     assert FrequencyAnalysisConfig(sigma_mode="absolute").sigmas[-1] == 8.0
-    for kwargs, name in [({"eval_steps": 0}, "eval_steps"), ({"sigmas": (1.0, -1.0)}, "sigmas"),
-                         ({"sigma_mode": "log"}, "sigma_mode"), ({"pooling": "max"}, "pooling"),
-                         ({"embedding_source": "frozen"}, "embedding_source")]:
+    for kwargs, name in [
+        ({"eval_steps": 0}, "eval_steps"),
+        ({"sigmas": (1.0, -1.0)}, "sigmas"),
+        ({"sigma_mode": "log"}, "sigma_mode"),
+        ({"pooling": "max"}, "pooling"),
+        ({"embedding_source": "frozen"}, "embedding_source"),
+    ]:
         with pytest.raises(ValueError, match=name):
             FrequencyAnalysisConfig(**kwargs)
 
 
 def test_build_probe_set_seeded_and_strict():
     data = datasets.Dataset.from_dict(
-        {"text": [f"t{i}" for i in range(30)], "label": [i % 2 for i in range(30)],
-         "is_poisoned": [i % 5 == 0 for i in range(30)]}
+        {
+            "text": [f"t{i}" for i in range(30)],
+            "label": [i % 2 for i in range(30)],
+            "is_poisoned": [i % 5 == 0 for i in range(30)],
+        }
     )
     probe = build_probe_set(data, n_clean=8, n_poisoned=4, seed=3)
-    assert probe["is_poisoned"] == [False] * 8 + [True] * 4
+    assert list(probe["is_poisoned"]) == [False] * 8 + [True] * 4
     assert list(build_probe_set(data, 8, 4, seed=3)["text"]) == list(probe["text"])
     assert list(build_probe_set(data, 8, 4, seed=4)["text"]) != list(probe["text"])
     assert len(data) == 30 and "is_poisoned" in data.column_names
@@ -138,7 +147,12 @@ def test_drop_steps():
         {"step": 2, "backdoor_low": 0.4, "clean_low": 0.8, "backdoor_high": 0.9, "clean_high": None},
         {"step": 4, "backdoor_low": 0.1, "clean_low": 0.5, "backdoor_high": 0.9, "clean_high": 1.0},
     ]
-    assert drop_steps(history) == {"backdoor_low": 2, "clean_low": 4, "backdoor_high": None, "clean_high": None}
+    assert drop_steps(history) == {
+        "backdoor_low": 2,
+        "clean_low": 4,
+        "backdoor_high": None,
+        "clean_high": None,
+    }
 
 
 # ------------------------------------------------------------------------------------------ Trainer run
@@ -157,12 +171,25 @@ def test_callback_in_real_trainer(tmp_path, tiny_bert, bert_tokenizer, poisoned_
     probe = build_probe_set(poisoned_train, n_clean=8, n_poisoned=6, seed=0)
     config = FrequencyAnalysisConfig(eval_steps=2, max_length=16, sigmas=(0.05, 0.1, 0.2))
     callback = FrequencyAnalysisCallback(probe, config=config)  # tokenizer from processing_class
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=5, per_device_train_batch_size=8,
-                             learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
-                             disable_tqdm=True, seed=0)
-    trainer = Trainer(model=tiny_bert, args=args, train_dataset=tokenize_dataset(poisoned_train, bert_tokenizer,
-                      max_length=16), processing_class=bert_tokenizer,
-                      data_collator=DataCollatorWithPadding(bert_tokenizer), callbacks=[callback])
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=5,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=tiny_bert,
+        args=args,
+        train_dataset=tokenize_dataset(poisoned_train, bert_tokenizer, max_length=16),
+        processing_class=bert_tokenizer,
+        data_collator=DataCollatorWithPadding(bert_tokenizer),
+        callbacks=[callback],
+    )
     trainer.train()
     assert [r["step"] for r in callback.history] == [0, 2, 4, 5]
     assert tiny_bert.training  # mode restored after each probe
@@ -170,7 +197,9 @@ def test_callback_in_real_trainer(tmp_path, tiny_bert, bert_tokenizer, poisoned_
         for key in ("backdoor_low", "clean_low", "backdoor_high", "clean_high"):
             assert 0 < record[key] < 10 and len(record["per_sigma"][key]) == 3
     # full fine-tuning moves the model, so the errors change between the first and the last probe
-    assert callback.history[0]["backdoor_low"] != pytest.approx(callback.history[-1]["backdoor_low"], abs=1e-6)
+    assert callback.history[0]["backdoor_low"] != pytest.approx(
+        callback.history[-1]["backdoor_low"], abs=1e-6
+    )
     # ... and (embedding_source="current") the embeddings move too
     assert callback.history[0]["median_distance"] != callback.history[-1]["median_distance"]
 
@@ -182,7 +211,9 @@ def test_callback_in_real_trainer(tmp_path, tiny_bert, bert_tokenizer, poisoned_
     width, height = png_size(png)
     assert 400 < width < 2000 and 300 < height < 1500
     assert png.stat().st_size > 10_000
-    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == []  # no temp files left
+    assert [
+        p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")
+    ] == []  # no temp files left
 
     both = plot_frequency_comparison({"a": callback.history, "b": callback.history}, tmp_path / "cmp.png")
     assert png_size(both)[0] > width
@@ -191,15 +222,39 @@ def test_callback_in_real_trainer(tmp_path, tiny_bert, bert_tokenizer, poisoned_
 def test_initial_embeddings_keep_the_kernel(tiny_bert, bert_tokenizer, poisoned_train):
     probe = build_probe_set(poisoned_train, n_clean=6, n_poisoned=6, seed=1)
     callback = FrequencyAnalysisCallback(
-        probe, bert_tokenizer, FrequencyAnalysisConfig(max_length=16, embedding_source="initial", sigmas=(0.1,))
+        probe,
+        bert_tokenizer,
+        FrequencyAnalysisConfig(max_length=16, embedding_source="initial", sigmas=(0.1,)),
     )
     first = callback.evaluate(tiny_bert, step=0)
     with torch.no_grad():
         tiny_bert.bert.embeddings.word_embeddings.weight.mul_(3.0)
     second = callback.evaluate(tiny_bert, step=1)
     assert second["median_distance"] == first["median_distance"]
-    fresh = FrequencyAnalysisCallback(probe, bert_tokenizer, FrequencyAnalysisConfig(max_length=16, sigmas=(0.1,)))
+    fresh = FrequencyAnalysisCallback(
+        probe, bert_tokenizer, FrequencyAnalysisConfig(max_length=16, sigmas=(0.1,))
+    )
     assert fresh.evaluate(tiny_bert, step=1)["median_distance"] != first["median_distance"]
+
+
+def test_probe_points_do_not_depend_on_batch_or_padding_side(tiny_bert, bert_tokenizer):
+    import copy
+
+    from hf_backdoor_defense.analysis import probe_outputs
+
+    left = copy.deepcopy(bert_tokenizer)
+    left.padding_side = "left"
+    texts = ["a short one", "a much longer sentence with many more words in it"]
+    alone, p_alone = probe_outputs(tiny_bert, left, texts, max_length=20, batch_size=1)
+    together, p_together = probe_outputs(tiny_bert, left, texts, max_length=20, batch_size=2)
+    assert alone.shape == (2, 20 * 32)
+    assert torch.allclose(alone, together, atol=1e-5)
+    assert torch.allclose(p_alone, p_together, atol=1e-5)
+    assert torch.allclose(p_alone.sum(1), torch.ones(2, dtype=torch.float64))
+    # padded slots are zero: the short sentence has 5 tokens ([CLS] a short one [SEP])
+    assert alone[0, 5 * 32 :].abs().max() == 0 and alone[0, : 5 * 32].abs().max() > 0
+    mean, _ = probe_outputs(tiny_bert, left, texts, max_length=20, pooling="mean")
+    assert mean.shape == (2, 32)
 
 
 def test_callback_rejects_probe_without_flags(tiny_text_dataset):
@@ -219,8 +274,11 @@ def tiny_model_dir(tmp_path, tiny_bert, bert_tokenizer):
 @pytest.fixture
 def tiny_csv(tmp_path, tiny_text_dataset):
     words = ["ok", "so", "yes", "well"]
-    lines = ["text,label"] + [f"{row['text']} {words[i % 4]}{i}x{j},{row['label']}" for i in range(3)
-                              for j, row in enumerate(tiny_text_dataset)]
+    lines = ["text,label"] + [
+        f"{row['text']} {words[i % 4]}{i}x{j},{row['label']}"
+        for i in range(3)
+        for j, row in enumerate(tiny_text_dataset)
+    ]
     path = tmp_path / "reviews.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -235,13 +293,41 @@ def run_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.mark.parametrize("method", ["full", "musclelora"])
+@pytest.mark.parametrize("method", ["full", "lora", "musclelora"])
 def test_cli_round_trip(tmp_path, tiny_model_dir, tiny_csv, method, capsys):
     out = tmp_path / f"freq-{method}"
-    code = run_cli(["analyze-frequency", "--model-dir", str(tiny_model_dir), "--dataset", str(tiny_csv),
-                    "--attack", "badnets", "--poison-rate", "0.2", "--method", method, "--steps", "4",
-                    "--eval-every", "2", "--batch-size", "8", "--max-length", "16", "--probe-clean", "10",
-                    "--probe-poisoned", "6", "--reference-size", "4", "--no-progress", "--output", str(out)])
+    code = run_cli(
+        [
+            "analyze-frequency",
+            "--model-dir",
+            str(tiny_model_dir),
+            "--dataset",
+            str(tiny_csv),
+            "--attack",
+            "badnets",
+            "--poison-rate",
+            "0.2",
+            "--method",
+            method,
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-length",
+            "16",
+            "--probe-clean",
+            "10",
+            "--probe-poisoned",
+            "6",
+            "--reference-size",
+            "4",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0
     payload = json.loads((out / "frequency.json").read_text())
     assert [r["step"] for r in payload["history"]] == [0, 2, 4]
@@ -254,5 +340,18 @@ def test_cli_round_trip(tmp_path, tiny_model_dir, tiny_csv, method, capsys):
 
 def test_cli_errors_clearly(tmp_path, tiny_model_dir, tiny_csv):
     with pytest.raises(ValueError, match="n_poisoned"):
-        run_cli(["analyze-frequency", "--model", str(tiny_model_dir), "--dataset", str(tiny_csv),
-                 "--attack", "badnets", "--probe-poisoned", "500", "--output", str(tmp_path / "x")])
+        run_cli(
+            [
+                "analyze-frequency",
+                "--model",
+                str(tiny_model_dir),
+                "--dataset",
+                str(tiny_csv),
+                "--attack",
+                "badnets",
+                "--probe-poisoned",
+                "500",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )

@@ -102,7 +102,9 @@ class FrequencyAnalysisConfig:
             Boolean column marking the poisoned rows of the probe set.
     """
 
-    eval_steps: int = field(default=10, metadata={"help": "Compute the errors every this many optimizer steps."})
+    eval_steps: int = field(
+        default=10, metadata={"help": "Compute the errors every this many optimizer steps."}
+    )
     eval_at_start: bool = field(default=True, metadata={"help": "Also compute them before the first step."})
     sigmas: tuple[float, ...] | None = field(
         default=None,
@@ -113,7 +115,8 @@ class FrequencyAnalysisConfig:
         metadata={"help": "'relative' (σ × median pairwise distance) or 'absolute' (raw distances, paper)."},
     )
     pooling: str = field(
-        default="flatten", metadata={"help": "'flatten' (fixed length, the paper) or 'mean' over real tokens."}
+        default="flatten",
+        metadata={"help": "'flatten' (fixed length, the paper) or 'mean' over real tokens."},
     )
     max_length: int = field(default=64, metadata={"help": "Fixed sequence length of the probe inputs."})
     embedding_source: str = field(
@@ -133,7 +136,9 @@ class FrequencyAnalysisConfig:
         if self.sigma_mode not in ("relative", "absolute"):
             raise ValueError(f"`sigma_mode` must be 'relative' or 'absolute', got {self.sigma_mode!r}.")
         if self.sigmas is None:
-            self.sigmas = DEFAULT_RELATIVE_SIGMAS if self.sigma_mode == "relative" else DEFAULT_ABSOLUTE_SIGMAS
+            self.sigmas = (
+                DEFAULT_RELATIVE_SIGMAS if self.sigma_mode == "relative" else DEFAULT_ABSOLUTE_SIGMAS
+            )
         self.sigmas = tuple(float(s) for s in self.sigmas)
         if not self.sigmas or any(not np.isfinite(s) or s <= 0 for s in self.sigmas):
             raise ValueError(f"`sigmas` must be a non-empty sequence of positive numbers, got {self.sigmas}.")
@@ -255,7 +260,9 @@ def frequency_errors(
     median = float(off_diagonal.median()) if off_diagonal.numel() else 0.0
     if sigma_mode == "relative":
         if median <= 0:
-            raise ValueError("all probe embeddings coincide: relative sigmas need a positive median distance.")
+            raise ValueError(
+                "all probe embeddings coincide: relative sigmas need a positive median distance."
+            )
         raw_sigmas = [float(s) * median for s in sigmas]
     elif sigma_mode == "absolute":
         raw_sigmas = [float(s) for s in sigmas]
@@ -274,8 +281,9 @@ def frequency_errors(
 
 
 # ---------------------------------------------------------------------------------------------- probes
-def build_probe_set(dataset, n_clean: int = 200, n_poisoned: int = 200, *, seed: int = 0,
-                    poison_column: str = "is_poisoned"):
+def build_probe_set(
+    dataset, n_clean: int = 200, n_poisoned: int = 200, *, seed: int = 0, poison_column: str = "is_poisoned"
+):
     """A fixed, seeded probe subset of a poisoned *training* set: ``n_clean`` clean and ``n_poisoned``
     poisoned rows (clean rows first). The input is not modified.
 
@@ -284,7 +292,7 @@ def build_probe_set(dataset, n_clean: int = 200, n_poisoned: int = 200, *, seed:
         >>> data = Dataset.from_dict({"text": list("abcdef"), "label": [0, 1] * 3,
         ...                           "is_poisoned": [True, False, False, True, False, False]})
         >>> probe = build_probe_set(data, n_clean=2, n_poisoned=2)
-        >>> probe["is_poisoned"]
+        >>> list(probe["is_poisoned"])
         [False, False, True, True]
     """
     if poison_column not in dataset.column_names:
@@ -322,7 +330,8 @@ def probe_outputs(
 
     The embedding is the embedding-layer output (``hidden_states[0]``: for BERT word + position + type
     embeddings after LayerNorm; for Llama/GPT-2 the input embeddings), at a fixed length ``max_length`` with
-    padded positions set to zero, then flattened (``pooling="flatten"``) or mean-pooled over real tokens.
+    padded positions set to zero (inputs are right-padded whatever the tokenizer's default, so token t is in
+    slot t and a sentence's point does not depend on its batch), then flattened (``pooling="flatten"``) or mean-pooled over real tokens.
     The model's train/eval mode is restored afterwards.
     """
     from tqdm.auto import tqdm
@@ -338,7 +347,15 @@ def probe_outputs(
             # Pad to the longest in the batch for the forward pass (cheaper), then zero-pad the embeddings
             # to `max_length`: the same points as padding every input to `max_length`, since padded
             # positions are zeroed either way.
-            enc = tokenizer(batch, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            # Right padding always, so token t of every sentence sits in slot t of the flattened point.
+            enc = tokenizer(
+                batch,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
+            )
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model(**enc, output_hidden_states=True, return_dict=True)
             if out.hidden_states is None:
@@ -366,7 +383,8 @@ class FrequencyAnalysisCallback(TrainerCallback):
 
     Every `config.eval_steps` optimizer steps (and at step 0 and at the end) the model is run on the probe
     set and one record is appended to `history`: ``{"step", "epoch", "backdoor_low", "clean_low",
-    "backdoor_high", "clean_high", "per_sigma", "median_distance"}``. Only the main process computes.
+    "backdoor_high", "clean_high", "per_sigma", "median_distance", "probe_seconds"}``. Only the main
+    process computes.
 
     Args:
         probe_dataset (`datasets.Dataset`):
@@ -384,8 +402,13 @@ class FrequencyAnalysisCallback(TrainerCallback):
         >>> callback.history[-1]["backdoor_low"]                               # doctest: +SKIP
     """
 
-    def __init__(self, probe_dataset, tokenizer=None, config: FrequencyAnalysisConfig | None = None,
-                 disable_progress_bar: bool = True):
+    def __init__(
+        self,
+        probe_dataset,
+        tokenizer=None,
+        config: FrequencyAnalysisConfig | None = None,
+        disable_progress_bar: bool = True,
+    ):
         self.config = config or FrequencyAnalysisConfig()
         cfg = self.config
         for column in (cfg.text_column, cfg.label_column, cfg.poison_column):
@@ -409,12 +432,19 @@ class FrequencyAnalysisCallback(TrainerCallback):
         """Compute one record for ``model`` now, append it to `history` and return it."""
         tokenizer = tokenizer or self.tokenizer
         if tokenizer is None:
-            raise ValueError("FrequencyAnalysisCallback needs a tokenizer: pass tokenizer= or processing_class=.")
+            raise ValueError(
+                "FrequencyAnalysisCallback needs a tokenizer: pass tokenizer= or processing_class=."
+            )
         cfg = self.config
         start = time.perf_counter()
         embeddings, probs = probe_outputs(
-            model, tokenizer, self.texts, max_length=cfg.max_length, batch_size=cfg.batch_size,
-            pooling=cfg.pooling, disable_progress_bar=self.disable_progress_bar,
+            model,
+            tokenizer,
+            self.texts,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            pooling=cfg.pooling,
+            disable_progress_bar=self.disable_progress_bar,
         )
         if cfg.embedding_source == "current" or self._distances is None:
             distances = pairwise_distances(embeddings)
@@ -425,8 +455,15 @@ class FrequencyAnalysisCallback(TrainerCallback):
         record = {
             "step": int(step),
             "epoch": None if epoch is None else float(epoch),
-            **frequency_errors(None, probs, self.labels, self.is_poisoned, cfg.sigmas,
-                               sigma_mode=cfg.sigma_mode, distances=distances),
+            **frequency_errors(
+                None,
+                probs,
+                self.labels,
+                self.is_poisoned,
+                cfg.sigmas,
+                sigma_mode=cfg.sigma_mode,
+                distances=distances,
+            ),
             "probe_seconds": time.perf_counter() - start,
         }
         self.history.append(record)
@@ -461,8 +498,12 @@ class FrequencyAnalysisCallback(TrainerCallback):
         if self.history and self.history[-1]["step"] == state.global_step:
             return
         if force or state.global_step % self.config.eval_steps == 0:
-            self.evaluate(model, state.global_step, state.epoch, tokenizer=self.tokenizer
-                          or kwargs.get("processing_class"))
+            self.evaluate(
+                model,
+                state.global_step,
+                state.epoch,
+                tokenizer=self.tokenizer or kwargs.get("processing_class"),
+            )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.config.eval_at_start:

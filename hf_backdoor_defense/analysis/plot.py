@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,11 +47,21 @@ def _draw(ax, history: Sequence[Mapping], title: str | None) -> None:
         ax.plot(steps, values, label=label, markersize=3, **_STYLE[key])
     ax.set_xlabel("training step")
     ax.set_ylabel("relative error")
-    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
     ax.legend(fontsize="small")
+
+
+def _top(histories) -> float:
+    values = [
+        r[key]
+        for history in histories
+        for r in history
+        for key, _ in CURVES
+        if r.get(key) is not None and math.isfinite(r[key])
+    ]
+    return 1.05 * max(values, default=1.0) or 1.0
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -63,13 +74,16 @@ def _save(fig, path: str | os.PathLike) -> Path:
     return _write_atomic(Path(path), buffer.getvalue())
 
 
-def plot_frequency_history(history: Sequence[Mapping], path: str | os.PathLike, *, title: str | None = None) -> Path:
+def plot_frequency_history(
+    history: Sequence[Mapping], path: str | os.PathLike, *, title: str | None = None
+) -> Path:
     """One panel with the curves "Backdoor low / Clean low / Backdoor high / Clean high" over steps."""
     if not history:
         raise ValueError("the history is empty: nothing to plot (did the callback run?).")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     _draw(ax, history, title)
+    ax.set_ylim(0, _top([history]))
     return _save(fig, path)
 
 
@@ -83,6 +97,7 @@ def plot_frequency_comparison(
     fig, axes = plt.subplots(1, len(histories), figsize=(5.5 * len(histories), 4), sharey=True, squeeze=False)
     for ax, (name, history) in zip(axes[0], histories.items()):
         _draw(ax, history, name)
+    axes[0][0].set_ylim(0, _top(histories.values()))  # shared by every panel
     if title:
         fig.suptitle(title)
     return _save(fig, path)
