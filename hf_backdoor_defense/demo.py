@@ -89,6 +89,7 @@ def run(cfg: DemoConfig) -> list[dict]:
                     scores = evaluate_backdoor(model, tokenizer, test, each, max_length=cfg.max_length)
                     rows.append({"attack": attack_name, "training": "clean data, " + METHODS[method],
                                  **scores, **info})
+                    print(f"    -> {attack_name}: CACC {100 * scores['cacc']:.1f}%  ASR {100 * scores['asr']:.1f}%")
             else:
                 poisoned = attack.poison(train)
                 print(f"\n[{i}/{len(jobs)}] {name}-poisoned data ({sum(poisoned['is_poisoned'])} of "
@@ -97,6 +98,7 @@ def run(cfg: DemoConfig) -> list[dict]:
                                          reference=reference_tok, workdir=scratch)
                 scores = evaluate_backdoor(model, tokenizer, test, attack, max_length=cfg.max_length)
                 rows.append({"attack": name, "training": "poisoned, " + METHODS[method], **scores, **info})
+                print(f"    -> CACC {100 * scores['cacc']:.1f}%  ASR {100 * scores['asr']:.1f}%")
             del model
     rows.sort(key=lambda r: (cfg.attacks.index(r["attack"]), not r["training"].startswith("clean")))
     wall = time.time() - start
