@@ -28,11 +28,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 class DemoConfig:
     """Settings of the demo run; the defaults keep it near 10 minutes on 2 CPU cores."""
 
-    train_size: int = 1000
-    test_size: int | None = None  # None: the whole test split (1,276 sentences)
+    train_size: int = 800
+    test_size: int | None = 800  # None: the whole test split (1,276 sentences)
     reference_size: int = 96
     epochs: float = 2.0
-    max_length: int = 48
+    max_length: int = 32
     batch_size: int = 16
     full_ft_lr: float = 1e-4
     adapter_lr: float = 1e-3
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-size", type=int, default=defaults.train_size)
-    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--test-size", type=int, default=defaults.test_size)
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--attacks", nargs="+", default=defaults.attacks, choices=["badnets", "addsent"])
