@@ -399,7 +399,8 @@ class FrequencyAnalysisCallback(TrainerCallback):
     Example:
         >>> callback = FrequencyAnalysisCallback(probe, tokenizer)           # doctest: +SKIP
         >>> Trainer(..., callbacks=[callback]).train()                        # doctest: +SKIP
-        >>> callback.history[-1]["backdoor_low"]                               # doctest: +SKIP
+        >>> last = callback.history[-1]                                        # doctest: +SKIP
+        >>> last["backdoor_low"]                                               # doctest: +SKIP
     """
 
     def __init__(
