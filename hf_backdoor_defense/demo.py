@@ -13,12 +13,13 @@ Run ``python -m hf_backdoor_defense.demo --help`` for the knobs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .atomic import write_json_atomic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -107,10 +108,7 @@ def run(cfg: DemoConfig) -> list[dict]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config": asdict(cfg), "rows": rows, "wall_time_s": round(wall, 1)}
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, out / "results.json")
+    write_json_atomic(out / "results.json", payload)
     print(f"results written to {out / 'results.json'}")
     return rows
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCardData
 
+from .atomic import write_text_atomic
+
 #: Papers behind each defense (cited by title in cards).
 DEFENSE_PAPERS: dict[str, str] = {
     "musclelora": "Acquiring Clean Language Models from Backdoor Poisoned Datasets by Downscaling Frequency Space (ACL 2024)",
@@ -161,15 +163,7 @@ def write_model_card(folder: str | os.PathLike, **card_kwargs: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "README.md"
     text = build_model_card(**card_kwargs)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".README.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return write_text_atomic(target, text)
 
 
 def _card_kwargs_from_model(model: Any, adapter_name: str) -> dict[str, Any]:

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
@@ -40,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import datasets
+
+from .atomic import write_json_atomic
 
 __all__ = [
     "SHIFTS",
@@ -416,13 +417,4 @@ def _save_adapter(model, path: str) -> str:
 
 
 def _atomic_write_json(path: str, payload: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomic(path, payload)

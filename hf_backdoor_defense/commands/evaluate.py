@@ -7,11 +7,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import write_json_atomic
 from .poison import add_attack_arguments, build_attack, load_splits
 
 
@@ -114,9 +113,5 @@ def run(args: argparse.Namespace) -> int:
             "split": args.split,
             **attack.to_dict(),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=list)
-            handle.write("\n")
-        os.replace(tmp, target)
+        write_json_atomic(target, payload)
     return 0

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
+
+from ..atomic import write_json_atomic
 
 STATE_FILE = "reference_sampler.json"
 
@@ -110,17 +111,8 @@ class ReferenceSampler:
 
     def save(self, folder: str) -> str:
         """Write the state atomically to ``folder/reference_sampler.json``; returns the path."""
-        os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, STATE_FILE)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".reference_sampler.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.state_dict(), handle)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_json_atomic(path, self.state_dict(), indent=None)
         return path
 
     def load(self, folder: str) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..atomic import write_json_atomic
 from .layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 __all__ = [
@@ -533,14 +533,4 @@ def _is_prompt_learning(model) -> bool:
 
 
 def _atomic_write_json(path: str, payload: dict) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json_atomic(path, payload)
