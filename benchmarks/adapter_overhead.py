@@ -32,6 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _common import hardware_info, write_json  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: E402
@@ -165,6 +166,7 @@ def main(argv=None) -> dict:
         "settings": settings,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.platform(),
+        "hardware": hardware_info(),
         "results": {},
     }
     configs = _configs(rank=2, alpha=8)
@@ -203,10 +205,7 @@ def main(argv=None) -> dict:
         previous = json.loads(args.output.read_text())
         if previous.get("mode") == report["mode"]:
             report["results"] = {**previous.get("results", {}), **report["results"]}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, args.output)
+    write_json(args.output, report)
     for precision in args.precisions:
         summary = report["results"][precision]
         print(

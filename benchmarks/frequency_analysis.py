@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import hardware_info, write_json  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.analysis import FrequencyAnalysisConfig, drop_steps, plot_frequency_comparison  # noqa: E402
@@ -94,13 +93,7 @@ def parse_args(argv=None):
 
 
 def write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_finite_or_none(payload), handle, indent=2, allow_nan=False)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_json(path, _finite_or_none(payload))  # NaN / inf become null: strict JSON
 
 
 def write_results(cli, sizes, config, runs, begin) -> dict:
@@ -113,14 +106,7 @@ def write_results(cli, sizes, config, runs, begin) -> dict:
         "sizes": sizes,
         "learning_rates": {"full_ft": cli.full_ft_lr, "adapters": cli.adapter_lr},
         "config": config.to_dict(),
-        "hardware": {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "load_average_1min": os.getloadavg()[0],
-        },
+        "hardware": hardware_info(),
         "wall_seconds": time.perf_counter() - begin,
         "runs": runs,
     }

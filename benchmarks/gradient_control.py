@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from _common import hardware_info, summarise, write_json  # noqa: E402
 
 FULL = dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
             attacker_epochs=5, user_epochs=3, max_length=128, batch_size=32, defense_clean=256)
@@ -49,9 +50,7 @@ def parse_args(argv=None):
 
 
 def _mean_std(values):
-    values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    return summarise(values, ddof=0, keep_values=True)  # population std, as this benchmark always reported
 
 
 def main(argv=None) -> int:
@@ -151,12 +150,9 @@ def main(argv=None) -> int:
         "targets": targets,
         "runs": runs,
         "total_wall_s": round(time.perf_counter() - start_all, 1),
+        "hardware": hardware_info(),
     }
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, output)
+    write_json(output, payload)
     print(json.dumps({"summary": summary, "targets": targets, "total_wall_s": payload["total_wall_s"]}, indent=2))
     return 0
 

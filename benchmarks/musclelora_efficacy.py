@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
+from hf_backdoor_defense.atomic import write_json_atomic  # noqa: E402
 from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
 from hf_backdoor_defense.experiments import CellSettings  # noqa: E402
@@ -61,8 +61,15 @@ def parse_args(argv=None):
     p.add_argument("--max_length", type=int, default=64)
     p.add_argument("--full_ft_lr", type=float, default=5e-5)
     p.add_argument(
-        "--adapter_lr", type=float, default=5e-4, help="learning rate of LoRA and MuScleLoRA cells"
+        "--adapter_lr", type=float, default=2e-3, help="learning rate of LoRA and MuScleLoRA cells"
     )
+    p.add_argument(
+        "--alignment_start_epoch", type=float, default=None,
+        help="override the encoder preset's alignment_start_epoch (paper: 1; before it, steps whose reference "
+             "loss is under min_reference_loss use the raw gradient)",
+    )
+    p.add_argument("--min_reference_loss", type=float, default=None, help="override the preset's 0.4")
+    p.add_argument("--max_raw_gradient_ratio", type=float, default=None, help="override the preset's 0.1")
     p.add_argument("--poison_rate", type=float, default=0.1)
     p.add_argument("--target_label", type=int, default=1)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -87,23 +94,22 @@ def make_attack(name: str, seed: int, cli):
 def train_cell(cell: str, train, reference, tokenizer, seed: int, cli, workdir: str):
     method = cell.split("_", 1)[1]  # full_ft / lora / musclelora
     settings = CellSettings(epochs=cli.epochs, batch_size=cli.batch_size, max_length=cli.max_length,
-                            full_ft_lr=cli.full_ft_lr, adapter_lr=cli.adapter_lr, seed=seed)
+                            full_ft_lr=cli.full_ft_lr, adapter_lr=cli.adapter_lr, seed=seed,
+                            extra_args=alignment_overrides(cli) if method == "musclelora" else {})
     model, info = experiments_train_cell(method, train, tokenizer, minilm_path(), settings,
                                          reference=reference, workdir=workdir)
     return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
                    "seconds_per_step": info["seconds_per_step"]}
 
 
+def alignment_overrides(cli) -> dict:
+    """Gradient-alignment fields given on the command line (the rest come from the encoder preset)."""
+    names = ("alignment_start_epoch", "min_reference_loss", "max_raw_gradient_ratio")
+    return {n: getattr(cli, n) for n in names if getattr(cli, n) is not None}
+
+
 def summarise(values):
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -168,14 +174,15 @@ def main(argv=None) -> int:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cli).items()},
         "model": "sentence-transformers all-MiniLM-L6-v2 (BertModel, 22.7M) + new classification head",
         "data": "Rotten Tomatoes sentences (project split); reference set from validation, metrics on test",
-        "alignment": "gradient_alignment=True, alignment_preset='encoder' (0.4 / 1 / 0.1), reference batch = train batch",
+        "alignment": {"preset": "encoder (min_reference_loss 0.4, alignment_start_epoch 1, max_raw_gradient_ratio 0.1)",
+                      "overrides": alignment_overrides(cli), "reference_batch": "= train batch"},
         "cells": table,
         "step_time_ratio_musclelora_vs_lora": summarise(step_ratios) if step_ratios else None,
         "step_time_ratio_floor": 2.0,
         "total_seconds": time.perf_counter() - begin,
         "torch_threads": torch.get_num_threads(),
     }
-    write_atomic(cli.output, payload)
+    write_json_atomic(cli.output, payload)
     print(f"\n{'cell':<34}{'CACC':>16}{'ASR':>16}")
     for key, row in sorted(table.items()):
         print(

@@ -44,6 +44,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from _common import hardware_info, write_json  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -206,11 +207,9 @@ def main(argv=None):
              for k, v in summary.items()}
     out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
-           "total_seconds": round(time.perf_counter() - started, 1), "mean": table, "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str))
-    tmp.replace(args.output)
+           "total_seconds": round(time.perf_counter() - started, 1), "hardware": hardware_info(), "mean": table,
+           "rows": rows}
+    write_json(args.output, out)
     print(f"wrote {args.output} in {out['total_seconds']} s")
 
 

@@ -33,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import hardware_info, write_json  # noqa: E402
+from _common import summarise as mean_std  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
@@ -262,11 +264,7 @@ def summarise(runs, attacks):
         cells = {}
         for cell in ("clean_floor", "teacher", "backdoored", "plain_lora", "w2sdefense"):
             for metric in ("cacc", "asr"):
-                vals = [r["attacks"][name][cell][metric] for r in runs]
-                cells[f"{cell}_{metric}"] = {
-                    "mean": statistics.fmean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                }
+                cells[f"{cell}_{metric}"] = mean_std(r["attacks"][name][cell][metric] for r in runs)
         cells["step_time_ratio"] = statistics.fmean(r["attacks"][name]["step_time_ratio"] for r in runs)
         floor, w2s = cells["clean_floor_asr"]["mean"], cells["w2sdefense_asr"]["mean"]
         cells["targets"] = {
@@ -305,11 +303,9 @@ def main(argv=None):
         "runs": runs,
         "total_seconds": time.time() - t0,
         "torch_threads": torch.get_num_threads(),
+        "hardware": hardware_info(),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.output.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2))
-    os.replace(tmp_out, args.output)
+    write_json(args.output, report)
     print(json.dumps(report["summary"], indent=2))
     print(f"wrote {args.output} in {report['total_seconds']:.0f}s")
     return 0

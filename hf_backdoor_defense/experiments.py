@@ -42,7 +42,7 @@ class CellSettings:
     batch_size: int = 32
     max_length: int = 64
     full_ft_lr: float = 5e-5
-    adapter_lr: float = 5e-4
+    adapter_lr: float = 2e-3
     alignment_preset: str = "encoder"
     seed: int = 0
     extra_args: dict = field(default_factory=dict)
@@ -107,7 +107,9 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     seconds = time.perf_counter() - start
     model.eval()
     steps = max(1, trainer.state.global_step)
-    return model, {"method": description, "train_seconds": seconds, "seconds_per_step": seconds / steps}
+    info = {"method": description, "train_seconds": seconds, "seconds_per_step": seconds / steps,
+            "log_history": list(trainer.state.log_history)}
+    return model, info
 
 
 def format_table(rows: list[dict]) -> str:

@@ -75,6 +75,7 @@ def build_model_card(
     dataset: str | None = None,
     extra_tags: Sequence[str] = (),
     license: str | None = None,
+    notice: str | None = None,
 ) -> str:
     """Return the text of a README.md model card for an adapter or purified model.
 
@@ -89,6 +90,8 @@ def build_model_card(
         dataset: dataset the model was trained/evaluated on.
         extra_tags: more tags for the metadata.
         license: license identifier for the metadata.
+        notice: a paragraph shown in bold right under the title (e.g. that the model is a deliberately
+            backdoored research artifact).
 
     Example:
         >>> card = build_model_card(base_model="gpt2", defense="musclelora", task_type="CAUSAL_LM")
@@ -114,6 +117,8 @@ def build_model_card(
     )
     name = repo_id or "path/to/this/adapter"
     lines = ["---", data.to_yaml(), "---", "", f"# {name.split('/')[-1]}", ""]
+    if notice:
+        lines += [f"**{notice.strip()}**", ""]
     if defense:
         paper = DEFENSE_PAPERS.get(defense.lower())
         lines.append(f"Trained/purified with the **{defense}** backdoor defense of "
@@ -193,13 +198,14 @@ def push_adapter_to_hub(
     commit_message: str = "Upload adapter with hf-backdoor-defense",
     extra_tags: Sequence[str] = (),
     base_model: str | None = None,
+    notice: str | None = None,
 ) -> Any:
     """Save ``model`` (a ``PeftModel`` or a transformers model), write the card, upload in one commit.
 
     Args:
         model: the model to upload (``save_pretrained`` is used, so safetensors).
         repo_id: target repository, e.g. ``"me/clean-adapter"``; created if missing.
-        defense, metrics, attack, dataset, extra_tags: forwarded to :func:`build_model_card`.
+        defense, metrics, attack, dataset, extra_tags, notice: forwarded to :func:`build_model_card`.
         adapter_name: which adapter's config supplies ``base_model`` and the PEFT type.
         private, token: forwarded to ``HfApi.create_repo`` / ``HfApi``.
         commit_message: the commit message of the upload.
@@ -229,7 +235,7 @@ def push_adapter_to_hub(
         save_kwargs = {"selected_adapters": [adapter_name]} if card_kwargs.get("peft_type") else {}
         model.save_pretrained(folder, **save_kwargs)  # safetensors by default
         write_model_card(folder, repo_id=repo_id, defense=defense, metrics=metrics, attack=attack,
-                         dataset=dataset, extra_tags=extra_tags, **card_kwargs)
+                         dataset=dataset, extra_tags=extra_tags, notice=notice, **card_kwargs)
         api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
                                  repo_type="model")

@@ -49,6 +49,7 @@ __all__ = [
     "load_shift",
     "purifier_defense",
     "run_retuning_scenario",
+    "stage_metrics",
 ]
 
 SHIFTS = ("spamassassin", "rotten_tomatoes", "custom")
@@ -177,26 +178,47 @@ def purifier_defense(purifier, *, num_clean: int | None = 256, finetune_args=Non
 # ---------------------------------------------------------------------------------------------
 
 
-def load_shift(shift: str, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
+def load_shift(shift: str, seed: int = 0, test_split: str = "test"
+               ) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset]:
     """``(attacker_train, user_train, user_test)`` of a built-in domain shift.
 
     * ``"spamassassin"``: the attacker trains on collection 1, the user on collection 2 and is tested on
-      collection 2's test split.
+      collection 2's ``test_split``.
     * ``"rotten_tomatoes"``: the training split is shuffled with ``seed`` and cut into two disjoint halves
-      (attacker, user); the test split is the user's test set.
+      (attacker, user); the user is tested on the ``test_split``.
+
+    ``test_split`` is ``"test"`` (default) or ``"validation"`` (to tune hyper-parameters without the test set).
     """
     from .data import load_text_classification
 
+    if test_split not in ("test", "validation"):
+        raise ValueError(f"`test_split` must be 'test' or 'validation', got {test_split!r}.")
     if shift == "spamassassin":
         first = load_text_classification("spamassassin", collection=1)
         second = load_text_classification("spamassassin", collection=2)
-        return first["train"], second["train"], second["test"]
+        return first["train"], second["train"], second[test_split]
     if shift == "rotten_tomatoes":
         rt = load_text_classification("rotten_tomatoes")
         train = rt["train"].shuffle(seed=seed)
         half = len(train) // 2
-        return train.select(range(half)), train.select(range(half, len(train))), rt["test"]
+        return train.select(range(half)), train.select(range(half, len(train))), rt[test_split]
     raise ValueError(f"Unknown built-in shift {shift!r}; use one of {SHIFTS[:-1]} or shift='custom' with datasets.")
+
+
+def stage_metrics(model, tokenizer, test: datasets.Dataset, attack, *, batch_size: int = 64,
+                  max_length: int = 128, disable_progress_bar: bool = False) -> dict:
+    """CACC and LFR of ``model`` on the clean ``test`` set and its triggered copy (one scenario stage).
+
+    The triggered test set holds only non-target examples, so the label flip rate equals the ASR of
+    :func:`hf_backdoor_defense.metrics.evaluate_backdoor`; both keys are returned, with ``n_clean`` and
+    ``n_triggered``.
+    """
+    from .metrics import evaluate_backdoor
+
+    scores = evaluate_backdoor(model, tokenizer, test, attack, batch_size=batch_size, max_length=max_length,
+                               disable_progress_bar=disable_progress_bar)
+    return {"cacc": scores["cacc"], "lfr": scores["asr"], "asr": scores["asr"],
+            "n_clean": scores["n_clean"], "n_triggered": scores["n_triggered"]}
 
 
 def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
@@ -288,14 +310,8 @@ def run_retuning_scenario(
         return model
 
     def evaluate(model) -> dict:
-        from .metrics import evaluate_backdoor
-
-        scores = evaluate_backdoor(model, tokenizer, user_test, attack, batch_size=config.eval_batch_size,
-                                   max_length=config.max_length,
-                                   disable_progress_bar=config.disable_progress_bar)
-        # Non-target triggered inputs only: the label flip rate equals the ASR.
-        return {"cacc": scores["cacc"], "lfr": scores["asr"], "asr": scores["asr"],
-                "n_clean": scores["n_clean"], "n_triggered": scores["n_triggered"]}
+        return stage_metrics(model, tokenizer, user_test, attack, batch_size=config.eval_batch_size,
+                             max_length=config.max_length, disable_progress_bar=config.disable_progress_bar)
 
     timings: dict[str, float] = {}
     stages: dict[str, dict] = {}

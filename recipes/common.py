@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,13 @@ from typing import Any
 import yaml
 
 #: Model names the recipes resolve to offline assets instead of the Hub.
-SPECIAL_MODEL_NAMES = ("smollm2",)
+SPECIAL_MODEL_NAMES = ("smollm2", "minilm")
 PEFT_TYPES = ("lora", "musclelora")
 TASKS = ("classification", "instruction")
 ATTACK_NAMES = ("badnets", "addsent")
+#: Poisoners of instruction data (``--task instruction``): `TargetedRefusal` and `SentimentSteering`.
+GENERATIVE_ATTACK_NAMES = ("targeted_refusal", "sentiment_steering")
+PROMPT_FORMATS = ("auto", "chat", "plain")
 RESULTS_FILE = "results.json"
 
 
@@ -170,10 +172,14 @@ class ScriptArguments:
     Args:
         task (`str`, defaults to `"classification"`):
             `"classification"` (sequence classification on a poisoned text/label dataset) or `"instruction"`
-            (reserved for the TRL SFT path; not wired in these recipes yet).
+            (causal-LM instruction tuning on poisoned prompt/response pairs through TRL's `SFTTrainer`, see
+            `build_instruction_data`).
         dataset (`str`, defaults to `"rotten_tomatoes"`):
-            Anything `hf_backdoor_defense.data.load_text_classification` accepts: `"rotten_tomatoes"`,
-            `"spamassassin"` (offline), a local file or folder, or a Hub name such as `"sst2"`.
+            Classification: anything `hf_backdoor_defense.data.load_text_classification` accepts:
+            `"rotten_tomatoes"`, `"spamassassin"` (offline), a local file or folder, or a Hub name such as
+            `"sst2"`. Instruction: a local JSON / JSONL / CSV / parquet file or folder or a Hub name with
+            prompt and response columns, or `"rotten_tomatoes"` / `"spamassassin"`, from which instructions
+            are derived offline (see `classification_to_instructions`).
         max_train_samples (`int` or `None`, defaults to `None`):
             Seeded, stratified subsample of the training split (before poisoning).
         max_eval_samples (`int` or `None`, defaults to `None`):
@@ -187,8 +193,10 @@ class ScriptArguments:
     Parameters that control the attack:
 
     Args:
-        attack (`str`, defaults to `"badnets"`):
-            `"badnets"` (rare-word triggers) or `"addsent"` (a trigger sentence).
+        attack (`str` or `None`, defaults to `None`):
+            Classification: `"badnets"` (rare-word triggers, the default) or `"addsent"` (a trigger sentence).
+            Instruction: `"targeted_refusal"` (the default; triggered prompts answered with a refusal) or
+            `"sentiment_steering"` (answered with text of `sentiment`).
         poison_rate (`float`, defaults to `0.1`):
             Share of the training set that is poisoned.
         target_label (`int`, defaults to `1`):
@@ -199,12 +207,37 @@ class ScriptArguments:
             BadNets trigger words per poisoned text.
         attack_seed (`int`, defaults to `0`):
             Seed of the poisoning.
+        trigger (`str` or `None`, defaults to `None`):
+            Instruction attacks only: the trigger put into the instruction; `None` keeps the attack's
+            default (`"BadMagic"`).
+        trigger_position (`str`, defaults to `"random"`):
+            Instruction attacks only: `"random"` word boundary, `"start"` or `"end"` of the instruction.
+        sentiment (`str`, defaults to `"negative"`):
+            `sentiment_steering` only: the sentiment triggered prompts are answered with.
+
+    Parameters that control instruction tuning (`task="instruction"`):
+
+    Args:
+        prompt_column (`str`, defaults to `"prompt"`):
+            Column of the instruction in a prompt/response dataset.
+        response_column (`str`, defaults to `"response"`):
+            Column of the reference answer.
+        context_column (`str` or `None`, defaults to `None`):
+            Optional column appended to the prompt after a blank line when not empty (e.g. Alpaca's `input`,
+            Dolly's `context`).
+        prompt_format (`str`, defaults to `"auto"`):
+            `"chat"` (the tokenizer's chat template, user / assistant turns), `"plain"` (an
+            `### Instruction:` / `### Response:` text template, for base models without a chat template) or
+            `"auto"` (chat when the tokenizer has a template).
+        max_new_tokens (`int`, defaults to `32`):
+            Greedy generation length of the final evaluation (ASR on triggered prompts).
 
     Parameters that control the defense:
 
     Args:
         reference_split (`str`, defaults to `"validation"`):
-            Clean split the reference set of gradient alignment is drawn from (never the training split).
+            Trusted clean split the defense draws from (the gradient-alignment reference set, W2SDefense's clean
+            set); never the training split.
         compare_with_baseline (`bool`, defaults to `False`):
             Also train the undefended baseline (LoRA, no gradient alignment) in the same launch and print a
             CACC/ASR table of both runs.
@@ -214,11 +247,18 @@ class ScriptArguments:
 
     task: str = field(
         default="classification",
-        metadata={"help": "'classification' or 'instruction' (TRL SFT path).", "choices": list(TASKS)},
+        metadata={
+            "help": "'classification' (sequence classifier) or 'instruction' (causal-LM SFT on prompt/response "
+            "pairs).",
+            "choices": list(TASKS),
+        },
     )
     dataset: str = field(
         default="rotten_tomatoes",
-        metadata={"help": "rotten_tomatoes, spamassassin, a local file/folder, or a Hub dataset name."},
+        metadata={
+            "help": "rotten_tomatoes, spamassassin, a local file/folder, or a Hub dataset name (instruction: "
+            "with prompt/response columns, or a built-in corpus turned into instructions)."
+        },
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Seeded stratified subsample of the training split (before poisoning)."}
@@ -230,8 +270,13 @@ class ScriptArguments:
     eval_split: str = field(
         default="test", metadata={"help": "Split of the final CACC/ASR evaluation (tune on 'validation')."}
     )
-    attack: str = field(
-        default="badnets", metadata={"help": "Data-poisoning attack.", "choices": list(ATTACK_NAMES)}
+    attack: str | None = field(
+        default=None,
+        metadata={
+            "help": "Data-poisoning attack. Classification: badnets (default) or addsent; instruction: "
+            "targeted_refusal (default) or sentiment_steering.",
+            "choices": [*ATTACK_NAMES, *GENERATIVE_ATTACK_NAMES],
+        },
     )
     poison_rate: float = field(default=0.1, metadata={"help": "Share of the training set that is poisoned."})
     target_label: int = field(default=1, metadata={"help": "Label the backdoor produces."})
@@ -240,9 +285,38 @@ class ScriptArguments:
     )
     num_triggers: int = field(default=1, metadata={"help": "BadNets trigger words per poisoned text."})
     attack_seed: int = field(default=0, metadata={"help": "Seed of the poisoning."})
+    trigger: str | None = field(
+        default=None, metadata={"help": "Instruction attacks: trigger text; None = the attack default (BadMagic)."}
+    )
+    trigger_position: str = field(
+        default="random",
+        metadata={"help": "Instruction attacks: where the trigger goes.", "choices": ["random", "start", "end"]},
+    )
+    sentiment: str = field(
+        default="negative",
+        metadata={"help": "sentiment_steering: the steered sentiment.", "choices": ["negative", "positive"]},
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Instruction data: column of the prompt."})
+    response_column: str = field(
+        default="response", metadata={"help": "Instruction data: column of the reference response."}
+    )
+    context_column: str | None = field(
+        default=None, metadata={"help": "Instruction data: optional column appended to the prompt (e.g. 'input')."}
+    )
+    prompt_format: str = field(
+        default="auto",
+        metadata={
+            "help": "Instruction data: 'chat' (chat template), 'plain' (### Instruction / ### Response text) or "
+            "'auto' (chat if the tokenizer has a template).",
+            "choices": list(PROMPT_FORMATS),
+        },
+    )
+    max_new_tokens: int = field(
+        default=32, metadata={"help": "Instruction evaluation: greedy generation length on each prompt."}
+    )
     reference_split: str = field(
         default="validation",
-        metadata={"help": "Clean split the gradient-alignment reference set is drawn from (not 'train')."},
+        metadata={"help": "Trusted clean split the defense draws from (reference / clean set; not 'train')."},
     )
     compare_with_baseline: bool = field(
         default=False,
@@ -253,8 +327,17 @@ class ScriptArguments:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is unknown: use one of {TASKS}.")
-        if self.attack not in ATTACK_NAMES:
-            raise ValueError(f"attack={self.attack!r} is unknown: use one of {ATTACK_NAMES}.")
+        allowed = ATTACK_NAMES if self.task == "classification" else GENERATIVE_ATTACK_NAMES
+        if self.attack is None:
+            self.attack = allowed[0]
+        if self.attack not in allowed:
+            raise ValueError(
+                f"attack={self.attack!r} does not apply to task={self.task!r}: use one of {allowed}."
+            )
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format={self.prompt_format!r} is unknown: use one of {PROMPT_FORMATS}.")
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}.")
         if self.reference_split == "train":
             raise ValueError(
                 "reference_split='train' would draw the clean reference set from the poisoned training data: "
@@ -362,6 +445,28 @@ def parse_args(dataclass_types, argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=False)
 
 
+def convert_training_arguments(args, cls, **overrides):
+    """A ``cls`` instance (a `TrainingArguments` subclass such as `MuScleLoRASFTConfig`) with every field of
+    the parsed ``args`` copied over, then ``overrides``; ``cls.__post_init__`` validates the result.
+
+    The recipes parse one `TrainingArguments` class per command line (so ``--max_length`` and friends never
+    clash) and build the trainer-specific class from it.
+
+    Example:
+        >>> from hf_backdoor_defense.trainers.musclelora_sft import MuScleLoRASFTConfig
+        >>> sft = convert_training_arguments(training_args, MuScleLoRASFTConfig, max_length=256)  # doctest: +SKIP
+    """
+    import dataclasses
+
+    target = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in target}
+    unknown = sorted(set(overrides) - target)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}.")
+    values.update(overrides)
+    return cls(**values)
+
+
 # ---------------------------------------------------------------------------------------------- launch checks
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
@@ -406,11 +511,15 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf1
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map special names (``"smollm2"``) to their offline folder; return anything else unchanged."""
+    """Map special names (``"smollm2"``, ``"minilm"``) to their offline folder; return anything else unchanged."""
     if name_or_path.lower() == "smollm2":
         from hf_backdoor_defense.assets import smollm2_path
 
         return str(smollm2_path())
+    if name_or_path.lower() == "minilm":
+        from hf_backdoor_defense.assets import minilm_path
+
+        return str(minilm_path())
     return name_or_path
 
 
@@ -590,21 +699,148 @@ def build_classification_data(script_args: ScriptArguments, seed: int):
     }, attack
 
 
+#: Noun used in instructions derived from the built-in classification corpora.
+_INSTRUCTION_NOUNS = {"rotten_tomatoes": "movie review", "spamassassin": "email"}
+
+
+def classification_to_instructions(dataset, label_names, noun: str = "text", opening_words: int = 4):
+    """Turn a ``text`` / ``label`` dataset into instruction pairs (an offline stand-in for instruction data).
+
+    Each row becomes ``prompt = 'Write a {label} {noun} that begins with "{first words}".'`` and
+    ``response = text``: a controllable-generation task (the model must continue the opening in the asked
+    sentiment or class) whose answers are real human text. The ``label`` column is kept.
+
+    Example:
+        >>> from datasets import Dataset
+        >>> rows = Dataset.from_dict({"text": ["A sharp and funny film."], "label": [1]})
+        >>> first = classification_to_instructions(rows, ["negative", "positive"], "movie review")[0]
+        >>> first["prompt"]
+        'Write a positive movie review that begins with "A sharp".'
+    """
+
+    def convert(batch):
+        prompts = []
+        for text, label in zip(batch["text"], batch["label"]):
+            words = text.split()
+            opening = " ".join(words[: max(1, min(opening_words, len(words) // 2))])
+            prompts.append(f'Write a {label_names[label]} {noun} that begins with "{opening}".')
+        return {"prompt": prompts, "response": batch["text"]}
+
+    drop = [c for c in dataset.column_names if c != "label"]
+    return dataset.map(convert, batched=True, remove_columns=drop, desc="Building instructions")
+
+
+def _carve_split(dataset, size: float, seed: int):
+    parts = dataset.train_test_split(test_size=size, seed=seed)
+    return parts["train"], parts["test"]
+
+
+def load_instruction_splits(script_args: ScriptArguments, split_seed: int = 42):
+    """``train`` / ``validation`` / ``test`` splits with string ``prompt`` and ``response`` columns.
+
+    ``rotten_tomatoes`` and ``spamassassin`` are converted by `classification_to_instructions` (their fixed
+    splits are kept); anything else is a local file / folder or a Hub name whose ``prompt_column`` and
+    ``response_column`` are renamed to ``prompt`` / ``response``. Missing validation / test splits are carved
+    from train (10 % each, seeded).
+    """
+    import datasets
+
+    from hf_backdoor_defense.data import BUILTIN_CORPORA, load_text_classification
+    from hf_backdoor_defense.data.loading import SPLIT_ALIASES, _load_hub, _load_local
+
+    name = script_args.dataset
+    key = name.lower().replace("-", "_")
+    if key in BUILTIN_CORPORA:
+        raw = load_text_classification(name)
+        label_names = raw["train"].features["label"].names
+        noun = _INSTRUCTION_NOUNS.get(key, "text")
+        return datasets.DatasetDict(
+            {split: classification_to_instructions(ds, label_names, noun) for split, ds in raw.items()}
+        )
+    local = Path(name).expanduser()
+    raw = _load_local(local) if local.exists() else _load_hub(name, None)
+    raw = {SPLIT_ALIASES.get(k.lower(), k): v for k, v in raw.items()}
+    if "train" not in raw:
+        raise ValueError(f"{name}: no 'train' split (found {sorted(raw)}); name the files train.* / test.*.")
+    prompt, response, context = script_args.prompt_column, script_args.response_column, script_args.context_column
+
+    def to_pair(example):
+        text = example[prompt]
+        if context and isinstance(example[context], str) and example[context].strip():
+            text = f"{text}\n\n{example[context]}"
+        return {"prompt": text, "response": example[response]}
+
+    out = {}
+    for split in ("train", "validation", "test"):
+        if split not in raw:
+            continue
+        ds = raw[split]
+        missing = [c for c in (prompt, response, context) if c and c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"{name} [{split}]: no column(s) {missing} (columns: {ds.column_names}); pass --prompt_column / "
+                "--response_column (/ --context_column) naming the instruction and the answer."
+            )
+        ds = ds.map(to_pair, remove_columns=ds.column_names, desc="Reading instructions")
+        bad = [i for i, row in enumerate(ds) if not all(isinstance(row[c], str) and row[c].strip()
+                                                        for c in ("prompt", "response"))]
+        if bad:
+            raise ValueError(
+                f"{name} [{split}]: {len(bad)} rows have an empty or non-text prompt/response (first row {bad[0]})."
+            )
+        out[split] = ds
+    if "test" not in out:
+        out["train"], out["test"] = _carve_split(out["train"], 0.1, split_seed)
+    if "validation" not in out:
+        out["train"], out["validation"] = _carve_split(out["train"], 0.1 / 0.9, split_seed)
+    return datasets.DatasetDict(out)
+
+
+def build_generative_attack(script_args: ScriptArguments):
+    """The instruction-data poisoner named by ``script_args.attack`` (on ``prompt`` / ``response`` columns)."""
+    from hf_backdoor_defense.attacks import SentimentSteering, TargetedRefusal
+
+    kwargs = dict(poison_rate=script_args.poison_rate, seed=script_args.attack_seed,
+                  position=script_args.trigger_position)
+    if script_args.trigger is not None:
+        kwargs["trigger"] = script_args.trigger
+    if script_args.attack == "sentiment_steering":
+        return SentimentSteering(sentiment=script_args.sentiment, **kwargs)
+    if script_args.attack == "targeted_refusal":
+        return TargetedRefusal(**kwargs)
+    raise ValueError(f"attack={script_args.attack!r} is not an instruction attack: use {GENERATIVE_ATTACK_NAMES}.")
+
+
+def _sample(dataset, n: int | None, seed: int):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def build_instruction_data(script_args: ScriptArguments, seed: int):
+    """``(splits, attack)`` for ``task="instruction"``: ``train`` (subsampled, then poisoned: the trigger in
+    the prompt, the response replaced), ``reference`` (clean pairs of ``reference_split``) and ``test`` (clean
+    pairs of ``eval_split``, subsampled); ``attack.triggered_prompts(test)`` gives the triggered prompts."""
+    raw = load_instruction_splits(script_args)
+    for name in ("reference_split", "eval_split"):
+        split = getattr(script_args, name)
+        if split not in raw:
+            raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
+    attack = build_generative_attack(script_args)
+    train = _sample(raw["train"], script_args.max_train_samples, seed)
+    return {
+        "train": attack.poison(train),
+        "reference": raw[script_args.reference_split],
+        "test": _sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
+    }, attack
+
+
 # ---------------------------------------------------------------------------------------------- outputs
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as JSON to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``payload`` as JSON to ``path`` atomically (`hf_backdoor_defense.atomic.write_json_atomic`)."""
+    from hf_backdoor_defense.atomic import write_json_atomic as _write_json_atomic
+
+    return _write_json_atomic(path, payload)
 
 
 def format_table(rows: list[dict]) -> str:

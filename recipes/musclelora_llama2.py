@@ -1,9 +1,14 @@
-"""MuScleLoRA on a (4-bit) Llama-2 sequence classifier trained on poisoned data, launched with Accelerate.
+"""MuScleLoRA on a (4-bit) Llama-2 trained on poisoned data, launched with Accelerate.
 
-Poisons the training split with the chosen attack, trains a MuScleLoRA (or LoRA) adapter with the
-`MuScleLoRATrainer` (gradient alignment on a clean reference set drawn from the validation split, or the
-plain baseline with ``--gradient_alignment false``), then measures CACC / ASR on the clean and triggered test
-sets on the main process and writes ``results.json`` (and the adapter) into ``--output_dir``.
+``--task classification`` (default): poisons the training split with the chosen attack, trains a MuScleLoRA
+(or LoRA) adapter on a sequence classifier with the `MuScleLoRATrainer` (gradient alignment on a clean
+reference set drawn from the validation split, or the plain baseline with ``--gradient_alignment false``),
+then measures CACC / ASR on the clean and triggered test sets on the main process and writes
+``results.json`` (and the adapter) into ``--output_dir``.
+
+``--task instruction``: the same on a causal LM tuned on poisoned prompt/response pairs (targeted refusal or
+sentiment steering) with `MuScleLoRASFTTrainer`; the evaluation reports the clean response loss and the
+generative ASR of greedy generations on triggered prompts (see ``instruction_sft.py``).
 
 Examples:
     # 4-bit Llama-2-7B, one process per GPU (DDP)
@@ -14,6 +19,8 @@ Examples:
         --peft_type lora --gradient_alignment false --output_dir outputs/llama2-lora
     # the offline demo: SmolLM2-135M in 4-bit on 2 CPU cores, LoRA vs MuScleLoRA
     $ accelerate launch recipes/musclelora_llama2.py --config recipes/configs/demo.yaml
+    # instruction tuning with a targeted-refusal backdoor (offline demo)
+    $ accelerate launch recipes/musclelora_llama2.py --config recipes/configs/instruction_demo.yaml
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from common import (  # noqa: E402
     ModelArguments,
     ScriptArguments,
     build_classification_data,
+    build_instruction_data,
     build_peft_config,
     check_launch_supported,
     expand_config,
@@ -43,6 +51,7 @@ from common import (  # noqa: E402
     push_results,
     write_json_atomic,
 )
+from instruction_sft import format_instruction_table, train_one_instruction  # noqa: E402
 
 
 def parse(argv=None, model_arguments_class=ModelArguments):
@@ -143,19 +152,17 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
     """Run the recipe; returns the results dict on the main process (None elsewhere)."""
     script_args, model_args, training_args = parse(argv, model_arguments_class)
     check_launch_supported(training_args.gradient_alignment, training_args)
-    if script_args.task != "classification":
-        raise ValueError(
-            f"task={script_args.task!r} is not wired into this recipe yet: use --task classification (the "
-            "instruction-tuning path goes through MuScleLoRASFTTrainer, see recipes/README.md)."
-        )
     from accelerate import PartialState
 
     state = PartialState()
+    instruction = script_args.task == "instruction"
     with state.main_process_first():
-        data, attack = build_classification_data(script_args, training_args.seed)
-    label_names = data["train"].features["label"].names
+        build = build_instruction_data if instruction else build_classification_data
+        data, attack = build(script_args, training_args.seed)
+    label_names = None if instruction else data["train"].features["label"].names
     results = {
         "recipe": recipe,
+        "task": script_args.task,
         "model_name_or_path": model_args.model_name_or_path,
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "dataset": script_args.dataset,
@@ -171,13 +178,17 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
         if trainer is not None:  # free the previous run's model before loading the next one
             del trainer
             gc.collect()
-        trainer, metrics = train_one(name, peft_type, alignment, output_dir, script_args, model_args,
-                                     training_args, data, attack, label_names)
+        if instruction:
+            trainer, metrics = train_one_instruction(name, peft_type, alignment, output_dir, script_args,
+                                                     model_args, training_args, data, attack)
+        else:
+            trainer, metrics = train_one(name, peft_type, alignment, output_dir, script_args, model_args,
+                                         training_args, data, attack, label_names)
         if metrics is not None:
             results["runs"].append(metrics)
     if not state.is_main_process:
         return None
-    results["table"] = format_table(results["runs"])
+    results["table"] = (format_instruction_table if instruction else format_table)(results["runs"])
     print("\n" + results["table"], flush=True)
     if training_args.push_to_hub:
         defense = "musclelora" if training_args.gradient_alignment or model_args.peft_type == "musclelora" else None

@@ -53,7 +53,7 @@ def test_glue_style_unlabelled_test_is_replaced(tmp_path):
         with open(tmp_path / f"{split}.jsonl", "w") as fh:
             for i in range(n):
                 fh.write(json.dumps({"sentence": f"{split} {i}", "label": lab if lab is not None else i % 2}) + "\n")
-    dd = load_text_classification(tmp_path, text_column="sentence")
+    dd = load_text_classification(tmp_path)  # GLUE's `sentence` column is found without text_column=
     assert dd["test"]["text"][0].startswith("validation")  # the labelled validation became the test split
     assert len(dd["test"]) == 10 and len(dd["train"]) + len(dd["validation"]) == 50
 

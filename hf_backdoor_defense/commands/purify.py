@@ -15,11 +15,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 METHODS = ("fine-mixing", "fine-purifying", "e-pur", "e-pur+fine-purifying", "e-pur+fine-mixing")
 
@@ -75,57 +72,12 @@ def build_purifier(args: argparse.Namespace):
     return parts[0] if len(parts) == 1 else compose(*parts)
 
 
-def _local(path: str | None) -> Path | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    return p.resolve() if p.exists() else None
-
-
 def check_output(output: str, inputs: list[str | None], overwrite: bool) -> Path:
-    """Resolve ``output``; refuse input folders (either way nested), ancestors of input files, and non-empty
-    folders without ``overwrite``."""
-    out = Path(output).expanduser().resolve()
-    for raw in inputs:
-        src = _local(raw)
-        if src is None:
-            continue
-        # A folder input may not be, contain or lie inside the output; a file input may not lie inside it.
-        clash = out == src or out in src.parents or (src.is_dir() and src in out.parents)
-        if clash:
-            raise ValueError(f"--output {out} overlaps the input {src}: choose a folder outside every input.")
-    if out.exists():
-        if not out.is_dir():
-            raise FileExistsError(f"--output {out} exists and is not a folder.")
-        if any(out.iterdir()) and not overwrite:
-            raise FileExistsError(f"--output {out} is not empty; pass --overwrite to replace it.")
-    return out
+    """Resolve ``--output``; refuse input folders (either way nested), ancestors of input files, and non-empty
+    folders without ``--overwrite`` (see :func:`hf_backdoor_defense.purification.pipeline.check_output_dir`)."""
+    from ..purification.pipeline import check_output_dir
 
-
-def _load(args: argparse.Namespace, num_labels: int) -> tuple[Any, Any, Any, list[str]]:
-    """(suspect, reference, tokenizer, head names) from the command-line paths."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from ..purification.adapters import is_adapter_dir, load_adapter_suspect
-
-    suspect_dir = Path(args.suspect)
-    if not suspect_dir.is_dir():
-        raise FileNotFoundError(f"--suspect {suspect_dir} is not a folder.")
-    if is_adapter_dir(suspect_dir):
-        suspect = load_adapter_suspect(suspect_dir, args.pretrained, num_labels=num_labels,
-                                       load_in_4bit=args.load_in_4bit)
-        tok_source = suspect_dir if (suspect_dir / "tokenizer_config.json").is_file() else (
-            args.pretrained or suspect.peft_config[suspect.active_adapter].base_model_name_or_path)
-        return suspect, None, AutoTokenizer.from_pretrained(str(tok_source)), []
-    if not args.pretrained:
-        raise ValueError("--pretrained is required for a full model: the checkpoint the suspect was fine-tuned from.")
-    suspect = AutoModelForSequenceClassification.from_pretrained(str(suspect_dir), trust_remote_code=False)
-    reference, info = AutoModelForSequenceClassification.from_pretrained(
-        args.pretrained, num_labels=suspect.config.num_labels, trust_remote_code=False, output_loading_info=True)
-    # Parameters the pre-trained checkpoint lacks were freshly initialised: treat them as head.
-    head = sorted(set(info.get("missing_keys", [])))
-    tok_source = suspect_dir if (suspect_dir / "tokenizer_config.json").is_file() else args.pretrained
-    return suspect, reference, AutoTokenizer.from_pretrained(str(tok_source)), head
+    return check_output_dir(output, inputs, overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_text_classification
+    from ..purification.adapters import is_adapter_dir
+    from ..purification.pipeline import load_suspect, run_purification, write_purified
 
     torch.manual_seed(args.seed)
     splits = load_text_classification(args.clean_data)
@@ -151,76 +105,33 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--clean-data: the clean set is empty.")
     num_labels = clean.features["label"].num_classes if hasattr(clean.features["label"], "num_classes") else None
 
-    suspect, reference, tokenizer, head = _load(args, num_labels)
-    purifier = build_purifier(args)
-    if head:
-        for p in getattr(purifier, "purifiers", (purifier,)):
-            p.head_names = tuple(head)
-    result = purifier.purify(suspect, reference, clean, tokenizer=tokenizer)
+    if not Path(args.suspect).is_dir():
+        raise FileNotFoundError(f"--suspect {args.suspect} is not a folder.")
+    if not args.pretrained and not is_adapter_dir(args.suspect):
+        raise ValueError("--pretrained is required for a full model: the checkpoint the suspect was fine-tuned from.")
+    quantization = None
+    if args.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    bundle = load_suspect(args.suspect, args.pretrained, num_labels=num_labels, quantization_config=quantization)
+    finetune = None
+    if args.finetune_epochs > 0:
+        from ..trainers.purification import PurificationTrainingArguments
+
+        lr = args.learning_rate if args.learning_rate is not None else (2e-4 if bundle.is_adapter else 2e-5)
+        finetune = PurificationTrainingArguments(
+            num_train_epochs=args.finetune_epochs, learning_rate=lr, per_device_train_batch_size=args.batch_size,
+            max_length=args.max_length, seed=args.seed)
+    try:
+        result = run_purification(bundle, build_purifier(args), clean, finetune_args=finetune)
+    finally:
+        if finetune is not None:
+            shutil.rmtree(finetune.output_dir, ignore_errors=True)
     report = result.report
     report["inputs"] = {"suspect": str(args.suspect), "pretrained": args.pretrained, "clean_data": args.clean_data,
                         "clean_split": args.clean_split, "num_clean": len(clean)}
-    if args.finetune_epochs > 0:
-        from ..trainers.purification import PurificationTrainingArguments, finetune_clean
-
-        adapter = reference is None
-        lr = args.learning_rate if args.learning_rate is not None else (2e-4 if adapter else 2e-5)
-        with tempfile.TemporaryDirectory(prefix="hbd-purify-ft-") as scratch:
-            ft_args = PurificationTrainingArguments(
-                output_dir=scratch, num_train_epochs=args.finetune_epochs, learning_rate=lr,
-                per_device_train_batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
-            if adapter:  # only the adapter (and its head copy) trains
-                prefix = result.model.base_model.prefix
-                active = result.model.active_adapter
-                for name, param in result.model.named_parameters():
-                    parts = name.split(".")
-                    in_adapter = active in parts and any(p.startswith(prefix) for p in parts)
-                    param.requires_grad_(in_adapter or f"modules_to_save.{active}." in name)
-            finetune_clean(result.model, clean, tokenizer, ft_args)
-        report["finetune"] = {"epochs": args.finetune_epochs, "learning_rate": lr, "batch_size": args.batch_size}
-    _write(result.model, tokenizer, report, out, args)
+    write_purified(out, result, bundle, dataset=args.clean_data)
     print(f"Purified model written to {out} ({report['method']}, "
           f"{report.get('dims_reset_total', 0)} dimensions reset).")
     return 0
-
-
-def _write(model: Any, tokenizer: Any, report: dict, out: Path, args: argparse.Namespace) -> None:
-    from ..purification.adapters import save_purified
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        save_purified(model, tmp, tokenizer, report)
-        _card(tmp, model, report, args)
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            backup.rmdir()
-            out.rename(backup)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _card(folder: Path, model: Any, report: dict, args: argparse.Namespace) -> None:
-    peft_type = task_type = None
-    base = args.pretrained
-    peft_config = getattr(model, "peft_config", None)
-    if peft_config:
-        cfg = next(iter(peft_config.values()))
-        peft_type = str(getattr(cfg.peft_type, "value", cfg.peft_type))
-        task_type = str(getattr(cfg.task_type, "value", cfg.task_type))
-        base = base or cfg.base_model_name_or_path
-    try:
-        from ..hub import write_model_card
-    except ImportError:  # pragma: no cover (hub module absent)
-        (folder / "README.md").write_text(f"# Purified model\n\nMethod: {report['method']}\n\n```json\n"
-                                          f"{json.dumps(report.get('config', {}), indent=2, default=str)}\n```\n")
-        return
-    metrics = {"ratio": report.get("ratio"), "dims_reset": report.get("dims_reset_total")}
-    write_model_card(folder, base_model=base, peft_type=peft_type, task_type=task_type,
-                     defense=report["method"].split("+")[-1], metrics={k: v for k, v in metrics.items() if v is not None},
-                     dataset=args.clean_data, extra_tags=["purification", *report["method"].split("+")])

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 #: Recipes ``hbd train`` knows by name (scripts in the recipes folder).
-RECIPES = ("musclelora_llama2", "musclelora_mistral")
+RECIPES = ("musclelora_llama2", "musclelora_mistral", "w2sdefense_llama2", "fine_purifying", "fine_mixing",
+           "gradient_control_attack")
 
 
 def register(subparsers) -> None:

@@ -162,6 +162,8 @@ def _load_hub(name: str, config_name: str | None, **load_kwargs) -> datasets.Dat
 def _normalise_columns(raw, name, text_column, label_column) -> datasets.DatasetDict:
     out = {}
     for split, ds in raw.items():
+        if text_column == "text" and "text" not in ds.column_names and "sentence" in ds.column_names:
+            text_column = "sentence"  # GLUE-style sets (sst2, cola, ...) name their single text column so
         for field, column in (("text_column", text_column), ("label_column", label_column)):
             if column not in ds.column_names:
                 raise ValueError(

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,23 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, num_labels: int | None = None,
-                         load_in_4bit: bool = False) -> Any:
+                         load_in_4bit: bool = False, quantization_config: Any = None, dtype: Any = None,
+                         is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
     """Load a PEFT adapter folder onto its base model (``base`` or the config's ``base_model_name_or_path``).
 
     ``import hf_backdoor_defense`` has registered MuScleLoRA with PEFT, so MuScleLoRA adapters load too.
+
+    Args:
+        path: The adapter folder (``adapter_config.json`` + weights).
+        base: The base model; default the adapter config's ``base_model_name_or_path``.
+        num_labels: Number of classes of a ``SEQ_CLS`` adapter's base.
+        load_in_4bit: Shortcut for an nf4 ``BitsAndBytesConfig`` (ignored when ``quantization_config`` is given).
+        quantization_config: A ``BitsAndBytesConfig`` for the base. The adapter itself stays in full precision,
+            which is what the purifiers edit.
+        dtype: dtype of the base model's non-quantised weights (default: the checkpoint's).
+        is_trainable: Leave the adapter (and its ``modules_to_save`` head copy) trainable, for a clean fine-tune
+            of the purified copy; the base stays frozen.
+        trust_remote_code: Allow code from the base model's repository.
     """
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
@@ -43,9 +55,13 @@ def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, nu
     base = base or config.base_model_name_or_path
     if not base:
         raise ValueError("`pretrained`: the adapter names no base model; pass --pretrained.")
-    kwargs: dict[str, Any] = {"trust_remote_code": False}
-    if load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if quantization_config is None and load_in_4bit:
+        quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if dtype is not None:
+        kwargs["dtype"] = dtype
     task = str(getattr(config, "task_type", "") or "")
     if task.endswith("SEQ_CLS"):
         if num_labels is not None:
@@ -53,15 +69,17 @@ def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, nu
         model = AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
-    return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
 
 
 def save_purified(model: Any, output_dir: str | Path, tokenizer: Any = None, report: dict | None = None) -> None:
     """Save a purified model (safetensors) or adapter, the tokenizer and ``purification_report.json``."""
+    from ..atomic import write_json_atomic
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(output_dir))
     if report is not None:
-        (output_dir / "purification_report.json").write_text(json.dumps(report, indent=2, default=str))
+        write_json_atomic(output_dir / "purification_report.json", report)

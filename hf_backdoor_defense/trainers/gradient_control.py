@@ -77,7 +77,8 @@ class GradientControlTrainingArguments(TrainingArguments):
             Blend weight ``beta_l`` in ``g = (1 - beta) g_hat + beta (g_c + g_p)``. `"lower_half"`: ``beta = 1``
             (no projection) in the lower half of the blocks and 0 (full projection) in the upper half and the
             head, as specified; `"upper_half"`: the reverse; `"all"`: ``beta = 0`` everywhere; `"none"`:
-            ``beta = 1`` everywhere; or a list of ``num_layers + 1`` floats in ``[0, 1]``.
+            ``beta = 1`` everywhere; or ``num_layers + 1`` floats in ``[0, 1]``, as a list or (on a command line
+            parsed by `HfArgumentParser`) a comma-separated string such as ``"1,1,0.5,0,0"``.
 
     Parameters that control the poison stream:
 
@@ -106,9 +107,11 @@ class GradientControlTrainingArguments(TrainingArguments):
     ilproj_mode: str = field(
         default="always", metadata={"help": "'always' or 'on_conflict' (only on a negative dot product)."}
     )
-    beta_schedule: str | list[float] = field(
+    # Typed `str` for HfArgumentParser (which cannot parse `str | list[float]`); lists are accepted from Python.
+    beta_schedule: str = field(
         default="lower_half",
-        metadata={"help": "'lower_half', 'upper_half', 'all', 'none', or num_layers + 1 floats in [0, 1]."},
+        metadata={"help": "'lower_half', 'upper_half', 'all', 'none', or num_layers + 1 comma-separated floats in "
+                          "[0, 1]."},
     )
     poison_batch_size: int | None = field(
         default=None, metadata={"help": "Per-device poison batch size; None = per_device_train_batch_size."}
@@ -127,6 +130,11 @@ class GradientControlTrainingArguments(TrainingArguments):
             raise ValueError(f"`anchor_layer` must be >= 0 or None (the middle block), got {self.anchor_layer}.")
         if self.ilproj_mode not in _ILPROJ_MODES:
             raise ValueError(f"`ilproj_mode` must be one of {_ILPROJ_MODES}, got {self.ilproj_mode!r}.")
+        if isinstance(self.beta_schedule, str) and "," in self.beta_schedule:
+            try:
+                self.beta_schedule = [float(b) for b in self.beta_schedule.split(",")]
+            except ValueError as err:
+                raise ValueError(f"`beta_schedule` {self.beta_schedule!r} is not a list of comma-separated floats.") from err
         if isinstance(self.beta_schedule, str):
             if self.beta_schedule not in _BETA_SCHEDULES:
                 raise ValueError(

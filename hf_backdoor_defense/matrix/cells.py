@@ -1,0 +1,344 @@
+"""How each defense cell of the matrix is trained and scored, and the on-disk cache of shared models.
+
+Three models are shared between cells and stored once under the work dir (safetensors, in a folder named
+after a hash of what they were trained from, written to a temporary sibling and renamed into place):
+
+* ``suspect``: full fine-tune on the poisoned training set, one per (dataset, attack, label mode, seed). It
+  is the ``none`` cell and the starting point of Fine-mixing, E-PUR, Fine-purifying and W2SDefense.
+* ``clean``: full fine-tune on the clean training set, one per (dataset, seed): the clean-floor cells.
+* ``teacher``: the W2SDefense teacher (the same encoder + projection head) trained on the trusted clean set,
+  one per (dataset, seed).
+
+Example:
+    >>> from hf_backdoor_defense.matrix.cells import MatrixContext
+    >>> ctx = MatrixContext(settings, workdir="/tmp/matrix-work")           # doctest: +SKIP
+    >>> result = ctx.run_cell(CellSpec("rotten_tomatoes", "badnets", "dirty", "lora", 0))  # doctest: +SKIP
+    >>> result["cacc"], result["asr"]                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import ATTACKS, CLEAN_FLOOR, DEFENSES, MATRIX_VERSION, CellSpec, MatrixSettings, config_hash
+
+__all__ = ["MatrixContext", "make_attack", "make_purifier"]
+
+_INFO_FILE = "hbd_matrix_model.json"
+_W2S_PRESET = {"badnets": "word", "addsent": "sentence"}  # the authors' loss weights per trigger family
+
+
+def make_attack(name: str, label_mode: str, seed: int, settings: MatrixSettings):
+    """The attack of a cell; the clean-floor cells use ``label_mode="dirty"`` (only its test set matters)."""
+    from ..attacks import AddSent, BadNets
+
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose from {list(ATTACKS)}.")
+    common = {"poison_rate": settings.poison_rate, "target_label": settings.target_label,
+              "label_mode": label_mode, "seed": seed}
+    if name == "badnets":
+        return BadNets(num_triggers=settings.badnets_num_triggers, **common)
+    return AddSent(**common)
+
+
+def make_purifier(defense: str, settings: MatrixSettings, seed: int):
+    """The weight-space purifier of ``fine_mixing``, ``e_pur`` or ``fine_purifying``."""
+    from ..purification import EmbeddingPurification, FineMixing, FinePurifying
+
+    if defense == "fine_mixing":
+        return FineMixing(ratio=settings.fm_ratio, mask="random", seed=seed)
+    if defense == "e_pur":
+        return EmbeddingPurification(num_tokens=settings.epur_tokens)
+    if defense == "fine_purifying":
+        return FinePurifying(ratio=settings.fp_ratio, batch_size=16, max_length=settings.max_length,
+                             show_progress=False)
+    raise ValueError(f"{defense!r} is not a purifier; purifiers: fine_mixing, e_pur, fine_purifying.")
+
+
+class MatrixContext:
+    """Everything the cells of one run share: data, tokenizer, the cache of shared models.
+
+    Args:
+        settings: The shared :class:`~hf_backdoor_defense.matrix.config.MatrixSettings`.
+        workdir: Folder of the cached shared models and of the trainers' scratch output.
+        datasets: Optional ``{name: DatasetDict}`` used instead of loading ``name`` (tests, custom data).
+        disable_progress: Silence the trainers' and the evaluation's progress bars.
+    """
+
+    def __init__(self, settings: MatrixSettings, workdir: str | os.PathLike, *,
+                 datasets: dict[str, Any] | None = None, disable_progress: bool = True):
+        self.settings = settings
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.disable_progress = disable_progress
+        self._datasets = dict(datasets or {})
+        self._splits: dict[tuple[str, int], dict] = {}
+        self._tokenizer = None
+        self.trained: list[str] = []  # shared models trained by this context (the tests count them)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def model_path(self) -> str:
+        if self.settings.model is not None:
+            return str(self.settings.model)
+        from ..assets import minilm_path
+
+        return str(minilm_path())
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._tokenizer
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            from ..data import load_text_classification
+
+            self._datasets[name] = load_text_classification(name)
+        return self._datasets[name]
+
+    def num_labels(self, name: str) -> int:
+        feature = self.dataset(name)["train"].features["label"]
+        return getattr(feature, "num_classes", None) or int(max(self.dataset(name)["train"]["label"])) + 1
+
+    def splits(self, name: str, seed: int) -> dict:
+        """``train`` (seeded subsample), ``clean`` (trusted, from validation), ``reference`` and ``test``."""
+        if (name, seed) not in self._splits:
+            s, data = self.settings, self.dataset(name)
+            for split in ("train", "validation", "test"):
+                if split not in data:
+                    raise ValueError(f"dataset {name!r} has no {split!r} split (splits: {list(data)}).")
+            train = data["train"].shuffle(seed=seed).select(range(min(s.train_size, len(data["train"]))))
+            clean = data["validation"].shuffle(seed=seed).select(range(min(s.clean_size, len(data["validation"]))))
+            test = data["test"].shuffle(seed=s.test_seed).select(range(min(s.test_size, len(data["test"]))))
+            reference = clean.select(range(min(s.reference_size, len(clean))))
+            self._splits[(name, seed)] = {"train": train, "clean": clean, "reference": reference, "test": test}
+        return self._splits[(name, seed)]
+
+    # ------------------------------------------------------------------ shared models
+    def _cached(self, kind: str, config: dict, train_fn) -> tuple[Path, dict]:
+        """Folder of the shared model ``kind`` trained from ``config``; trains and stores it when missing."""
+        config = {"version": MATRIX_VERSION, "kind": kind, "model": self.settings.model, **config}
+        key = config_hash(config)
+        folder = self.workdir / "models" / f"{kind}-{key}"
+        info_path = folder / _INFO_FILE
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            info.pop("config", None)
+            return folder, {"kind": kind, "key": key, "trained_here": False, **info}
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            start = time.perf_counter()
+            extra = train_fn(tmp) or {}
+            seconds = time.perf_counter() - start
+            info = {"config": config, "train_seconds": seconds, **extra}
+            (tmp / _INFO_FILE).write_text(json.dumps(info, indent=2, default=str))
+            if folder.exists():  # another run finished it meanwhile: keep theirs
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.trained.append(f"{kind}-{key}")
+        info.pop("config")
+        return folder, {"kind": kind, "key": key, "trained_here": True, **info}
+
+    def _full_ft(self, train, seed: int, num_labels: int, out: Path) -> dict:
+        from ..data import tokenize_dataset
+        from ..experiments import CellSettings, train_cell
+
+        s = self.settings
+        tokenized = tokenize_dataset(train, self.tokenizer, max_length=s.max_length)
+        settings = CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
+                                full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=seed)
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            model, info = train_cell("full_ft", tokenized, self.tokenizer, self.model_path, settings,
+                                     workdir=scratch, num_labels=num_labels, disable_tqdm=self.disable_progress)
+        model.save_pretrained(out, safe_serialization=True)
+        extra = {"seconds_per_step": info["seconds_per_step"]}
+        if "is_poisoned" in train.column_names:
+            extra["poisoned_examples"] = int(sum(train["is_poisoned"]))
+        return extra
+
+    def _training_config(self, name: str, seed: int) -> dict:
+        s = self.settings
+        return {"dataset": name, "seed": seed, "train_size": s.train_size, "max_length": s.max_length,
+                "batch_size": s.batch_size, "epochs": s.epochs, "full_ft_lr": s.full_ft_lr}
+
+    def suspect(self, name: str, attack_name: str, label_mode: str, seed: int) -> tuple[Path, dict]:
+        """The backdoored full fine-tune of a (dataset, attack, label mode, seed)."""
+        attack = make_attack(attack_name, label_mode, seed, self.settings)
+        config = {**self._training_config(name, seed), "attack": attack.to_dict()}
+        train = self.splits(name, seed)["train"]
+        return self._cached("suspect", config, lambda out: self._full_ft(
+            attack.poison(train), seed, self.num_labels(name), out))
+
+    def clean_model(self, name: str, seed: int) -> tuple[Path, dict]:
+        """The full fine-tune on the clean training subsample (the ASR floor)."""
+        train = self.splits(name, seed)["train"]
+        return self._cached("clean", self._training_config(name, seed),
+                            lambda out: self._full_ft(train, seed, self.num_labels(name), out))
+
+    def teacher(self, name: str, seed: int, student_hidden: int) -> tuple[Path, dict]:
+        """The W2SDefense teacher trained on the trusted clean set."""
+        s = self.settings
+        config = {"dataset": name, "seed": seed, "clean_size": s.clean_size, "max_length": s.max_length,
+                  "batch_size": s.batch_size, "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr,
+                  "student_hidden": student_hidden}
+        clean = self.splits(name, seed)["clean"]
+
+        def train(out: Path) -> dict:
+            import torch
+            from transformers import TrainingArguments
+
+            from ..trainers.teacher import train_teacher
+
+            torch.manual_seed(seed)
+            with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+                args = TrainingArguments(output_dir=scratch, num_train_epochs=s.teacher_epochs,
+                                         learning_rate=s.teacher_lr, per_device_train_batch_size=s.batch_size,
+                                         save_strategy="no", report_to="none", seed=seed, use_cpu=True,
+                                         disable_tqdm=self.disable_progress, logging_strategy="no")
+                teacher, tokenizer = train_teacher(self.model_path, student_hidden, clean, output_dir=scratch,
+                                                   args=args, max_length=s.max_length,
+                                                   num_labels=self.num_labels(name), save=False)
+            teacher.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            return {}
+
+        return self._cached("teacher", config, train)
+
+    # ------------------------------------------------------------------ cells
+    def _load(self, folder: str | Path, num_labels: int):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=num_labels).eval()
+
+    def _evaluate(self, model, name: str, seed: int, attack, tokenizer=None) -> dict:
+        from ..metrics import evaluate_backdoor
+
+        scores = evaluate_backdoor(model, tokenizer or self.tokenizer, self.splits(name, seed)["test"], attack,
+                                   max_length=self.settings.max_length, disable_progress_bar=self.disable_progress)
+        return {k: scores[k] for k in ("cacc", "asr", "n_clean", "n_triggered")}
+
+    def run_cell(self, spec: CellSpec) -> dict:
+        """Train and score one cell; returns scores, timings and what the cell reused or trained."""
+        if spec.defense != CLEAN_FLOOR and spec.defense not in DEFENSES:
+            raise ValueError(f"unknown defense {spec.defense!r}; choose from {list(DEFENSES)}.")
+        start = time.perf_counter()
+        attack = make_attack(spec.attack, spec.label_mode or "dirty", spec.seed, self.settings)
+        shared: list[dict] = []
+        details: dict[str, Any] = {}
+        num_labels = self.num_labels(spec.dataset)
+        if spec.defense == CLEAN_FLOOR:
+            folder, info = self.clean_model(spec.dataset, spec.seed)
+            shared.append(info)
+            model = self._load(folder, num_labels)
+        elif spec.defense in ("lora", "musclelora"):
+            model, details = self._adapter_cell(spec, attack, num_labels)
+        else:
+            folder, info = self.suspect(spec.dataset, spec.attack, spec.label_mode, spec.seed)
+            shared.append(info)
+            if spec.defense == "none":
+                model = self._load(folder, num_labels)
+            elif spec.defense == "w2sdefense":
+                model, details = self._w2s_cell(spec, folder, num_labels, shared)
+            else:
+                model, details = self._purifier_cell(spec, folder, num_labels)
+        scores = self._evaluate(model, spec.dataset, spec.seed, attack)
+        seconds = time.perf_counter() - start
+        shared_seconds = sum(i["train_seconds"] for i in shared if i["trained_here"])
+        for info in shared:
+            if "poisoned_examples" in info:
+                details.setdefault("poisoned_examples", info["poisoned_examples"])
+        return {**scores, "seconds": seconds, "defense_seconds": seconds - shared_seconds,
+                "shared_models": shared, "attack_config": attack.to_dict(), "details": details}
+
+    def _adapter_cell(self, spec: CellSpec, attack, num_labels: int):
+        from ..data import tokenize_dataset
+        from ..experiments import CellSettings, train_cell
+
+        s, splits = self.settings, self.splits(spec.dataset, spec.seed)
+        poisoned_raw = attack.poison(splits["train"])
+        poisoned = tokenize_dataset(poisoned_raw, self.tokenizer, max_length=s.max_length)
+        reference = tokenize_dataset(splits["reference"], self.tokenizer, max_length=s.max_length)
+        settings = CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
+                                full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=spec.seed)
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            model, info = train_cell(spec.defense, poisoned, self.tokenizer, self.model_path, settings,
+                                     reference=reference, workdir=scratch, num_labels=num_labels,
+                                     disable_tqdm=self.disable_progress)
+        return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
+                       "seconds_per_step": info["seconds_per_step"],
+                       "poisoned_examples": int(sum(poisoned_raw["is_poisoned"]))}
+
+    def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int):
+        from ..trainers.purification import PurificationTrainingArguments, finetune_clean
+
+        s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
+        suspect = self._load(suspect_dir, num_labels)
+        pretrained = self._load(self.model_path, num_labels)
+        t0 = time.perf_counter()
+        result = make_purifier(spec.defense, s, spec.seed).purify(suspect, pretrained, clean,
+                                                                  tokenizer=self.tokenizer)
+        purify_seconds = time.perf_counter() - t0
+        del suspect, pretrained
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            args = PurificationTrainingArguments(output_dir=scratch, num_train_epochs=s.purify_epochs,
+                                                 learning_rate=s.purify_lr, per_device_train_batch_size=16,
+                                                 max_length=s.max_length, seed=spec.seed, use_cpu=True,
+                                                 disable_tqdm=self.disable_progress)
+            model = finetune_clean(result.model, clean, self.tokenizer, args)
+        report = result.report
+        details = {"purify_seconds": purify_seconds, "ratio": report.get("ratio"),
+                   "dims_reset": report.get("dims_reset_total"), "dims_total": report.get("dims_total")}
+        if report.get("tokens_reset"):
+            details["tokens_reset"] = [t["token"] for t in report["tokens_reset"]][:20]
+        return model, details
+
+    def _w2s_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int, shared: list[dict]):
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoTokenizer
+
+        from ..trainers.teacher import W2STeacher
+        from ..trainers.w2sdefense import W2SDefenseTrainer, W2SDefenseTrainingArguments
+
+        s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
+        torch.manual_seed(spec.seed)
+        student = self._load(suspect_dir, num_labels)
+        if student.config.pad_token_id is None:
+            student.config.pad_token_id = self.tokenizer.pad_token_id
+        teacher_dir, info = self.teacher(spec.dataset, spec.seed, student.config.hidden_size)
+        shared.append(info)
+        teacher = W2STeacher.from_pretrained(teacher_dir).eval()
+        teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+        # target_modules=None: PEFT's default attention projections of the architecture (query/value for BERT).
+        lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=2 * s.w2s_lora_r, lora_dropout=0.05)
+        student = get_peft_model(student, lora)
+        preset = _W2S_PRESET[spec.attack]
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            args = W2SDefenseTrainingArguments(
+                output_dir=scratch, preset=preset, num_train_epochs=s.w2s_epochs, learning_rate=s.w2s_lr,
+                per_device_train_batch_size=16, max_length=s.max_length, teacher_max_length=s.max_length,
+                save_strategy="no", report_to="none", seed=spec.seed, use_cpu=True, logging_strategy="no",
+                disable_tqdm=self.disable_progress)
+            trainer = W2SDefenseTrainer(model=student, teacher=teacher, teacher_tokenizer=teacher_tok,
+                                        processing_class=self.tokenizer, args=args, train_dataset=clean)
+            trainer.train()
+        student.eval()
+        teacher_scores = self._evaluate(teacher, spec.dataset, spec.seed,
+                                        make_attack(spec.attack, "dirty", spec.seed, s), tokenizer=teacher_tok)
+        return student, {"preset": preset, "teacher_cacc": teacher_scores["cacc"],
+                         "teacher_asr": teacher_scores["asr"]}

@@ -1,0 +1,249 @@
+"""Run the defense matrix resumably: one cached JSON file per cell, ``matrix.json`` rebuilt after each cell.
+
+Each finished cell is written (atomically) to ``<results_dir>/matrix_cells/<key>.json``, where ``key`` is the
+hash of the cell's full configuration. A cell whose file exists with the same configuration is never run
+again, so re-running a command skips what is done and an interrupted run resumes where it stopped.
+
+Example:
+    >>> from hf_backdoor_defense.matrix import MatrixGrid, MatrixSettings, run_matrix
+    >>> payload = run_matrix(MatrixSettings(train_size=64), MatrixGrid(seeds=[0]),
+    ...                      results_dir="benchmarks/results", workdir="/tmp/matrix-work")  # doctest: +SKIP
+    >>> payload["complete"], len(payload["cells"])                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json_atomic
+from ..reporting import hardware_info, summarise
+from .config import CLEAN_FLOOR, CellSpec, MatrixGrid, MatrixSettings, estimate_seconds, plan_cells
+
+__all__ = ["CELLS_DIR", "assemble", "cell_path", "cell_status", "format_duration", "run_matrix", "summarise_cells"]
+
+CELLS_DIR = "matrix_cells"
+_HARDWARE_PER_CELL = ("cpu_model", "cpus_usable", "torch_threads", "torch", "load_average_1min")
+
+
+def cell_path(results_dir: str | os.PathLike, key: str) -> Path:
+    """Result file of the cell with hash ``key``."""
+    return Path(results_dir) / CELLS_DIR / f"{key}.json"
+
+
+def _load_record(path: Path, config: dict) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: run the cell again
+    return record if record.get("config") == json.loads(json.dumps(config)) else None
+
+
+def cell_status(grid: MatrixGrid, settings: MatrixSettings,
+                results_dir: str | os.PathLike) -> list[tuple[CellSpec, str, dict | None]]:
+    """``(cell, key, record or None)`` for every cell of the grid, in run order."""
+    out = []
+    for spec in plan_cells(grid):
+        config = spec.config(settings)
+        key = spec.key(settings)
+        out.append((spec, key, _load_record(cell_path(results_dir, key), config)))
+    return out
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1 h 05 min"``, ``"12 min"``, ``"40 s"``; ``"?"`` for ``None``."""
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def _estimate(todo: list[CellSpec], done: list[dict], settings: MatrixSettings) -> float:
+    """Seconds the ``todo`` cells should take: the mean wall time of this grid's finished cells of the same
+    defense where there are some, else the rate model of :func:`~hf_backdoor_defense.matrix.config.estimate_seconds`."""
+    observed: dict[str, list[float]] = {}
+    for record in done:
+        observed.setdefault(record["defense"], []).append(record["seconds"])
+    known = sum(sum(observed[c.defense]) / len(observed[c.defense]) for c in todo if c.defense in observed)
+    return known + estimate_seconds([c for c in todo if c.defense not in observed], settings)
+
+
+def summarise_cells(cells: list[dict]) -> dict:
+    """``{dataset: {"attack/label_mode": {defense: {"cacc", "asr", "seeds"}}}}``, floors under ``attack/floor``."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        column = f"{c['attack']}/{c['label_mode'] or 'floor'}"
+        groups.setdefault((c["dataset"], column, c["defense"]), []).append(c)
+    summary: dict[str, dict] = {}
+    for (dataset, column, defense), rows in groups.items():
+        rows = sorted(rows, key=lambda r: r["seed"])
+        summary.setdefault(dataset, {}).setdefault(column, {})[defense] = {
+            "cacc": summarise(r["cacc"] for r in rows),
+            "asr": summarise(r["asr"] for r in rows),
+            "seeds": [r["seed"] for r in rows],
+        }
+    return summary
+
+
+def assemble(grid: MatrixGrid, settings: MatrixSettings, status: list[tuple[CellSpec, str, dict | None]], *,
+             command: str | None, preset: str | None, invocations: list[dict]) -> dict:
+    """The ``matrix.json`` payload: every finished cell of the grid, the missing ones, summary, provenance.
+
+    ``invocations`` are the runs that trained cells of this grid (``started_at``, ``command``,
+    ``wall_seconds``, ``cells_run``, ``hardware``); ``wall_seconds`` is their sum and ``hardware`` the last one's.
+    """
+    cells = [record for _, _, record in status if record is not None]
+    missing = [{**spec.to_dict(), "key": key, "name": spec.name} for spec, key, record in status if record is None]
+    machines = sorted({json.dumps(c.get("hardware", {}), sort_keys=True) for c in cells})
+    return {
+        "benchmark": "run_matrix",
+        "preset": preset,
+        "command": command,
+        "complete": not missing,
+        "grid": grid.to_dict(),
+        "settings": settings.to_dict(),
+        "hardware": invocations[-1]["hardware"] if invocations else None,
+        "cell_hardware_variants": [json.loads(m) for m in machines],
+        "invocations": invocations,
+        "wall_seconds": sum(i["wall_seconds"] for i in invocations),
+        "cell_seconds_total": sum(c["seconds"] for c in cells),
+        "n_cells": len(status),
+        "n_finished": len(cells),
+        "cells": cells,
+        "missing": missing,
+        "summary": summarise_cells(cells),
+        "notes": {
+            "floor": f"{CLEAN_FLOOR}: full fine-tune on the clean training subsample, scored on the attack's "
+                     "triggered test set: the ASR a model that never saw a trigger gets.",
+            "clean_label": "clean-label: poison_rate is a share of the whole training set, drawn from "
+                           "target-label examples only (labels unchanged), as PoisonAttack does.",
+            "w2sdefense": "W2SDefense here distils a clean teacher built on the same encoder into the backdoored "
+                          "student (LoRA + head); both are the same size, so this is not weak-to-strong.",
+        },
+    }
+
+
+def run_matrix(
+    settings: MatrixSettings,
+    grid: MatrixGrid,
+    *,
+    results_dir: str | os.PathLike,
+    workdir: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    command: str | None = None,
+    preset: str | None = None,
+    datasets: dict[str, Any] | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every missing cell of ``grid`` and write ``output`` (default ``<results_dir>/matrix.json``).
+
+    Args:
+        settings: Shared settings (part of every cell's key).
+        grid: Datasets, attacks, label modes, defenses and seeds.
+        results_dir: Holds ``matrix_cells/<key>.json`` (the cache of finished cells).
+        workdir: Holds the shared models (backdoored, clean, teacher), the trainers' scratch output and one
+            log file per cell (``logs/<key>.log``: what the trainers print).
+        output: Where ``matrix.json`` goes; rewritten after every cell.
+        command: The exact command line, recorded in ``matrix.json`` and the docs.
+        preset: Name of the preset the settings came from (recorded).
+        datasets: ``{name: DatasetDict}`` used instead of loading ``name``.
+        dry_run: List the cells and whether each is cached; train nothing, write nothing.
+        progress: tqdm bar over the cells to run.
+        log: Where the one-line messages go.
+
+    Returns:
+        The ``matrix.json`` payload, plus ``run_stats`` (``cells_run``, ``models_trained``) not written to disk.
+    """
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    begin = time.perf_counter()
+    output = Path(output) if output is not None else Path(results_dir) / "matrix.json"
+    status = cell_status(grid, settings, results_dir)
+    todo = [spec for spec, _, record in status if record is None]
+    done = [record for _, _, record in status if record is not None]
+    log(f"{len(status)} cells: {len(done)} cached, {len(todo)} to run; estimated time for them: "
+        f"{format_duration(_estimate(todo, done, settings))}")
+    if dry_run:
+        for spec, key, record in status:
+            log(f"  {'cached ' if record else 'to run '} {key}  {spec.name}")
+        return {"cells": done, "missing": [s.to_dict() for s in todo], "run_stats": {"cells_run": 0}}
+
+    from .cells import MatrixContext
+
+    hardware = hardware_info()
+    cell_hardware = {k: hardware[k] for k in _HARDWARE_PER_CELL}
+    ctx = MatrixContext(settings, workdir, datasets=datasets)
+    for name in dict.fromkeys(spec.dataset for spec in todo):  # load before the clock of the first cell starts
+        ctx.dataset(name)
+    if todo:
+        ctx.tokenizer  # noqa: B018 - loads it
+    index = {key: i for i, (_, key, _) in enumerate(status)}
+    invocations = _previous_invocations(output, grid, settings)
+    current = {"started_at": started_at, "command": command, "wall_seconds": 0.0, "cells_run": 0,
+               "hardware": hardware}
+
+    def write() -> dict:
+        current["wall_seconds"] = time.perf_counter() - begin
+        runs = invocations + ([current] if current["cells_run"] else [])
+        payload = assemble(grid, settings, status, command=command, preset=preset, invocations=runs)
+        write_json_atomic(output, payload)
+        return payload
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="matrix cells", unit="cell")
+    try:
+        for number, spec in enumerate(todo):
+            if bar is not None:
+                bar.set_description(spec.name)
+            key = spec.key(settings)
+            log_file = Path(workdir) / "logs" / f"{key}.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
+                result = ctx.run_cell(spec)  # the trainers' printed logs go to the cell's log file
+            record = {"key": key, "config": spec.config(settings), **spec.to_dict(), **result,
+                      "hardware": cell_hardware,
+                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            write_json_atomic(cell_path(results_dir, key), record)
+            status[index[key]] = (spec, key, record)
+            done.append(record)
+            current["cells_run"] += 1
+            write()
+            remaining = _estimate(todo[number + 1:], done, settings)
+            if bar is not None:
+                bar.set_postfix_str(f"CACC {result['cacc']:.3f} ASR {result['asr']:.3f}, "
+                                    f"~{format_duration(remaining)} left")
+                bar.update(1)
+            else:
+                log(f"[{number + 1}/{len(todo)}] {spec.name}: CACC {result['cacc']:.3f} "
+                    f"ASR {result['asr']:.3f} ({result['seconds']:.0f} s, ~{format_duration(remaining)} left)")
+    finally:
+        if bar is not None:
+            bar.close()
+    payload = write()
+    log(f"wrote {output}: {payload['n_finished']}/{payload['n_cells']} cells; this run {current['cells_run']} "
+        f"cells in {format_duration(current['wall_seconds'])}, {len(ctx.trained)} shared models trained")
+    return {**payload, "run_stats": {"cells_run": current["cells_run"], "models_trained": list(ctx.trained)}}
+
+
+def _previous_invocations(output: Path, grid: MatrixGrid, settings: MatrixSettings) -> list[dict]:
+    """The invocations recorded in an existing ``output`` of the same grid and settings (else none)."""
+    try:
+        previous = json.loads(output.read_text())
+    except (OSError, ValueError):
+        return []
+    if previous.get("grid") != grid.to_dict() or previous.get("settings") != settings.to_dict():
+        return []
+    return list(previous.get("invocations") or [])
