@@ -869,3 +869,22 @@ def push_results(model, training_args, script_args, model_args, metrics: dict, d
         token=training_args.hub_token,
         base_model=model_args.model_name_or_path,
     )
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+#: Errors that mean "the configuration is wrong": one line on stderr and exit code 2, not a traceback.
+CONFIG_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def run_cli(main_fn, *args, **kwargs) -> None:
+    """Run ``main_fn(*args, **kwargs)``; configuration errors print one line and exit with code 2
+    (``HBD_DEBUG=1`` shows the traceback instead)."""
+    from hf_backdoor_defense.hub import HubOfflineError
+
+    try:
+        main_fn(*args, **kwargs)
+    except (*CONFIG_ERRORS, HubOfflineError) as err:
+        if os.environ.get("HBD_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

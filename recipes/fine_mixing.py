@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import run_cli  # noqa: E402
 from purify_common import main as _main  # noqa: E402
-from purify_common import run_cli  # noqa: E402
 
 MASKS = ("random", "magnitude")
 SCOPES = ("global", "per_tensor")

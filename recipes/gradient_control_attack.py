@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     load_model_and_tokenizer,
     parse_args,
     resolve_model_path,
+    run_cli,
     write_json_atomic,
 )
 
@@ -469,13 +470,4 @@ def push_attack(folder: Path, summary: dict, label_names, script_args, model_arg
 
 
 if __name__ == "__main__":
-    from hf_backdoor_defense.hub import HubOfflineError
-
-    try:
-        main()
-    except (ValueError, FileNotFoundError, FileExistsError, HubOfflineError) as err:
-        # configuration errors: one line and exit code 2 (HBD_DEBUG=1 shows the traceback)
-        if os.environ.get("HBD_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

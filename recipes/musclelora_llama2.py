@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     parse_args,
     peek_bool,
     push_results,
+    run_cli,
     write_json_atomic,
 )
 from instruction_sft import format_instruction_table, train_one_instruction  # noqa: E402
@@ -200,10 +201,4 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # configuration errors: one line (HBD_DEBUG=1: traceback)
-        if os.environ.get("HBD_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -11,14 +11,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ModelArguments  # noqa: E402
+from common import ModelArguments, run_cli  # noqa: E402
 from musclelora_llama2 import main  # noqa: E402
 
 
@@ -38,10 +37,4 @@ class MistralModelArguments(ModelArguments):
 
 
 if __name__ == "__main__":
-    try:
-        main(model_arguments_class=MistralModelArguments, recipe="musclelora_mistral")
-    except (ValueError, FileNotFoundError) as err:  # configuration errors: one line (HBD_DEBUG=1: traceback)
-        if os.environ.get("HBD_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, model_arguments_class=MistralModelArguments, recipe="musclelora_mistral")

@@ -60,7 +60,6 @@ from common import (  # noqa: E402
 POISON_FINETUNES = ("full", "adapter")
 HEAD_MODES = ("keep", "reinit", "purify")
 #: Errors the recipes report in one line with exit code 2 (``HBD_DEBUG=1`` shows the traceback).
-CONFIG_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 @dataclass
@@ -456,16 +455,3 @@ def push_purified(result, bundle, results, script_args, training_args, defense: 
         base_model=bundle.base_model, extra_tags=["purification", *str(result.report["method"]).split("+")],
     )
     return {"repo_id": repo_id, "commit": str(getattr(commit, "oid", commit))}
-
-
-def run_cli(main_fn: Callable[[], Any]) -> None:
-    """Run ``main_fn``; configuration errors print one line and exit with code 2 (``HBD_DEBUG=1``: traceback)."""
-    from hf_backdoor_defense.hub import HubOfflineError
-
-    try:
-        main_fn()
-    except (*CONFIG_ERRORS, HubOfflineError) as err:
-        if os.environ.get("HBD_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)

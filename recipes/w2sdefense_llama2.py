@@ -54,6 +54,7 @@ from common import (  # noqa: E402
     parse_args,
     push_results,
     resolve_model_path,
+    run_cli,
 )
 
 SPECIAL_ENCODERS = ("minilm",)
@@ -528,10 +529,4 @@ def main(argv=None, model_arguments_class=W2SModelArguments, recipe="w2sdefense_
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as err:  # configuration errors: one line (HBD_DEBUG=1: traceback)
-        if os.environ.get("HBD_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)
