@@ -17,8 +17,10 @@ Presets (cell counts include the clean floors):
     quick     Rotten Tomatoes, BadNets, dirty-label, 7 defenses, seed 0; 64 training examples, 1 epoch,
               max length 32. 8 cells. Measured twice: 1.9 and 2.2 min of cells, 2.5 and 3.2 min in all
               with start-up (imports, data), depending on the other job's load.
-    reduced   the full grid with seed 0 only; 600 training examples, 2 epochs, 400 test examples, 128
-              clean examples. 60 cells. Estimated 3 h 10 min as measured here, ~35 min on an idle machine.
+    reduced   the full grid with seed 0 only; sized like `make demo`: 800 training examples, batch 16,
+              length 32, 2 epochs, full fine-tuning at 1e-4; 400 test examples, 128 clean examples. 60 cells.
+              The earlier 600-example / batch-32 / 5e-5 sizing ran 8 cells (one dataset x attack) in 6.5 min
+              on the idle machine, but every full fine-tune stayed at the majority class.
     full      the full grid, seeds 0-2; 2,000 training examples, 3 epochs, 1,000 test examples, 256 clean
               examples. 180 cells. Estimated 39 h as measured here, ~6 h 40 min on an idle machine.
 
