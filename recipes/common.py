@@ -685,18 +685,23 @@ def build_classification_data(script_args: ScriptArguments, seed: int):
     test set."""
     from hf_backdoor_defense.data import load_text_classification
 
+    attack = build_attack(script_args)
     raw = load_text_classification(script_args.dataset)
+    return _poisoned_splits(raw, attack, script_args, seed, _subsample), attack
+
+
+def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, sample) -> dict:
+    """``train`` (sampled with ``sample``, then poisoned), ``reference`` and ``test`` (sampled) from ``raw``;
+    a missing ``reference_split`` / ``eval_split`` is a ValueError naming the field."""
     for name in ("reference_split", "eval_split"):
         split = getattr(script_args, name)
         if split not in raw:
             raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
-    attack = build_attack(script_args)
-    train = _subsample(raw["train"], script_args.max_train_samples, seed)
     return {
-        "train": attack.poison(train),
+        "train": attack.poison(sample(raw["train"], script_args.max_train_samples, seed)),
         "reference": raw[script_args.reference_split],
-        "test": _subsample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
-    }, attack
+        "test": sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
+    }
 
 
 #: Noun used in instructions derived from the built-in classification corpora.
@@ -821,18 +826,8 @@ def build_instruction_data(script_args: ScriptArguments, seed: int):
     """``(splits, attack)`` for ``task="instruction"``: ``train`` (subsampled, then poisoned: the trigger in
     the prompt, the response replaced), ``reference`` (clean pairs of ``reference_split``) and ``test`` (clean
     pairs of ``eval_split``, subsampled); ``attack.triggered_prompts(test)`` gives the triggered prompts."""
-    raw = load_instruction_splits(script_args)
-    for name in ("reference_split", "eval_split"):
-        split = getattr(script_args, name)
-        if split not in raw:
-            raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
     attack = build_generative_attack(script_args)
-    train = _sample(raw["train"], script_args.max_train_samples, seed)
-    return {
-        "train": attack.poison(train),
-        "reference": raw[script_args.reference_split],
-        "test": _sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
-    }, attack
+    return _poisoned_splits(load_instruction_splits(script_args), attack, script_args, seed, _sample), attack
 
 
 # ---------------------------------------------------------------------------------------------- outputs
