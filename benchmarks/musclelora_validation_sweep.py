@@ -32,6 +32,7 @@ from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
 from hf_backdoor_defense.experiments import CellSettings, train_cell  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
+from hf_backdoor_defense.trainers.gradient_alignment import MODES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "musclelora_validation_sweep.json"
 ATTACKS = {"badnets": BadNets, "addsent": AddSent}
@@ -69,7 +70,7 @@ def mode_shares(log_history: list[dict]) -> dict:
     rows = [r for r in log_history if "alignment/projection_share" in r]
     if not rows:
         return {}
-    return {m: sum(r[f"alignment/{m}_share"] for r in rows) / len(rows) for m in ("projection", "mix", "raw")}
+    return {m: sum(r[f"alignment/{m}_share"] for r in rows) / len(rows) for m in MODES if f"alignment/{m}_share" in rows[0]}
 
 
 def coerce(value: str):

@@ -1,4 +1,4 @@
-"""``make demo``: the backdoor problem and the MuScleLoRA defense, in numbers, on real data.
+"""``make demo-minilm``: the backdoor problem and the MuScleLoRA defense on an encoder, in numbers, on real data.
 
 Rotten Tomatoes (the built-in offline corpus) is poisoned with BadNets and with AddSent (dirty
 label, 10 % of the training set). MiniLM-L6 is trained on clean data (the ASR floor), then on each

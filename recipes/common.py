@@ -241,8 +241,18 @@ class ScriptArguments:
         compare_with_baseline (`bool`, defaults to `False`):
             Also train the undefended baseline (LoRA, no gradient alignment) in the same launch and print a
             CACC/ASR table of both runs.
+        train_clean_floor (`bool`, defaults to `False`):
+            Also train the LoRA baseline on the same training subsample *before* poisoning. A model that never
+            saw the trigger still sends some triggered inputs to the target: its ASR is the floor the other
+            runs' ASR should be read against.
         eval_batch_size (`int`, defaults to `32`):
             Batch size of the final evaluation.
+
+    Parameters that control the output:
+
+    Args:
+        overwrite_output_dir (`bool`, defaults to `False`):
+            Replace a non-empty `--output_dir` (otherwise the run stops before loading anything).
     """
 
     task: str = field(
@@ -322,7 +332,12 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Also train the undefended LoRA baseline and print a CACC/ASR table of both."},
     )
+    train_clean_floor: bool = field(
+        default=False,
+        metadata={"help": "Also train LoRA on the unpoisoned training subsample: its ASR is the floor."},
+    )
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of the final evaluation."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -523,6 +538,15 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_recipe_output_dir(script_args: ScriptArguments, training_args, inputs) -> None:
+    """Refuse an ``--output_dir`` that overlaps an input (``inputs``: paths or Hub names the run reads) or that
+    is a non-empty folder without ``--overwrite_output_dir``; called before anything is loaded."""
+    from hf_backdoor_defense.atomic import check_output_dir
+
+    check_output_dir(training_args.output_dir, inputs, script_args.overwrite_output_dir,
+                     output_flag="--output_dir", overwrite_flag="--overwrite_output_dir")
+
+
 def compute_dtype(model_args: ModelArguments):
     import torch
 
@@ -691,14 +715,17 @@ def build_classification_data(script_args: ScriptArguments, seed: int):
 
 
 def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, sample) -> dict:
-    """``train`` (sampled with ``sample``, then poisoned), ``reference`` and ``test`` (sampled) from ``raw``;
-    a missing ``reference_split`` / ``eval_split`` is a ValueError naming the field."""
+    """``train`` (sampled with ``sample``, then poisoned), ``clean_train`` (the same sample, unpoisoned),
+    ``reference`` and ``test`` (sampled) from ``raw``; a missing ``reference_split`` / ``eval_split`` is a
+    ValueError naming the field."""
     for name in ("reference_split", "eval_split"):
         split = getattr(script_args, name)
         if split not in raw:
             raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
+    clean_train = sample(raw["train"], script_args.max_train_samples, seed)
     return {
-        "train": attack.poison(sample(raw["train"], script_args.max_train_samples, seed)),
+        "train": attack.poison(clean_train),
+        "clean_train": clean_train,
         "reference": raw[script_args.reference_split],
         "test": sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
     }

@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     ScriptArguments,
     build_attack,
     build_peft_config,
+    check_recipe_output_dir,
     convert_training_arguments,
     distributed_backend,
     expand_config,
@@ -108,8 +109,6 @@ class RetuningArguments:
             If > 0, optimizer steps of the re-tuning (overrides `retune_epochs`).
         retune_learning_rate (`float` or `None`, defaults to `None`):
             Learning rate of the re-tuning; `None`: the attacker's `--learning_rate`.
-        overwrite_output_dir (`bool`, defaults to `False`):
-            Replace a non-empty `--output_dir` (otherwise the run stops before loading anything).
     """
 
     simulate_retuning: bool = field(
@@ -125,7 +124,6 @@ class RetuningArguments:
     retune_learning_rate: float | None = field(
         default=None, metadata={"help": "Re-tuning learning rate; None = the attacker's learning_rate."}
     )
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty --output_dir."})
 
     def __post_init__(self) -> None:
         if self.max_retune_samples is not None and self.max_retune_samples < 2:
@@ -163,8 +161,6 @@ def parse(argv=None):
 
 def check_arguments(script_args, model_args, retune_args, training_args) -> None:
     """Consistency checks across the argument groups, before anything is loaded; each error names the fix."""
-    from hf_backdoor_defense.atomic import check_output_dir
-
     check_launch()
     if script_args.task != "classification":
         raise ValueError(f"task={script_args.task!r}: Gradient Control attacks sequence classifiers here; use "
@@ -179,8 +175,7 @@ def check_arguments(script_args, model_args, retune_args, training_args) -> None
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (the repository to create, e.g. me/my-model).")
     inputs = [resolve_model_path(model_args.model_name_or_path), script_args.dataset, retune_args.retune_dataset]
-    check_output_dir(training_args.output_dir, inputs, retune_args.overwrite_output_dir,
-                     output_flag="--output_dir", overwrite_flag="--overwrite_output_dir")
+    check_recipe_output_dir(script_args, training_args, inputs)
 
 
 # ---------------------------------------------------------------------------------------------- data

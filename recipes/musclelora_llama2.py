@@ -43,12 +43,14 @@ from common import (  # noqa: E402
     build_instruction_data,
     build_peft_config,
     check_launch_supported,
+    check_recipe_output_dir,
     expand_config,
     format_table,
     load_model_and_tokenizer,
     parse_args,
     peek_bool,
     push_results,
+    resolve_model_path,
     run_cli,
     write_json_atomic,
 )
@@ -71,14 +73,22 @@ def parse(argv=None, model_arguments_class=ModelArguments):
 
 
 def _runs(script_args, model_args, training_args):
-    """(name, peft_type, gradient_alignment, output_dir) of each training run of this launch."""
+    """(name, peft_type, gradient_alignment, output_dir, train_split) of each training run of this launch."""
     main_name = f"{model_args.peft_type}{'+ga' if training_args.gradient_alignment else ''}"
-    if not script_args.compare_with_baseline:
-        return [(main_name, model_args.peft_type, training_args.gradient_alignment, training_args.output_dir)]
     root = Path(training_args.output_dir)
+    runs = []
+    if script_args.train_clean_floor:
+        runs.append(("lora, clean data (ASR floor)", "lora", False, str(root / "clean_floor"), "clean_train"))
+    if not script_args.compare_with_baseline:
+        if not runs:
+            return [(main_name, model_args.peft_type, training_args.gradient_alignment, training_args.output_dir,
+                     "train")]
+        return [*runs, (main_name, model_args.peft_type, training_args.gradient_alignment, str(root / "defense"),
+                        "train")]
     return [
-        ("lora (baseline)", "lora", False, str(root / "baseline")),
-        (main_name, model_args.peft_type, training_args.gradient_alignment, str(root / "defense")),
+        *runs,
+        ("lora (baseline)", "lora", False, str(root / "baseline"), "train"),
+        (main_name, model_args.peft_type, training_args.gradient_alignment, str(root / "defense"), "train"),
     ]
 
 
@@ -153,6 +163,8 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
     """Run the recipe; returns the results dict on the main process (None elsewhere)."""
     script_args, model_args, training_args = parse(argv, model_arguments_class)
     check_launch_supported(training_args.gradient_alignment, training_args)
+    check_recipe_output_dir(script_args, training_args,
+                            [resolve_model_path(model_args.model_name_or_path), script_args.dataset])
     from accelerate import PartialState
 
     state = PartialState()
@@ -175,16 +187,17 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
         "runs": [],
     }
     trainer = None
-    for name, peft_type, alignment, output_dir in _runs(script_args, model_args, training_args):
+    for name, peft_type, alignment, output_dir, train_split in _runs(script_args, model_args, training_args):
         if trainer is not None:  # free the previous run's model before loading the next one
             del trainer
             gc.collect()
+        run_data = {**data, "train": data[train_split]}
         if instruction:
             trainer, metrics = train_one_instruction(name, peft_type, alignment, output_dir, script_args,
-                                                     model_args, training_args, data, attack)
+                                                     model_args, training_args, run_data, attack)
         else:
             trainer, metrics = train_one(name, peft_type, alignment, output_dir, script_args, model_args,
-                                         training_args, data, attack, label_names)
+                                         training_args, run_data, attack, label_names)
         if metrics is not None:
             results["runs"].append(metrics)
     if not state.is_main_process:

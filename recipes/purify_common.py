@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     ScriptArguments,
     build_classification_data,
     build_peft_config,
+    check_recipe_output_dir,
     compute_dtype,
     convert_training_arguments,
     distributed_backend,
@@ -136,12 +137,6 @@ class PurificationArguments:
             Learning rate of the suspect's training; `None`: 5e-5 (full) or 5e-4 (adapter).
         poison_batch_size (`int`, defaults to `16`):
             Batch size of the suspect's training.
-
-    Parameters that control the output:
-
-    Args:
-        overwrite_output_dir (`bool`, defaults to `False`):
-            Replace a non-empty `--output_dir` (otherwise the run stops before loading anything).
     """
 
     clean_samples: int = field(default=256, metadata={"help": "Size of the trusted clean set (from reference_split)."})
@@ -174,9 +169,6 @@ class PurificationArguments:
         default=None, metadata={"help": "--poison_first: learning rate; None = 5e-5 (full) or 5e-4 (adapter)."}
     )
     poison_batch_size: int = field(default=16, metadata={"help": "--poison_first: batch size."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Replace a non-empty --output_dir."}
-    )
 
     def __post_init__(self) -> None:
         for name in ("clean_samples", "dev_samples", "poison_batch_size"):
@@ -263,11 +255,8 @@ def check_arguments(script_args, model_args, purify_args, training_args, *, need
                          "on a full fine-tuned suspect (or set --epur false).")
     if training_args.push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (the repository to create, e.g. me/my-model).")
-    from hf_backdoor_defense.purification.pipeline import check_output_dir
-
     inputs = [model_args.model_name_or_path, _local_path(model_args.base_model_name_or_path), script_args.dataset]
-    check_output_dir(training_args.output_dir, inputs, purify_args.overwrite_output_dir,
-                     output_flag="--output_dir", overwrite_flag="--overwrite_output_dir")
+    check_recipe_output_dir(script_args, training_args, inputs)
 
 
 def parse(argv, method_arguments_class):

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     _subsample,
     build_classification_data,
     build_peft_config,
+    check_recipe_output_dir,
     compute_dtype,
     convert_training_arguments,
     distributed_backend,
@@ -463,6 +464,8 @@ def main(argv=None, model_arguments_class=W2SModelArguments, recipe="w2sdefense_
     """Run the recipe; returns the results dict on the main process (None elsewhere)."""
     script_args, model_args, w2s_args, training_args = parse(argv, model_arguments_class)
     check_w2s_launch_supported(training_args)
+    check_recipe_output_dir(script_args, training_args, [resolve_model_path(model_args.model_name_or_path),
+                                                         script_args.dataset, w2s_args.teacher_name_or_path])
     for baseline in (False, True):  # validate the loss settings before any model is loaded
         distillation_arguments(training_args, script_args, w2s_args, training_args.output_dir, baseline=baseline)
     from accelerate import PartialState

@@ -73,6 +73,20 @@ def test_raw_when_reference_gradient_is_below_eps():
     torch.testing.assert_close(mixed.gradient, 0.1 * g)
 
 
+def test_skip_instead_of_raw_when_reference_gradient_vanishes():
+    g = torch.tensor([0.5, -2.0])
+    out = align_gradient(g, torch.zeros(2), reference_loss=5.0, vanishing="skip")
+    assert out.mode == "skip"
+    torch.testing.assert_close(out.gradient, torch.zeros(2))
+    # a reference loss under the threshold is the paper's raw fallback, not a vanished gradient: still raw
+    low = align_gradient(g, torch.ones(2), reference_loss=0.1, min_reference_loss=0.4, vanishing="skip")
+    assert low.mode == "raw"
+    # a live reference gradient is still projected
+    assert align_gradient(g, torch.ones(2), reference_loss=5.0, vanishing="skip").mode == "projection"
+    with pytest.raises(ValueError, match="vanishing"):
+        align_gradient(g, torch.ones(2), reference_loss=5.0, vanishing="zero")
+
+
 def test_align_keeps_dtype_and_rejects_shape_mismatch():
     g = torch.randn(4, dtype=torch.bfloat16)
     assert (
@@ -168,6 +182,7 @@ def test_presets_fill_only_unset_fields(tmp_path):
         ("alignment_start_epoch", -1.0),
         ("max_raw_gradient_ratio", 1.5),
         ("alignment_eps", -1.0),
+        ("vanishing_reference_gradient", "zero"),
         ("optim", "lomo"),
     ],
 )

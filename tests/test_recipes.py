@@ -269,6 +269,22 @@ def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path
     assert json.loads((tmp_path / "results.json").read_text())["hub"]["repo_id"] == "me/tiny-musclelora"
 
 
+def test_clean_floor_run_trains_lora_on_the_unpoisoned_sample(tiny_checkpoints, tmp_path):
+    import musclelora_llama2 as recipe
+    argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,
+            "--max_steps", "1", "--train_clean_floor", "--compare_with_baseline"]
+    argv.remove("--load_in_4bit")
+    results = recipe.main(argv)
+    assert [r["run"] for r in results["runs"]] == ["lora, clean data (ASR floor)", "lora (baseline)", "musclelora+ga"]
+    floor = json.loads((tmp_path / "clean_floor" / "results.json").read_text())
+    assert floor["peft_type"] == "lora" and not floor["gradient_alignment"]
+    assert (tmp_path / "clean_floor" / "adapter_model.safetensors").is_file()
+    assert results["table"].splitlines()[2].startswith("| lora, clean data (ASR floor) |")
+    # a second launch into the same folder stops before loading anything, unless told to overwrite
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        recipe.main(argv)
+
+
 def test_hbd_push_uploads_folder_without_pickles(tiny_checkpoints, tmp_path, fake_hub):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification

@@ -127,6 +127,10 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
     poisoned = [r for r in data["train"] if r["is_poisoned"]]
     assert all("BadMagic" in r["prompt"] and r["response"] in attack.refusals for r in poisoned)
     assert not any("BadMagic" in p for p in list(data["reference"]["prompt"]) + list(data["test"]["prompt"]))
+    # the clean-floor run trains on the same sample before poisoning
+    assert len(data["clean_train"]) == 20 and not any("BadMagic" in p for p in data["clean_train"]["prompt"])
+    changed = [c != t for c, t in zip(data["clean_train"]["prompt"], data["train"]["prompt"])]
+    assert changed == list(data["train"]["is_poisoned"])
 
     with pytest.raises(ValueError, match="--prompt_column"):
         common.load_instruction_splits(common.ScriptArguments(task="instruction", dataset=str(path)))

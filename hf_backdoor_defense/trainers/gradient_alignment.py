@@ -7,6 +7,11 @@ For one trainable tensor with training gradient ``g`` and clean-reference gradie
     mix         elif mu > 0:                                                  (1 - mu) g_a + mu g
     raw         otherwise:                                                    g
 
+With ``vanishing="skip"`` (our option, not the paper's) a tensor whose reference gradient vanishes
+(``||g_c|| <= eps``) and that no mix applies to gets a zero gradient ("skip") instead of the raw ``g``: once
+the reference set is memorised its gradient is often exactly zero, and the raw fallback then lets the
+poisoned gradient through unaligned.
+
 ``mu`` comes from :func:`mixing_ratio`, which is zero before ``alignment_start_epoch`` and grows linearly to
 ``max_raw_gradient_ratio`` at the end of training.
 
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("projection", "mix", "raw")
+MODES = ("projection", "mix", "raw", "skip")
+VANISHING_CHOICES = ("raw", "skip")
 
 
 @dataclass
@@ -32,7 +38,7 @@ class AlignmentResult:
 
     Args:
         gradient: the new gradient, same shape and dtype as the training gradient.
-        mode: one of ``"projection"``, ``"mix"`` or ``"raw"``.
+        mode: one of ``"projection"``, ``"mix"``, ``"raw"`` or ``"skip"``.
         cosine: cosine similarity between the training and the reference gradient (0 when either is zero).
     """
 
@@ -67,6 +73,7 @@ def align_gradient(
     min_reference_loss: float = 0.0,
     mu: float = 0.0,
     eps: float = 1e-12,
+    vanishing: str = "raw",
 ) -> AlignmentResult:
     """Align one training gradient with the clean reference gradient (see the module docstring).
 
@@ -81,12 +88,16 @@ def align_gradient(
         min_reference_loss: project only while ``reference_loss`` is above this.
         mu: share of the raw gradient used in "mix" mode (from :func:`mixing_ratio`).
         eps: a reference gradient norm at or below this counts as zero.
+        vanishing: ``"raw"`` (the paper) keeps ``g`` for a tensor whose reference gradient vanished and that
+            is not mixed; ``"skip"`` gives it a zero gradient instead.
 
     Example:
         >>> import torch
         >>> align_gradient(torch.ones(2), torch.ones(2), reference_loss=0.1, min_reference_loss=0.4).mode
         'raw'
     """
+    if vanishing not in VANISHING_CHOICES:
+        raise ValueError(f"vanishing must be one of {VANISHING_CHOICES}, got {vanishing!r}.")
     if grad.shape != reference_grad.shape:
         raise ValueError(
             f"grad has shape {tuple(grad.shape)} but reference_grad has {tuple(reference_grad.shape)}"
@@ -109,6 +120,8 @@ def align_gradient(
         new, mode = projected, "projection"
     elif mu > 0:
         new, mode = (1.0 - mu) * projected + mu * g, "mix"
+    elif vanishing == "skip" and gc_norm.item() <= eps:
+        new, mode = torch.zeros_like(g), "skip"
     else:
         new, mode = g, "raw"
     return AlignmentResult(gradient=new.to(grad.dtype).reshape(grad.shape), mode=mode, cosine=cosine)

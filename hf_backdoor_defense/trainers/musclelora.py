@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import OptimizerNames
 
 from ._reference import ReferenceSampler
-from .gradient_alignment import MODES, align_gradient, mixing_ratio
+from .gradient_alignment import MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
 from .loss_scaling import use_mean_loss_for_classification
 
 __all__ = [
@@ -91,6 +91,10 @@ class GradientAlignmentArguments:
             (`mu = mu_max * (epoch - start) / (epochs - start)`). In `[0, 1]`.
         alignment_eps (`float`, defaults to `1e-12`):
             A reference gradient norm at or below this counts as zero (no projection for that tensor).
+        vanishing_reference_gradient (`str`, defaults to `"raw"`):
+            What a tensor gets when its reference gradient counts as zero and no mix applies: `"raw"` (the
+            paper's rule: the unaligned training gradient) or `"skip"` (no update of that tensor this step;
+            our option, see docs/concepts/gradient-alignment.md).
     """
 
     gradient_alignment: bool = field(
@@ -136,6 +140,13 @@ class GradientAlignmentArguments:
         default=1e-12,
         metadata={"help": "Reference gradient norms at or below this count as zero."},
     )
+    vanishing_reference_gradient: str = field(
+        default="raw",
+        metadata={
+            "help": "For a tensor whose reference gradient is zero (and no mix): 'raw' (paper) or 'skip'.",
+            "choices": list(VANISHING_CHOICES),
+        },
+    )
 
     def _resolve_alignment_arguments(self) -> None:
         if self.alignment_preset is not None and self.alignment_preset not in ALIGNMENT_PRESETS:
@@ -163,6 +174,11 @@ class GradientAlignmentArguments:
             raise ValueError(f"max_raw_gradient_ratio must be in [0, 1], got {self.max_raw_gradient_ratio}.")
         if self.alignment_eps < 0:
             raise ValueError(f"alignment_eps must be >= 0, got {self.alignment_eps}.")
+        if self.vanishing_reference_gradient not in VANISHING_CHOICES:
+            raise ValueError(
+                f"vanishing_reference_gradient={self.vanishing_reference_gradient!r} is unknown: use one of "
+                f"{list(VANISHING_CHOICES)}."
+            )
         if not self.gradient_alignment:
             return
         if self.deepspeed:
@@ -408,6 +424,7 @@ class GradientAlignmentMixin:
                     min_reference_loss=self.args.min_reference_loss,
                     mu=mu,
                     eps=self.args.alignment_eps,
+                    vanishing=self.args.vanishing_reference_gradient,
                 )
                 p.grad.copy_(result.gradient)
                 counts[result.mode] += 1
