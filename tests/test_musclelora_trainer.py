@@ -73,6 +73,15 @@ def test_raw_when_reference_gradient_is_below_eps():
     torch.testing.assert_close(mixed.gradient, 0.1 * g)
 
 
+def test_pure_projection_also_projects_at_a_reference_loss_of_exactly_zero():
+    # a fitted reference batch: float32 loss 0.0, gradient still non-zero
+    g, gc = torch.tensor([1.0, 1.0]), torch.tensor([1e-6, 0.0])
+    out = align_gradient(g, gc, reference_loss=0.0, min_reference_loss=0.0)
+    assert out.mode == "projection"
+    torch.testing.assert_close(out.gradient, torch.tensor([1.0, 0.0]))
+    assert align_gradient(g, gc, reference_loss=0.0, min_reference_loss=0.4).mode == "raw"
+
+
 def test_skip_instead_of_raw_when_reference_gradient_vanishes():
     g = torch.tensor([0.5, -2.0])
     out = align_gradient(g, torch.zeros(2), reference_loss=5.0, vanishing="skip")

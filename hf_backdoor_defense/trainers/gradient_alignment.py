@@ -4,6 +4,7 @@ For one trainable tensor with training gradient ``g`` and clean-reference gradie
 
     g_a = |<g, g_c>| / ||g_c||^2 * g_c                     projection onto g_c, sign forced positive
     projection  if ||g_c|| > eps and reference_loss > min_reference_loss:   g_a
+                (min_reference_loss == 0 is pure projection: also at a reference loss of exactly 0)
     mix         elif mu > 0:                                                  (1 - mu) g_a + mu g
     raw         otherwise:                                                    g
 
@@ -116,7 +117,10 @@ def align_gradient(
     else:
         projected = torch.zeros_like(gc)
 
-    if gc_norm.item() > eps and reference_loss > min_reference_loss:
+    # A fitted reference batch can have a float32 loss of exactly 0 while its gradient is still non-zero; with
+    # min_reference_loss == 0 ("pure projection") that must not fall back to the raw gradient.
+    loss_allows_projection = reference_loss > min_reference_loss or min_reference_loss <= 0
+    if gc_norm.item() > eps and loss_allows_projection:
         new, mode = projected, "projection"
     elif mu > 0:
         new, mode = (1.0 - mu) * projected + mu * g, "mix"

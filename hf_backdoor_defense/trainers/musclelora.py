@@ -83,7 +83,8 @@ class GradientAlignmentArguments:
     Args:
         min_reference_loss (`float` or `None`, defaults to `None`):
             Project only while the reference batch loss is above this; below it the raw (or mixed)
-            gradient is used.
+            gradient is used. `0` means pure projection: a fitted reference batch whose float32 loss is
+            exactly 0 is still projected on.
         alignment_start_epoch (`float` or `None`, defaults to `None`):
             Epoch from which the raw gradient may be mixed in.
         max_raw_gradient_ratio (`float` or `None`, defaults to `None`):
