@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -687,9 +688,13 @@ def build_peft_config(model_args: ModelArguments, model, task: str):
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _subsample(dataset, n: int | None, seed: int):
+def _subsample(dataset, n: int | None, seed: int, stratify: bool = True):
+    """A seeded subset of ``n`` rows (all rows when ``n`` is None or too large): label-stratified by default,
+    a plain shuffle with ``stratify=False`` (data without a class-label column)."""
     if n is None or n >= len(dataset):
         return dataset
+    if not stratify:
+        return dataset.shuffle(seed=seed).select(range(n))
     return dataset.train_test_split(train_size=n, seed=seed, stratify_by_column="label")["train"]
 
 
@@ -843,18 +848,13 @@ def build_generative_attack(script_args: ScriptArguments):
     raise ValueError(f"attack={script_args.attack!r} is not an instruction attack: use {GENERATIVE_ATTACK_NAMES}.")
 
 
-def _sample(dataset, n: int | None, seed: int):
-    if n is None or n >= len(dataset):
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(n))
-
-
 def build_instruction_data(script_args: ScriptArguments, seed: int):
     """``(splits, attack)`` for ``task="instruction"``: ``train`` (subsampled, then poisoned: the trigger in
     the prompt, the response replaced), ``reference`` (clean pairs of ``reference_split``) and ``test`` (clean
     pairs of ``eval_split``, subsampled); ``attack.triggered_prompts(test)`` gives the triggered prompts."""
     attack = build_generative_attack(script_args)
-    return _poisoned_splits(load_instruction_splits(script_args), attack, script_args, seed, _sample), attack
+    splits = load_instruction_splits(script_args)
+    return _poisoned_splits(splits, attack, script_args, seed, functools.partial(_subsample, stratify=False)), attack
 
 
 # ---------------------------------------------------------------------------------------------- outputs
