@@ -32,17 +32,19 @@ def _n(count: float, noun: str) -> str:
     return f"{count:g} {noun}{'' if count == 1 else 's'}"
 
 
-def _pct(stats: dict) -> str:
-    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+def _pct(stats: dict, spread: bool = True) -> str:
+    mean = f"{100 * stats['mean']:.1f}"
+    return f"{mean} ± {100 * stats['std']:.1f}" if spread else mean
 
 
 def format_cell(entry: dict | None, expected_seeds: int) -> str:
-    """``"CACC / ASR"`` in percent as mean ± std, with ``(n=k)`` when fewer than ``expected_seeds`` seeds."""
+    """``"CACC / ASR"`` in percent as mean ± std (the mean alone for a single seed, which has no spread), with
+    ``(n=k)`` when fewer than ``expected_seeds`` seeds finished."""
     if not entry:
         return "–"
     n = len(entry["seeds"])
     suffix = f" (n={n})" if n != expected_seeds else ""
-    return f"{_pct(entry['cacc'])} / {_pct(entry['asr'])}{suffix}"
+    return f"{_pct(entry['cacc'], n > 1)} / {_pct(entry['asr'], n > 1)}{suffix}"
 
 
 def _dataset_label(name: str) -> str:
@@ -114,8 +116,10 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
         out += ['!!! warning "Smoke run"',
                 "    Produced by `--preset quick`: a few dozen examples and one epoch. It proves the pipeline "
                 "runs; the numbers mean nothing.", ""]
+    spread = ("mean ± std over seeds" if seeds > 1
+              else "one seed per cell, so no spread is shown and differences of a few points may be noise")
     out += [
-        "CACC / ASR in percent, mean ± std over seeds "
+        f"CACC / ASR in percent, {spread} "
         f"({seeds} seed{'s' if seeds != 1 else ''} requested; `(n=k)` marks a cell where only k finished). "
         f"{payload['n_finished']} of {payload['n_cells']} cells finished.",
         "",
