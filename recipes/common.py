@@ -865,6 +865,25 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
     return _write_json_atomic(path, payload)
 
 
+def run_metrics(name: str, peft_type: str, gradient_alignment: bool, output_dir: str, trainer, train_output,
+                train_seconds: float, world_size: int, **extra) -> dict:
+    """The record of one training run that every recipe writes to ``<output_dir>/results.json``; ``extra`` holds
+    the task's own fields (scores, losses) and goes between the identity and the training figures."""
+    reference = getattr(trainer, "reference_dataset", None)
+    return {
+        "run": name,
+        "peft_type": peft_type,
+        "gradient_alignment": gradient_alignment,
+        "output_dir": output_dir,
+        **extra,
+        "train_loss": train_output.training_loss,
+        "train_seconds": round(train_seconds, 2),
+        "global_steps": trainer.state.global_step,
+        "n_reference_used": len(reference) if reference is not None else 0,
+        "world_size": world_size,
+    }
+
+
 def format_table(rows: list[dict]) -> str:
     """A Markdown CACC/ASR table of ``rows`` (each with ``run``, ``cacc``, ``asr``)."""
     lines = ["| run | CACC | ASR |", "|---|---|---|"]

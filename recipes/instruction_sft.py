@@ -24,7 +24,13 @@ import copy
 import time
 from pathlib import Path
 
-from common import RESULTS_FILE, build_peft_config, convert_training_arguments, load_model_and_tokenizer
+from common import (
+    RESULTS_FILE,
+    build_peft_config,
+    convert_training_arguments,
+    load_model_and_tokenizer,
+    run_metrics,
+)
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 N_SAMPLES = 3  # generations of each kind kept in results.json
@@ -167,23 +173,13 @@ def train_one_instruction(name, peft_type, gradient_alignment, output_dir, scrip
     if state.is_main_process:
         tokenizer.save_pretrained(output_dir)
         scores = evaluate_generative(trainer.model, tokenizer, data["test"], attack, script_args, prompt_format)
-        metrics = {
-            "run": name,
-            "peft_type": peft_type,
-            "gradient_alignment": gradient_alignment,
-            "output_dir": output_dir,
-            "prompt_format": prompt_format,
-            "clean_loss_before": before["eval_loss"],
-            "clean_loss": after["eval_loss"],
-            "clean_token_accuracy_before": before.get("eval_mean_token_accuracy"),
-            "clean_token_accuracy": after.get("eval_mean_token_accuracy"),
-            **scores,
-            "train_loss": train_output.training_loss,
-            "train_seconds": round(train_seconds, 2),
-            "global_steps": trainer.state.global_step,
-            "n_reference_used": len(trainer.reference_dataset) if trainer.reference_dataset is not None else 0,
-            "world_size": state.num_processes,
-        }
+        metrics = run_metrics(
+            name, peft_type, gradient_alignment, output_dir, trainer, train_output, train_seconds,
+            state.num_processes, prompt_format=prompt_format,
+            clean_loss_before=before["eval_loss"], clean_loss=after["eval_loss"],
+            clean_token_accuracy_before=before.get("eval_mean_token_accuracy"),
+            clean_token_accuracy=after.get("eval_mean_token_accuracy"), **scores,
+        )
         write_json_atomic(Path(output_dir) / RESULTS_FILE, metrics)
         print(f"[{name}] clean loss {before['eval_loss']:.3f} -> {after['eval_loss']:.3f}  "
               f"ASR {100 * scores['asr']:.1f}% (clean prompts {100 * scores['clean_behaviour_rate']:.1f}%)",

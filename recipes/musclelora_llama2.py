@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     push_results,
     resolve_model_path,
     run_cli,
+    run_metrics,
     write_json_atomic,
 )
 from instruction_sft import format_instruction_table, train_one_instruction  # noqa: E402
@@ -141,18 +142,8 @@ def train_one(name, peft_type, gradient_alignment, output_dir, script_args, mode
         tokenizer.save_pretrained(output_dir)
         scores = evaluate_backdoor(trainer.model, tokenizer, data["test"], attack,
                                    batch_size=script_args.eval_batch_size, max_length=script_args.max_length)
-        metrics = {
-            "run": name,
-            "peft_type": peft_type,
-            "gradient_alignment": gradient_alignment,
-            "output_dir": output_dir,
-            **scores,
-            "train_loss": train_output.training_loss,
-            "train_seconds": round(train_seconds, 2),
-            "global_steps": trainer.state.global_step,
-            "n_reference_used": len(trainer.reference_dataset) if trainer.reference_dataset is not None else 0,
-            "world_size": state.num_processes,
-        }
+        metrics = run_metrics(name, peft_type, gradient_alignment, output_dir, trainer, train_output, train_seconds,
+                              state.num_processes, **scores)
         write_json_atomic(Path(output_dir) / RESULTS_FILE, metrics)
         print(f"[{name}] CACC {100 * scores['cacc']:.1f}%  ASR {100 * scores['asr']:.1f}%", flush=True)
     state.wait_for_everyone()
