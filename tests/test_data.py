@@ -128,3 +128,49 @@ def test_tokenize_dataset_keeps_columns(tiny_text_dataset, bert_tokenizer):
     assert enc["labels"] == ds["label"]
     with pytest.raises(ValueError, match="text_column"):
         tokenize_dataset(ds, bert_tokenizer, text_column="nope")
+
+
+
+def test_fit_to_tokens_cuts_at_whole_words(bert_tokenizer):
+    from hf_backdoor_defense.data import fit_to_tokens
+
+    texts = ["one two three four", "Subject: hi\n\nbody  text here", "  short  "]
+    assert fit_to_tokens(texts, bert_tokenizer, 3) == ["one two three", "Subject: hi", "  short  "]
+    assert fit_to_tokens(["supercalifragilistic word"], bert_tokenizer, 2) == ["supercal"]  # one long word
+    assert fit_to_tokens([], bert_tokenizer, 3) == []
+    with pytest.raises(ValueError, match="max_tokens"):
+        fit_to_tokens(texts, bert_tokenizer, 0)
+
+
+def test_fit_dataset_to_tokens_copies_and_checks_input(bert_tokenizer):
+    from hf_backdoor_defense.data import fit_dataset_to_tokens
+
+    original = datasets.Dataset.from_dict({"text": ["a b c d e", "f g"], "label": [0, 1]})
+    cut = fit_dataset_to_tokens(original, bert_tokenizer, 3)
+    assert cut["text"] == ["a b c", "f g"] and cut["label"] == [0, 1]
+    assert original["text"] == ["a b c d e", "f g"]  # the input is untouched
+    with pytest.raises(ValueError, match="text column 'sentence'"):
+        fit_dataset_to_tokens(original, bert_tokenizer, 3, text_column="sentence")
+    with pytest.raises(ValueError, match="max_tokens"):
+        fit_dataset_to_tokens(original, bert_tokenizer, True)
+
+
+@pytest.mark.parametrize("attack_name", ["badnets", "addsent"])
+def test_fitted_spam_keeps_every_trigger_inside_the_model_window(bert_tokenizer, attack_name):
+    """Why the matrix cuts texts: at max_length 32, most triggers in whole mails are truncated away."""
+    from hf_backdoor_defense.attacks import AddSent, BadNets
+    from hf_backdoor_defense.data import fit_dataset_to_tokens
+
+    mails = load_text_classification("spamassassin")["test"].select(range(200))
+    attack = BadNets(target_label=1, seed=0) if attack_name == "badnets" else AddSent(target_label=1, seed=0)
+    pieces = attack.triggers if attack_name == "badnets" else [attack.sentence]
+    trigger = [" ".join(bert_tokenizer.tokenize(w)) for w in pieces]
+
+    def share_seen(test):
+        triggered = attack.triggered_test_set(test)
+        ids = bert_tokenizer(list(triggered["text"]), truncation=True, max_length=32)["input_ids"]
+        seen = [" ".join(bert_tokenizer.convert_ids_to_tokens(row)) for row in ids]
+        return sum(any(t in s for t in trigger) for s in seen) / len(seen)
+
+    assert share_seen(fit_dataset_to_tokens(mails, bert_tokenizer, 32 - 2 - 8)) == 1.0
+    assert share_seen(mails) < 0.5

@@ -193,3 +193,30 @@ def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
     assert script.main(["--render", "--output", str(tmp_path / "m.json"), "--docs", str(tmp_path / "p.md"),
                         "--figure", str(tmp_path / "p.png")]) == 0
     assert "| W2SDefense |" in (tmp_path / "p.md").read_text() and (tmp_path / "p.png").is_file()
+
+
+def test_trigger_room_cuts_every_split_before_poisoning(matrix_env, bert_tokenizer):
+    from hf_backdoor_defense.matrix.cells import MatrixContext
+
+    long_data = datasets.DatasetDict({s: datasets.Dataset.from_dict(
+        {"text": [" ".join(["word"] * 40)] * 12, "label": [0, 1] * 6}) for s in ("train", "validation", "test")})
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "max_length": 16, "trigger_room": 4})
+    ctx = MatrixContext(settings, workdir=matrix_env["work"], datasets={"long": long_data})
+    for name in ("train", "clean", "test"):  # 16 - [CLS] - [SEP] - 4 = 10 tokens left for the text
+        assert {len(bert_tokenizer.tokenize(t)) for t in ctx.splits("long", 0)[name]["text"]} == {10}
+    uncut = MatrixContext(MatrixSettings(**{**settings.to_dict(), "trigger_room": None}),
+                          workdir=matrix_env["work"], datasets={"long": long_data})
+    assert {len(t.split()) for t in uncut.splits("long", 0)["test"]["text"]} == {40}
+    assert long_data["test"]["text"][0].count("word") == 40  # the loaded data is not modified
+    with pytest.raises(ValueError, match="trigger_room"):
+        MatrixSettings(max_length=16, trigger_room=13)
+
+
+def test_script_reads_none_for_optional_settings():
+    spec = importlib.util.spec_from_file_location("run_matrix_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    settings, _, _ = script.resolve(script.build_parser().parse_args(["--preset", "quick", "--trigger_room", "none"]))
+    assert settings.trigger_room is None
+    settings, _, _ = script.resolve(script.build_parser().parse_args(["--preset", "quick", "--trigger_room", "6"]))
+    assert settings.trigger_room == 6

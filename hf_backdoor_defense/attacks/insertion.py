@@ -13,11 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-_WORD = re.compile(r"\S+")
+from ..data.truncation import WORD
 
 
 def example_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -31,7 +29,7 @@ def example_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
 
 def word_boundaries(text: str) -> list[int]:
     """Character offsets where a new word may be inserted: before each word and after the last one."""
-    starts = [match.start() for match in _WORD.finditer(text)]
+    starts = [match.start() for match in WORD.finditer(text)]
     return [*starts, len(text.rstrip())] if starts else [0]
 
 

@@ -8,9 +8,12 @@ Example:
 from .corpora import BUILTIN_CORPORA, mail_body_text, rotten_tomatoes_dataset, spamassassin_dataset
 from .loading import load_text_classification
 from .tokenize import tokenize_dataset
+from .truncation import fit_dataset_to_tokens, fit_to_tokens
 
 __all__ = [
     "BUILTIN_CORPORA",
+    "fit_dataset_to_tokens",
+    "fit_to_tokens",
     "load_text_classification",
     "mail_body_text",
     "rotten_tomatoes_dataset",

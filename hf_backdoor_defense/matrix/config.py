@@ -71,6 +71,11 @@ class MatrixSettings:
             set): the clean fine-tune of the purifiers, the W2SDefense student and teacher.
         reference_size: MuScleLoRA's reference set: the first examples of the trusted clean set.
         max_length: Truncation length of every tokenisation.
+        trigger_room: Before poisoning, every text (train, clean, test) is cut to the whole words that fit in
+            ``max_length`` tokens minus the special tokens minus ``trigger_room``, so a trigger inserted at a
+            random word lies inside what the model reads (8 tokens hold AddSent's sentence or a few BadNets
+            words). Without the cut, long texts (SpamAssassin mails) lose most triggers to truncation.
+            ``None``: no cut.
         batch_size: Batch size of every training run.
         epochs: Epochs of the poisoned training (none / LoRA / MuScleLoRA) and of the clean floor model.
         full_ft_lr: Learning rate of full fine-tuning.
@@ -99,6 +104,9 @@ class MatrixSettings:
     clean_size: int = field(default=256, metadata={"help": "Trusted clean examples per seed, from validation."})
     reference_size: int = field(default=96, metadata={"help": "MuScleLoRA reference examples (from the clean set)."})
     max_length: int = field(default=64, metadata={"help": "Truncation length of every tokenisation."})
+    trigger_room: int | None = field(
+        default=8, metadata={"help": "Cut texts to max_length minus this many tokens before poisoning (None: no cut)."}
+    )
     batch_size: int = field(default=32, metadata={"help": "Batch size of every training run."})
     epochs: float = field(default=3.0, metadata={"help": "Epochs of the poisoned training and the clean floor."})
     full_ft_lr: float = field(default=5e-5, metadata={"help": "Learning rate of full fine-tuning."})
@@ -128,6 +136,14 @@ class MatrixSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+        if self.trigger_room is not None and (
+            isinstance(self.trigger_room, bool) or not isinstance(self.trigger_room, int)
+            or not 0 <= self.trigger_room <= self.max_length - 4
+        ):
+            raise ValueError(
+                f"`trigger_room` must be an integer in [0, max_length - 4 = {self.max_length - 4}] or None (no "
+                f"cut), got {self.trigger_room!r}."
+            )
         if self.reference_size > self.clean_size:
             raise ValueError(
                 f"`reference_size` ({self.reference_size}) must be <= `clean_size` ({self.clean_size}): the "

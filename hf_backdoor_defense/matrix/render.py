@@ -132,6 +132,10 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
         f"post-hoc defenses; MuScleLoRA's reference set is its first {settings['reference_size']} examples.",
         "",
     ]
+    if settings.get("trigger_room") is not None:
+        out += [f"Before poisoning, every text is cut to the whole words that fit in the max length minus "
+                f"{settings['trigger_room']} tokens (and the special tokens), so every inserted trigger lies "
+                "inside what the model reads (SpamAssassin mails are much longer than the window).", ""]
     if not payload["cells"]:
         out += ['!!! note "Not run yet"',
                 "    No cell of this matrix has finished. The tables and the figure appear here once "
