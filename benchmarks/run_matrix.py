@@ -61,6 +61,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hf_backdoor_defense.assets import cache_dir  # noqa: E402
+from hf_backdoor_defense.commands.arguments import int_or_none  # noqa: E402
 from hf_backdoor_defense.matrix import (  # noqa: E402
     ATTACKS,
     DEFENSES,
@@ -93,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sizes = p.add_argument_group("settings (default: the preset's; part of every cell's key)")
     for f in dataclasses.fields(MatrixSettings):
         kind = type(f.default) if f.default is not None else str
-        if "None" in str(f.type) and kind is not str:  # e.g. --max_words none
-            kind = _optional(kind)
+        if "None" in str(f.type) and kind is int:  # e.g. --trigger_room none
+            kind = int_or_none
         sizes.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"))
     io = p.add_argument_group("files")
     io.add_argument("--results_dir", type=Path, default=RESULTS, help="holds matrix_cells/ (default %(default)s)")
@@ -111,15 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--render", action="store_true", help="only render the page and figure from matrix.json")
     run.add_argument("--no_progress", action="store_true", help="one log line per cell instead of a tqdm bar")
     return p
-
-
-def _optional(kind):
-    """argparse type: ``kind``, or ``None`` for the word ``none``."""
-    def parse(text: str):
-        return None if text.strip().lower() == "none" else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def resolve(args: argparse.Namespace) -> tuple[MatrixSettings, MatrixGrid, dict]:

@@ -67,6 +67,11 @@ class RetuningScenarioConfig:
         attacker_method (`str`, defaults to `"gradient_control"`): `"vanilla"` or `"gradient_control"`.
         seed (`int`, defaults to `0`): seed of the data split, training and the LoRA init.
         max_length (`int`, defaults to `128`): truncation length.
+        trigger_room (`int` or `None`, defaults to `8`): before poisoning, every text (attacker, user and test
+            sets) is cut to the whole words that fit in ``max_length`` minus the special tokens minus this many
+            tokens, so a trigger inserted at a random word is inside what the model reads. Long texts
+            (SpamAssassin mails) otherwise lose many triggers to truncation and the LFR measures the
+            truncation, not the attack. ``None``: no cut.
         max_attacker_samples / max_user_samples / max_test_samples (`int` or `None`): caps, drawn with ``seed``.
         attacker_epochs (`float`, defaults to `10`): the paper's poison training length.
         attacker_learning_rate (`float`, defaults to `2e-4`).
@@ -84,6 +89,9 @@ class RetuningScenarioConfig:
     attacker_method: str = field(default="gradient_control", metadata={"help": "'vanilla' or 'gradient_control'."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the training and the adapter init."})
     max_length: int = field(default=128, metadata={"help": "Truncation length."})
+    trigger_room: int | None = field(
+        default=8, metadata={"help": "Cut texts to max_length minus this many tokens before poisoning (None: no cut)."}
+    )
     max_attacker_samples: int | None = field(default=None, metadata={"help": "Cap on the attacker's train set."})
     max_user_samples: int | None = field(default=None, metadata={"help": "Cap on the user's train set."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on the user's test set."})
@@ -107,6 +115,11 @@ class RetuningScenarioConfig:
         for name in ("max_length", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.trigger_room is not None and not 0 <= self.trigger_room <= self.max_length - 4:
+            raise ValueError(
+                f"`trigger_room` must be in [0, max_length - 4 = {self.max_length - 4}] or None (no cut), got "
+                f"{self.trigger_room}."
+            )
         for name in ("max_attacker_samples", "max_user_samples", "max_test_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -300,6 +313,12 @@ def run_retuning_scenario(
     if tokenizer.pad_token is None:
         tokenizer = copy.copy(tokenizer)
         tokenizer.pad_token = tokenizer.eos_token
+    if config.trigger_room is not None:  # before any poisoning, so every trigger lands inside the window
+        from .data import fit_dataset_to_tokens
+
+        budget = config.max_length - tokenizer.num_special_tokens_to_add() - config.trigger_room
+        attacker_train, user_train, user_test = (
+            fit_dataset_to_tokens(d, tokenizer, budget) for d in (attacker_train, user_train, user_test))
 
     def load_base():
         model = AutoModelForSequenceClassification.from_pretrained(

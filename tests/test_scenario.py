@@ -136,6 +136,26 @@ def test_config_validation(tmp_path):
         RetuningScenarioConfig(output_dir=str(tmp_path), attacker_method="badnets")
     with pytest.raises(ValueError, match="custom"):
         run_retuning_scenario("unused", RetuningScenarioConfig(output_dir=str(tmp_path), shift="custom"))
+    with pytest.raises(ValueError, match="trigger_room"):
+        RetuningScenarioConfig(output_dir=str(tmp_path), max_length=16, trigger_room=13)
+
+
+def test_trigger_room_cuts_every_set_before_poisoning(tmp_path, tiny_model_dir, bert_tokenizer):
+    long = datasets.Dataset.from_dict({"text": [" ".join(["fine"] * 30)] * 8, "label": [0, 1] * 4},
+                                      features=FEATURES)
+    seen = {}
+
+    def probe(model, context):
+        seen["user_train"] = list(context.user_train["text"])
+        return model
+
+    run_retuning_scenario(
+        tiny_model_dir, _config(tmp_path, "vanilla", attacker_epochs=0, user_epochs=0, trigger_room=4),
+        attack=BadNets(triggers=("cf",), poison_rate=0.25, target_label=1, seed=0),
+        attacker_dataset=long, user_dataset=long, test_dataset=long, defenses={"probe": probe})
+    # 16 - [CLS] - [SEP] - 4 = 10 tokens of text: a trigger inserted anywhere still fits in 16
+    assert {len(bert_tokenizer.tokenize(t)) for t in seen["user_train"]} == {10}
+    assert long["text"][0].count("fine") == 30  # the caller's data is untouched
 
 
 @pytest.mark.slow

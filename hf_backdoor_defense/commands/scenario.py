@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .arguments import int_or_none
 from .poison import add_attack_arguments, build_attack, load_splits
 
 DEFENSES = ("fine-mixing", "fine-purifying")
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
     train.add_argument("--user-lr", type=float, default=2e-4, help="User learning rate (default 2e-4).")
     train.add_argument("--batch-size", type=int, default=32, help="Train batch size (default 32).")
     train.add_argument("--max-length", type=int, default=128, help="Truncation length (default 128).")
+    train.add_argument("--trigger-room", type=int_or_none, default=8,
+                       help="Cut texts to max-length minus this many tokens before poisoning, so triggers are not "
+                            "truncated away (default 8; 'none': no cut).")
     train.add_argument("--max-attacker-samples", type=int, default=None, help="Cap on the attacker's train set.")
     train.add_argument("--max-user-samples", type=int, default=None, help="Cap on the user's train set.")
     train.add_argument("--max-test-samples", type=int, default=None, help="Cap on the test set.")
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     }
     config = RetuningScenarioConfig(
         output_dir=args.output, shift=args.shift, attacker_method=args.attacker, seed=args.seed,
-        max_length=args.max_length, max_attacker_samples=args.max_attacker_samples,
+        max_length=args.max_length, trigger_room=args.trigger_room, max_attacker_samples=args.max_attacker_samples,
         max_user_samples=args.max_user_samples, max_test_samples=args.max_test_samples,
         attacker_epochs=args.attacker_epochs, attacker_learning_rate=args.attacker_lr,
         user_epochs=args.user_epochs, user_learning_rate=args.user_lr, batch_size=args.batch_size,
