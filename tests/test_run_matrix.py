@@ -121,6 +121,14 @@ def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     assert len(by_defense["e_pur"]["details"]["tokens_reset"]) == 5
 
 
+def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "trigger_room": 6})
+    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"], defenses=["none"], seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results",
+               output=tmp_path / "cut.json")
+    assert len(out["run_stats"]["models_trained"]) == 2  # the suspect and the clean model, both on cut texts
+
+
 def test_changing_a_setting_changes_the_key(matrix_env):
     spec = CellSpec(DATA, "badnets", "dirty", "none", 0)
     base = matrix_env["settings"]

@@ -176,10 +176,16 @@ class MatrixContext:
             extra["poisoned_examples"] = int(sum(train["is_poisoned"]))
         return extra
 
+    def _data_config(self, name: str, seed: int) -> dict:
+        """What decides the texts a shared model is trained on (part of its cache key)."""
+        s = self.settings
+        cut = {} if s.trigger_room is None else {"trigger_room": s.trigger_room}  # uncut keys stay as they were
+        return {"dataset": name, "seed": seed, "max_length": s.max_length, **cut}
+
     def _training_config(self, name: str, seed: int) -> dict:
         s = self.settings
-        return {"dataset": name, "seed": seed, "train_size": s.train_size, "max_length": s.max_length,
-                "batch_size": s.batch_size, "epochs": s.epochs, "full_ft_lr": s.full_ft_lr}
+        return {**self._data_config(name, seed), "train_size": s.train_size, "batch_size": s.batch_size,
+                "epochs": s.epochs, "full_ft_lr": s.full_ft_lr}
 
     def suspect(self, name: str, attack_name: str, label_mode: str, seed: int) -> tuple[Path, dict]:
         """The backdoored full fine-tune of a (dataset, attack, label mode, seed)."""
@@ -198,9 +204,8 @@ class MatrixContext:
     def teacher(self, name: str, seed: int, student_hidden: int) -> tuple[Path, dict]:
         """The W2SDefense teacher trained on the trusted clean set."""
         s = self.settings
-        config = {"dataset": name, "seed": seed, "clean_size": s.clean_size, "max_length": s.max_length,
-                  "batch_size": s.batch_size, "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr,
-                  "student_hidden": student_hidden}
+        config = {**self._data_config(name, seed), "clean_size": s.clean_size, "batch_size": s.batch_size,
+                  "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr, "student_hidden": student_hidden}
         clean = self.splits(name, seed)["clean"]
 
         def train(out: Path) -> dict:
