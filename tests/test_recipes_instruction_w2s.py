@@ -301,3 +301,21 @@ def test_w2s_recipe_two_process_cpu_ddp(tiny_checkpoints, tiny_encoder, local_da
     assert (tmp_path / "backdoored_model" / "model.safetensors").is_file()
     assert (tmp_path / "teacher" / "model.safetensors").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
     assert proc.stdout.count("results written to") == 1  # the main process alone evaluates and writes
+
+
+@pytest.mark.ddp
+def test_instruction_path_two_process_cpu_ddp(tiny_checkpoints, local_data, tmp_path):  # noqa: F811
+    """MuScleLoRASFTTrainer under DDP: the same steps as one process, one results.json, one saved adapter."""
+    proc = subprocess.run(
+        [str(BIN / "accelerate"), "launch", "--config_file", str(CONFIGS / "cpu_ddp.yaml"), "--main_process_port", "0",
+         str(RECIPES / "musclelora_llama2.py"), "--model_name_or_path", str(tiny_checkpoints["llama"]),
+         "--output_dir", str(tmp_path), "--dataset", str(local_data["pairs"]), *INSTRUCTION_RUN],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["world_size"] == 2 and run["global_steps"] == 2 and "Traceback" not in proc.stdout
+    assert run["n_triggered"] == run["n_clean"] == 4 and math.isfinite(run["clean_loss"])
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert proc.stdout.count("results written to") == 1  # the main process alone evaluates and writes
