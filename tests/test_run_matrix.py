@@ -110,6 +110,18 @@ def test_deleting_one_cell_reruns_only_that_cell(matrix_env):
     assert len(again["invocations"]) == 2
 
 
+def test_a_run_whose_cells_were_all_redone_drops_out_of_the_wall_time(matrix_env, tmp_path):
+    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"], defenses=["none"], seeds=[0])
+    kwargs = dict(grid=grid, results_dir=tmp_path / "results", output=tmp_path / "m.json")
+    first = _run(matrix_env, **kwargs)
+    assert len(first["invocations"]) == 1
+    for record in first["cells"]:
+        cell_path(tmp_path / "results", record["key"]).unlink()
+    again = _run(matrix_env, **kwargs)
+    assert again["run_stats"]["cells_run"] == 2
+    assert len(again["invocations"]) == 1  # only the run that made the cells on disk
+
+
 def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"],
                       defenses=["e_pur", "fine_purifying"], seeds=[0])

@@ -188,7 +188,7 @@ def run_matrix(
     if todo:
         ctx.tokenizer  # noqa: B018 - loads it
     index = {key: i for i, (_, key, _) in enumerate(status)}
-    invocations = _previous_invocations(output, grid, settings)
+    invocations = _previous_invocations(output, grid, settings, [r for _, _, r in status if r is not None])
     current = {"started_at": started_at, "command": command, "wall_seconds": 0.0, "cells_run": 0,
                "hardware": hardware}
 
@@ -238,12 +238,25 @@ def run_matrix(
     return {**payload, "run_stats": {"cells_run": current["cells_run"], "models_trained": list(ctx.trained)}}
 
 
-def _previous_invocations(output: Path, grid: MatrixGrid, settings: MatrixSettings) -> list[dict]:
-    """The invocations recorded in an existing ``output`` of the same grid and settings (else none)."""
+def _previous_invocations(output: Path, grid: MatrixGrid, settings: MatrixSettings,
+                          cached: list[dict]) -> list[dict]:
+    """The invocations recorded in an existing ``output`` of the same grid and settings (else none), keeping
+    only those that finished at least one of the ``cached`` cells: a run whose cells were all deleted and
+    re-run no longer counts towards the wall time."""
     try:
         previous = json.loads(output.read_text())
     except (OSError, ValueError):
         return []
     if previous.get("grid") != grid.to_dict() or previous.get("settings") != settings.to_dict():
         return []
-    return list(previous.get("invocations") or [])
+    finished = [datetime.fromisoformat(r["finished_at"]) for r in cached if r.get("finished_at")]
+
+    def produced_a_cached_cell(invocation: dict) -> bool:
+        try:
+            start = datetime.fromisoformat(invocation["started_at"])
+        except (KeyError, TypeError, ValueError):
+            return True  # no usable time stamp: keep it
+        span = invocation.get("wall_seconds", 0.0) + 1.0  # finished_at is rounded to the second
+        return any(0.0 <= (t - start).total_seconds() <= span for t in finished)
+
+    return [i for i in previous.get("invocations") or [] if produced_a_cached_cell(i)]
