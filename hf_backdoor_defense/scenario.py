@@ -115,11 +115,9 @@ class RetuningScenarioConfig:
         for name in ("max_length", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.trigger_room is not None and not 0 <= self.trigger_room <= self.max_length - 4:
-            raise ValueError(
-                f"`trigger_room` must be in [0, max_length - 4 = {self.max_length - 4}] or None (no cut), got "
-                f"{self.trigger_room}."
-            )
+        from .data.truncation import check_trigger_room
+
+        check_trigger_room(self.trigger_room, self.max_length)
         for name in ("max_attacker_samples", "max_user_samples", "max_test_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -314,11 +312,11 @@ def run_retuning_scenario(
         tokenizer = copy.copy(tokenizer)
         tokenizer.pad_token = tokenizer.eos_token
     if config.trigger_room is not None:  # before any poisoning, so every trigger lands inside the window
-        from .data import fit_dataset_to_tokens
+        from .data import fit_to_window
 
-        budget = config.max_length - tokenizer.num_special_tokens_to_add() - config.trigger_room
         attacker_train, user_train, user_test = (
-            fit_dataset_to_tokens(d, tokenizer, budget) for d in (attacker_train, user_train, user_test))
+            fit_to_window(d, tokenizer, max_length=config.max_length, trigger_room=config.trigger_room)
+            for d in (attacker_train, user_train, user_test))
 
     def load_base():
         model = AutoModelForSequenceClassification.from_pretrained(

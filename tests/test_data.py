@@ -155,6 +155,18 @@ def test_fit_dataset_to_tokens_copies_and_checks_input(bert_tokenizer):
         fit_dataset_to_tokens(original, bert_tokenizer, True)
 
 
+
+def test_fit_to_window_leaves_room_for_special_tokens_and_the_trigger(bert_tokenizer):
+    from hf_backdoor_defense.data import fit_to_window
+
+    data = datasets.Dataset.from_dict({"text": [" ".join(["word"] * 40)], "label": [0]})
+    cut = fit_to_window(data, bert_tokenizer, max_length=16, trigger_room=4)  # 16 - [CLS] - [SEP] - 4
+    assert len(bert_tokenizer.tokenize(cut["text"][0])) == 10
+    for bad in (13, -1, True, 2.0):
+        with pytest.raises(ValueError, match="trigger_room"):
+            fit_to_window(data, bert_tokenizer, max_length=16, trigger_room=bad)
+
+
 @pytest.mark.parametrize("attack_name", ["badnets", "addsent"])
 def test_fitted_spam_keeps_every_trigger_inside_the_model_window(bert_tokenizer, attack_name):
     """Why the matrix cuts texts: at max_length 32, most triggers in whole mails are truncated away."""

@@ -8,12 +8,14 @@ Example:
 from .corpora import BUILTIN_CORPORA, mail_body_text, rotten_tomatoes_dataset, spamassassin_dataset
 from .loading import load_text_classification
 from .tokenize import tokenize_dataset
-from .truncation import fit_dataset_to_tokens, fit_to_tokens
+from .truncation import check_trigger_room, fit_dataset_to_tokens, fit_to_tokens, fit_to_window
 
 __all__ = [
     "BUILTIN_CORPORA",
+    "check_trigger_room",
     "fit_dataset_to_tokens",
     "fit_to_tokens",
+    "fit_to_window",
     "load_text_classification",
     "mail_body_text",
     "rotten_tomatoes_dataset",

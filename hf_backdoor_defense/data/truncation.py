@@ -22,7 +22,7 @@ import re
 
 from datasets import Dataset, DatasetDict
 
-__all__ = ["WORD", "fit_dataset_to_tokens", "fit_to_tokens"]
+__all__ = ["WORD", "check_trigger_room", "fit_dataset_to_tokens", "fit_to_tokens", "fit_to_window"]
 
 WORD = re.compile(r"\S+")
 """A word: a run of non-whitespace characters (the attacks insert triggers between these)."""
@@ -75,3 +75,28 @@ def fit_dataset_to_tokens(data: Dataset | DatasetDict, tokenizer, max_tokens: in
     fit_to_tokens([], tokenizer, max_tokens)  # argument checks before any work
     return data.map(lambda batch: {text_column: fit_to_tokens(batch[text_column], tokenizer, max_tokens)},
                     batched=True, desc=f"fit texts to {max_tokens} tokens")
+
+
+def check_trigger_room(trigger_room: int | None, max_length: int) -> None:
+    """Raise ``ValueError`` unless ``trigger_room`` is ``None`` (no cut) or an integer in ``[0, max_length - 4]``
+    (a window of ``max_length`` tokens keeps room for the special tokens and at least one token of text)."""
+    if trigger_room is None:
+        return
+    if isinstance(trigger_room, bool) or not isinstance(trigger_room, int) or not 0 <= trigger_room <= max_length - 4:
+        raise ValueError(
+            f"`trigger_room` must be an integer in [0, max_length - 4 = {max_length - 4}] or None (no cut), got "
+            f"{trigger_room!r}."
+        )
+
+
+def fit_to_window(data: Dataset | DatasetDict, tokenizer, *, max_length: int, trigger_room: int,
+                  text_column: str = "text") -> Dataset | DatasetDict:
+    """:func:`fit_dataset_to_tokens` with the budget a poisoning run needs: ``max_length`` minus the tokenizer's
+    special tokens minus ``trigger_room`` tokens kept free for the trigger. Call it before poisoning.
+
+    Example:
+        >>> train = fit_to_window(train, tokenizer, max_length=32, trigger_room=8)   # doctest: +SKIP
+    """
+    check_trigger_room(trigger_room, max_length)
+    budget = max_length - tokenizer.num_special_tokens_to_add() - trigger_room
+    return fit_dataset_to_tokens(data, tokenizer, budget, text_column=text_column)

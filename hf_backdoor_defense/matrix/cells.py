@@ -121,10 +121,10 @@ class MatrixContext:
             clean = data["validation"].shuffle(seed=seed).select(range(min(s.clean_size, len(data["validation"]))))
             test = data["test"].shuffle(seed=s.test_seed).select(range(min(s.test_size, len(data["test"]))))
             if s.trigger_room is not None:  # before any poisoning: triggers then land inside what the model reads
-                from ..data import fit_dataset_to_tokens
+                from ..data import fit_to_window
 
-                budget = s.max_length - self.tokenizer.num_special_tokens_to_add() - s.trigger_room
-                train, clean, test = (fit_dataset_to_tokens(d, self.tokenizer, budget) for d in (train, clean, test))
+                train, clean, test = (fit_to_window(d, self.tokenizer, max_length=s.max_length,
+                                                    trigger_room=s.trigger_room) for d in (train, clean, test))
             reference = clean.select(range(min(s.reference_size, len(clean))))
             self._splits[(name, seed)] = {"train": train, "clean": clean, "reference": reference, "test": test}
         return self._splits[(name, seed)]

@@ -136,14 +136,9 @@ class MatrixSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-        if self.trigger_room is not None and (
-            isinstance(self.trigger_room, bool) or not isinstance(self.trigger_room, int)
-            or not 0 <= self.trigger_room <= self.max_length - 4
-        ):
-            raise ValueError(
-                f"`trigger_room` must be an integer in [0, max_length - 4 = {self.max_length - 4}] or None (no "
-                f"cut), got {self.trigger_room!r}."
-            )
+        from ..data.truncation import check_trigger_room
+
+        check_trigger_room(self.trigger_room, self.max_length)
         if self.reference_size > self.clean_size:
             raise ValueError(
                 f"`reference_size` ({self.reference_size}) must be <= `clean_size` ({self.clean_size}): the "
