@@ -7,11 +7,17 @@ adapter (CLNorm + ILProj) are trained by the attacker, then re-tuned by the user
 CACC and LFR after each stage. The Gradient Control adapters are also given to the adapter-mode
 purifiers (Fine-mixing, Fine-purifying) to see how each defense fares against it.
 
-Writes ``benchmarks/results/gradient_control.json`` (``--quick`` writes ``gradient_control.quick.json``).
+The Gradient Control adapters also go to a re-tune with MuScleLoRA's gradient alignment
+(``musclelora-retune``: 96 of the user's examples as the reference set, the same epochs and learning rate
+as the plain re-tune).
+
+Writes ``benchmarks/results/gradient_control.json`` for the full preset, ``gradient_control.<preset>.json``
+for the others.
 
 Usage:
-    python benchmarks/gradient_control.py --quick        # smoke test, a few minutes on 2 busy cores
-    python benchmarks/gradient_control.py                # full: 2 shifts x 3 seeds x {vanilla, GC}
+    python benchmarks/gradient_control.py --preset quick    # smoke test, a few minutes
+    python benchmarks/gradient_control.py --preset reduced  # the demo recipe's sizes, 3 seeds (about 1.5 h on 2 cores)
+    python benchmarks/gradient_control.py                   # full: 2,000 examples per stage, length 128, 3 seeds
 """
 
 from __future__ import annotations
@@ -29,19 +35,32 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import hardware_info, summarise, write_json  # noqa: E402
 
-FULL = dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
-            attacker_epochs=5, user_epochs=3, max_length=128, batch_size=32, defense_clean=256)
-QUICK = dict(seeds=[0], max_attacker_samples=48, max_user_samples=48, max_test_samples=48,
-             attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=16)
+PRESETS = {
+    "full": dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
+                 attacker_epochs=5, user_epochs=3, max_length=128, batch_size=32, defense_clean=256,
+                 learning_rate=5e-4),
+    # The sizes, epochs and learning rate of recipes/configs/gradient_control_demo.yaml, on both shifts.
+    "reduced": dict(seeds=[0, 1, 2], max_attacker_samples=1000, max_user_samples=1000, max_test_samples=400,
+                    attacker_epochs=3, user_epochs=2, max_length=48, batch_size=16, defense_clean=256,
+                    learning_rate=1e-3),
+    "quick": dict(seeds=[0], max_attacker_samples=48, max_user_samples=48, max_test_samples=48,
+                  attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=16,
+                  learning_rate=5e-4),
+}
+#: Reference examples of the MuScleLoRA re-tune defense (the paper's encoder reference size).
+RETUNE_REFERENCE = 96
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="Smoke mode: tiny samples, 1 epoch, 1 seed.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="Sizes: full (the issue's cells), reduced (the demo recipe's sizes), quick (smoke).")
+    parser.add_argument("--quick", action="store_true", help="Same as --preset quick.")
     parser.add_argument("--shifts", nargs="+", default=["spamassassin", "rotten_tomatoes"],
                         choices=["spamassassin", "rotten_tomatoes"])
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Override the seeds.")
-    parser.add_argument("--learning-rate", type=float, default=5e-4, help="LoRA learning rate of both stages.")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="LoRA learning rate of both stages (default: the preset's).")
     parser.add_argument("--clnorm-alpha", type=float, default=1e-4)
     parser.add_argument("--no-defenses", action="store_true", help="Skip the defenses table.")
     parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
@@ -60,16 +79,24 @@ def main(argv=None) -> int:
     from hf_backdoor_defense import assets
     from hf_backdoor_defense.attacks import BadNets
     from hf_backdoor_defense.purification import FineMixing, FinePurifying
-    from hf_backdoor_defense.scenario import RetuningScenarioConfig, purifier_defense, run_retuning_scenario
+    from hf_backdoor_defense.scenario import (
+        RetuningScenarioConfig,
+        alignment_retune_defense,
+        purifier_defense,
+        run_retuning_scenario,
+    )
 
-    settings = dict(QUICK if args.quick else FULL)
+    preset = "quick" if args.quick else args.preset
+    settings = dict(PRESETS[preset])
     if args.seeds:
         settings["seeds"] = args.seeds
+    if args.learning_rate is not None:
+        settings["learning_rate"] = args.learning_rate
     model_path = str(assets.minilm_path())
     workdir = args.workdir or tempfile.mkdtemp(prefix="hbd-gc-bench-")
     output = args.output or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
-        "gradient_control.quick.json" if args.quick else "gradient_control.json",
+        "gradient_control.json" if preset == "full" else f"gradient_control.{preset}.json",
     )
     runs: list[dict] = []
     start_all = time.perf_counter()
@@ -83,14 +110,16 @@ def main(argv=None) -> int:
                         "fine-mixing": purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n),
                         "fine-purifying": purifier_defense(FinePurifying(ratio=0.5, show_progress=False),
                                                            num_clean=n),
+                        "musclelora-retune": alignment_retune_defense(
+                            num_reference=min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)),
                     }
                 config = RetuningScenarioConfig(
                     output_dir=os.path.join(workdir, f"{shift}-{method}-s{seed}"), shift=shift,
                     attacker_method=method, seed=seed, max_length=settings["max_length"],
                     max_attacker_samples=settings["max_attacker_samples"],
                     max_user_samples=settings["max_user_samples"], max_test_samples=settings["max_test_samples"],
-                    attacker_epochs=settings["attacker_epochs"], attacker_learning_rate=args.learning_rate,
-                    user_epochs=settings["user_epochs"], user_learning_rate=args.learning_rate,
+                    attacker_epochs=settings["attacker_epochs"], attacker_learning_rate=settings["learning_rate"],
+                    user_epochs=settings["user_epochs"], user_learning_rate=settings["learning_rate"],
                     batch_size=settings["batch_size"], overwrite=True, disable_progress_bar=True,
                     gradient_control={"clnorm_alpha": args.clnorm_alpha},
                 )
@@ -141,11 +170,13 @@ def main(argv=None) -> int:
     }
     payload = {
         "benchmark": "gradient_control",
-        "mode": "quick" if args.quick else "full",
+        "mode": preset,
+        "command": "python benchmarks/gradient_control.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": "all-MiniLM-L6-v2 (offline asset)",
         "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
         "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
-        "settings": {**settings, "learning_rate": args.learning_rate, "clnorm_alpha": args.clnorm_alpha},
+        "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
+                     "retune_reference": min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)},
         "summary": summary,
         "targets": targets,
         "runs": runs,

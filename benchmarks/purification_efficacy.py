@@ -44,7 +44,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import hardware_info, write_json  # noqa: E402
+from _common import hardware_info, summarise, write_json  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -74,6 +74,7 @@ def parse_args(argv=None):
     p.add_argument("--attacks", nargs="+", default=["badnets", "addsent"], choices=["badnets", "addsent"])
     p.add_argument("--epochs", type=float, default=1.0, help="epochs of the suspect / clean-model fine-tune")
     p.add_argument("--ft_epochs", type=float, default=3.0, help="epochs of the post-purification clean fine-tune")
+    p.add_argument("--suspect_lr", type=float, default=5e-5, help="learning rate of the suspect / clean-model fine-tune")
     p.add_argument("--max_length", type=int, default=64)
     p.add_argument("--fm_ratio", type=float, default=0.5, help="Fine-mixing: fraction reset")
     p.add_argument("--fp_ratio", type=float, default=0.3, help="Fine-purifying: fraction reset")
@@ -125,7 +126,7 @@ def make_attack(name: str, seed: int):
 def train_model(folder, train, tokenizer, args, seed):
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
     with tempfile.TemporaryDirectory() as tmp:
-        ft = PurificationTrainingArguments(output_dir=tmp, num_train_epochs=args.epochs, learning_rate=5e-5,
+        ft = PurificationTrainingArguments(output_dir=tmp, num_train_epochs=args.epochs, learning_rate=args.suspect_lr,
                                            per_device_train_batch_size=32, max_length=args.max_length, seed=seed,
                                            disable_tqdm=True)
         return finetune_clean(model, train, tokenizer, ft)
@@ -203,9 +204,12 @@ def main(argv=None):
     for row in rows:
         key = f"{row['attack']}/{row['clean_size']}/{row['defense']}"
         summary.setdefault(key, []).append(row)
-    table = {k: {m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")}
+    table = {k: {**{m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")},
+                 **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
+                 "n": len(v)}
              for k, v in summary.items()}
     out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "command": "python benchmarks/purification_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
            "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
            "total_seconds": round(time.perf_counter() - started, 1), "hardware": hardware_info(), "mean": table,
            "rows": rows}

@@ -7,7 +7,8 @@ Stages (one call of :func:`run_retuning_scenario`):
    :class:`~hf_backdoor_defense.trainers.gradient_control.GradientControlTrainer`, and publishes it
    (``<output_dir>/attacker_adapter``).
 2. **defenses** (optional): each defense callable receives the published adapter, loaded fresh and
-   trainable, and returns the model to evaluate (see :func:`purifier_defense`).
+   trainable, and returns the model to evaluate (see :func:`purifier_defense` for the post-hoc purifiers and
+   :func:`alignment_retune_defense` for a re-tune with MuScleLoRA's gradient alignment).
 3. **retune**: the user loads the published adapter (``is_trainable=True``) and re-tunes it on clean
    data from a *shifted* domain (``<output_dir>/user_adapter``).
 
@@ -46,6 +47,7 @@ __all__ = [
     "SHIFTS",
     "RetuningScenarioConfig",
     "ScenarioContext",
+    "alignment_retune_defense",
     "load_shift",
     "purifier_defense",
     "run_retuning_scenario",
@@ -180,6 +182,62 @@ def purifier_defense(purifier, *, num_clean: int | None = 256, finetune_args=Non
             args.output_dir = os.path.join(context.output_dir, "finetune")
             purified = finetune_clean(purified, clean, context.tokenizer, args)
         return purified
+
+    return defend
+
+
+def alignment_retune_defense(*, num_reference: int = 96, alignment_preset: str = "encoder",
+                             epochs: float | None = None, learning_rate: float | None = None) -> Defense:
+    """The user re-tunes the published adapter with MuScleLoRA's gradient alignment instead of plainly.
+
+    The first ``num_reference`` examples of the user's clean data are the trusted reference set and the rest are
+    the training data (so the two never overlap); the adapter is trained with
+    :class:`~hf_backdoor_defense.trainers.musclelora.MuScleLoRATrainer` and ``alignment_preset`` (``"encoder"``:
+    the paper's defaults for BERT-class models). ``epochs`` and ``learning_rate`` default to the scenario's user
+    stage, so the defense gets the same budget as the plain re-tune it is compared with.
+
+    Example:
+        >>> defenses = {"musclelora-retune": alignment_retune_defense(num_reference=96)}
+    """
+    if num_reference < 1:
+        raise ValueError(f"`num_reference` must be >= 1, got {num_reference}.")
+
+    def defend(model, context: ScenarioContext):
+        from transformers import DataCollatorWithPadding
+
+        from .data import tokenize_dataset
+        from .trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+
+        config, user = context.config, context.user_train
+        if len(user) <= num_reference:
+            raise ValueError(f"alignment_retune_defense: the user's data has {len(user)} examples, not more than "
+                             f"num_reference={num_reference}; lower num_reference or give the user more data.")
+
+        def encode(data):
+            encoded = tokenize_dataset(data, context.tokenizer, max_length=config.max_length)
+            return encoded.remove_columns([c for c in encoded.column_names
+                                           if c not in {"input_ids", "attention_mask", "token_type_ids", "labels"}])
+
+        args = MuScleLoRATrainingArguments(
+            output_dir=os.path.join(context.output_dir, "retune_run"),
+            num_train_epochs=config.user_epochs if epochs is None else epochs,
+            learning_rate=config.user_learning_rate if learning_rate is None else learning_rate,
+            per_device_train_batch_size=config.batch_size, save_strategy="no", report_to="none", logging_steps=1,
+            seed=config.seed, disable_tqdm=config.disable_progress_bar, dataloader_num_workers=0,
+            gradient_alignment=True, alignment_preset=alignment_preset,
+        )
+        _set_seed(config.seed + 1)  # the plain re-tune's seed
+        trainer = MuScleLoRATrainer(
+            model=model, args=args, train_dataset=encode(user.select(range(num_reference, len(user)))),
+            reference_dataset=encode(user.select(range(num_reference))),
+            data_collator=DataCollatorWithPadding(context.tokenizer),
+        )
+        trainer.train()
+        model.eval()
+        steps = [{k: v for k, v in row.items() if k == "step" or k.startswith("alignment/")}
+                 for row in trainer.state.log_history if any(k.startswith("alignment/") for k in row)]
+        write_json_atomic(os.path.join(context.output_dir, "alignment_log.json"), {"log": steps})
+        return model
 
     return defend
 

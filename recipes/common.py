@@ -190,6 +190,13 @@ class ScriptArguments:
             `reference_split`, never on `"test"`.
         max_length (`int`, defaults to `128`):
             Truncation length in tokens.
+        trigger_room (`int` or `None`, defaults to `None`):
+            Classification only. Before poisoning, cut every text (training sample, reference and evaluation
+            splits) to the whole words that fit in `max_length` minus the special tokens minus `trigger_room`
+            tokens, so a trigger inserted at a random word lands inside what the model reads (see
+            `hf_backdoor_defense.data.fit_to_window`). `None` keeps the texts whole; a warning then says when
+            more than a quarter of the training texts run past the window (long documents such as
+            `spamassassin`: use 8, as the efficacy matrix and the re-tuning scenario do).
 
     Parameters that control the attack:
 
@@ -278,6 +285,13 @@ class ScriptArguments:
         default=None, metadata={"help": "Seeded stratified subsample of the test split for the final CACC/ASR."}
     )
     max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    trigger_room: int | None = field(
+        default=None,
+        metadata={
+            "help": "Classification: cut texts to max_length minus special tokens minus this many tokens before "
+            "poisoning, so triggers land inside the window (8 for long texts such as spamassassin; None: no cut)."
+        },
+    )
     eval_split: str = field(
         default="test", metadata={"help": "Split of the final CACC/ASR evaluation (tune on 'validation')."}
     )
@@ -374,6 +388,14 @@ class ScriptArguments:
                 raise ValueError(f"{name} must be > 1 or None, got {value}.")
         if self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}.")
+        if self.trigger_room is not None and self.task != "classification":
+            raise ValueError(
+                f"trigger_room={self.trigger_room} applies to task='classification' only; instruction attacks "
+                "place their trigger with trigger_position ('start' keeps it inside any window)."
+            )
+        from hf_backdoor_defense.data import check_trigger_room
+
+        check_trigger_room(self.trigger_room, self.max_length)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -708,32 +730,66 @@ def build_attack(script_args: ScriptArguments):
     return ATTACKS[script_args.attack](**kwargs)
 
 
-def build_classification_data(script_args: ScriptArguments, seed: int):
-    """``(splits, attack)``: ``splits`` has ``train`` (subsampled, then poisoned), ``reference`` (the clean
-    ``reference_split``) and ``test`` (the clean ``eval_split``, subsampled); the attack gives the triggered
-    test set."""
+def build_classification_data(script_args: ScriptArguments, seed: int, tokenizer=None):
+    """``(splits, attack)``: ``splits`` has ``train`` (subsampled, then poisoned), ``clean_train`` (the same
+    subsample, unpoisoned), ``reference`` (the clean ``reference_split``) and ``test`` (the clean ``eval_split``,
+    subsampled); the attack gives the triggered test set. With ``script_args.trigger_room`` set, every split is
+    cut to ``tokenizer``'s window before poisoning (see `fit_splits_to_window`)."""
     from hf_backdoor_defense.data import load_text_classification
 
     attack = build_attack(script_args)
     raw = load_text_classification(script_args.dataset)
-    return _poisoned_splits(raw, attack, script_args, seed, _subsample), attack
+    return _poisoned_splits(raw, attack, script_args, seed, _subsample, tokenizer), attack
 
 
-def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, sample) -> dict:
-    """``train`` (sampled with ``sample``, then poisoned), ``clean_train`` (the same sample, unpoisoned),
-    ``reference`` and ``test`` (sampled) from ``raw``; a missing ``reference_split`` / ``eval_split`` is a
-    ValueError naming the field."""
+#: Above this share of training texts longer than the window, an uncut run warns that triggers get truncated.
+OVERFLOW_WARNING_SHARE = 0.25
+
+
+def fit_splits_to_window(splits: dict, script_args: ScriptArguments, tokenizer) -> dict:
+    """``splits`` with every text cut to ``tokenizer``'s window minus ``script_args.trigger_room`` (a new dict;
+    the datasets are copies, ``None`` entries pass through). Without a ``trigger_room`` the splits come back
+    unchanged, with a warning when more than `OVERFLOW_WARNING_SHARE` of the ``train`` texts are longer than
+    ``max_length``: a trigger inserted at a random word would then often be truncated away."""
+    from hf_backdoor_defense.data import fit_to_window
+
+    if script_args.trigger_room is None:
+        if tokenizer is not None and splits.get("train") is not None and len(splits["train"]):
+            budget = script_args.max_length - tokenizer.num_special_tokens_to_add()
+            lengths = [len(ids) for ids in tokenizer(list(splits["train"]["text"]), add_special_tokens=False)["input_ids"]]
+            share = sum(n > budget for n in lengths) / len(lengths)
+            if share > OVERFLOW_WARNING_SHARE:
+                warnings.warn(
+                    f"{100 * share:.0f} % of the training texts are longer than max_length={script_args.max_length} "
+                    "tokens: a trigger inserted at a random word lands past the truncation for many of them, and "
+                    "the attack is weaker than its poison rate says. Pass --trigger_room 8 to cut the texts to the "
+                    "window before poisoning, or raise --max_length.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return dict(splits)
+    if tokenizer is None:
+        raise ValueError("trigger_room is set but no tokenizer was given to measure the window.")
+    return {name: None if data is None else fit_to_window(data, tokenizer, max_length=script_args.max_length,
+                                                          trigger_room=script_args.trigger_room)
+            for name, data in splits.items()}
+
+
+def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, sample, tokenizer=None) -> dict:
+    """``train`` (sampled with ``sample``, cut to the window, then poisoned), ``clean_train`` (the same sample,
+    unpoisoned), ``reference`` and ``test`` (sampled) from ``raw``; a missing ``reference_split`` / ``eval_split``
+    is a ValueError naming the field."""
     for name in ("reference_split", "eval_split"):
         split = getattr(script_args, name)
         if split not in raw:
             raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
-    clean_train = sample(raw["train"], script_args.max_train_samples, seed)
-    return {
-        "train": attack.poison(clean_train),
-        "clean_train": clean_train,
+    splits = {
+        "train": sample(raw["train"], script_args.max_train_samples, seed),
         "reference": raw[script_args.reference_split],
         "test": sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
     }
+    splits = fit_splits_to_window(splits, script_args, tokenizer)
+    return {**splits, "clean_train": splits["train"], "train": attack.poison(splits["train"])}
 
 
 #: Noun used in instructions derived from the built-in classification corpora.

@@ -56,7 +56,9 @@ from common import (  # noqa: E402
     convert_training_arguments,
     distributed_backend,
     expand_config,
+    fit_splits_to_window,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     resolve_model_path,
     run_cli,
@@ -188,9 +190,10 @@ def _cap(dataset, n: int | None, seed: int):
     return dataset if n is None or n >= len(dataset) else dataset.shuffle(seed=seed).select(range(n))
 
 
-def load_data(script_args, retune_args, seed: int) -> dict:
+def load_data(script_args, retune_args, seed: int, tokenizer=None) -> dict:
     """``{"attacker", "user", "test", "shift"}``: the attacker's clean training data (before poisoning), the
-    user's clean re-tuning data (``None`` without ``--simulate_retuning``) and the user's test split."""
+    user's clean re-tuning data (``None`` without ``--simulate_retuning``) and the user's test split, each cut to
+    ``tokenizer``'s window when ``--trigger_room`` is set."""
     from hf_backdoor_defense.data import load_text_classification
     from hf_backdoor_defense.scenario import load_shift
 
@@ -212,12 +215,12 @@ def load_data(script_args, retune_args, seed: int) -> dict:
                                  f"{len(names)} ({names}): the user must re-tune the same task.")
     if test is None:
         raise ValueError(f"eval_split={script_args.eval_split!r} is not a split of the evaluation data.")
-    return {
-        "attacker": _cap(attacker, script_args.max_train_samples, seed),
+    splits = fit_splits_to_window({
+        "train": _cap(attacker, script_args.max_train_samples, seed),
         "user": None if user is None else _cap(user, retune_args.max_retune_samples, seed),
         "test": _cap(test, script_args.max_eval_samples, seed),
-        "shift": shift,
-    }
+    }, script_args, tokenizer)
+    return {"attacker": splits["train"], "user": splits["user"], "test": splits["test"], "shift": shift}
 
 
 def _encode(dataset, tokenizer, max_length: int, keep=()):
@@ -392,7 +395,7 @@ def main(argv=None) -> dict | None:
 
 def _run(script_args, model_args, retune_args, training_args, staging: Path, output_dir: Path, state) -> dict:
     with state.main_process_first():
-        data = load_data(script_args, retune_args, training_args.seed)
+        data = load_data(script_args, retune_args, training_args.seed, load_tokenizer(model_args))
         attack = build_attack(script_args)
         poisoned = attack.poison(data["attacker"])
     label_names = data["attacker"].features["label"].names
@@ -407,6 +410,7 @@ def _run(script_args, model_args, retune_args, training_args, staging: Path, out
         "dataset": script_args.dataset,
         "shift": data["shift"],
         "eval_split": script_args.eval_split,
+        "trigger_room": script_args.trigger_room,
         "attack": attack.to_dict(),
         "n_attacker_train": len(poisoned),
         "n_poisoned": int(sum(poisoned["is_poisoned"])),

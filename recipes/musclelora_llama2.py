@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     expand_config,
     format_table,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     peek_bool,
     push_results,
@@ -161,8 +162,10 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
     state = PartialState()
     instruction = script_args.task == "instruction"
     with state.main_process_first():
-        build = build_instruction_data if instruction else build_classification_data
-        data, attack = build(script_args, training_args.seed)
+        if instruction:
+            data, attack = build_instruction_data(script_args, training_args.seed)
+        else:
+            data, attack = build_classification_data(script_args, training_args.seed, load_tokenizer(model_args))
     label_names = None if instruction else data["train"].features["label"].names
     results = {
         "recipe": recipe,
@@ -171,6 +174,7 @@ def main(argv=None, model_arguments_class=ModelArguments, recipe="musclelora_lla
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "dataset": script_args.dataset,
         "eval_split": script_args.eval_split,
+        "trigger_room": script_args.trigger_room,
         "attack": attack.to_dict(),
         "n_train": len(data["train"]),
         "n_poisoned": int(sum(data["train"]["is_poisoned"])),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import os
 import sys
 import tempfile
@@ -52,6 +53,7 @@ from common import (  # noqa: E402
     distributed_backend,
     expand_config,
     load_model_and_tokenizer,
+    load_tokenizer,
     parse_args,
     quantization_config,
     resolve_model_path,
@@ -210,6 +212,27 @@ def _local_path(name: str | None) -> str | None:
     return None if name is None else resolve_model_path(name)
 
 
+def window_tokenizer(model_args, purify_args):
+    """The tokenizer whose window ``--trigger_room`` cuts the texts to: ``--tokenizer_name_or_path``, else the
+    suspect folder's own tokenizer, else the clean base's; ``None`` when none of them is known."""
+    candidates = [model_args.tokenizer_name_or_path]
+    if not purify_args.poison_first and model_args.model_name_or_path is not None:
+        suspect = Path(model_args.model_name_or_path).expanduser()
+        if (suspect / "tokenizer_config.json").is_file():
+            candidates.append(str(suspect))
+    candidates.append(model_args.base_model_name_or_path)
+    if not purify_args.poison_first and model_args.model_name_or_path is not None:
+        config = Path(model_args.model_name_or_path).expanduser() / "adapter_config.json"
+        if config.is_file():  # an adapter: its config names the base it was trained on
+            candidates.append(json.loads(config.read_text()).get("base_model_name_or_path"))
+    path = next((c for c in candidates if c), None)
+    if path is None:
+        return None
+    source = copy.copy(model_args)
+    source.tokenizer_name_or_path, source.model_name_or_path = None, path
+    return load_tokenizer(source)
+
+
 def check_arguments(script_args, model_args, purify_args, training_args, *, needs_full_model: bool = False) -> None:
     """Consistency checks across the argument groups; each error names the field and the fix."""
     from hf_backdoor_defense.purification.adapters import is_adapter_dir
@@ -365,7 +388,7 @@ def main(argv, *, method_arguments_class, build_purifier: Callable[..., Any], de
     purifier = build_purifier(method_args, purify_args, script_args, training_args)  # validates the options
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    data, attack = build_classification_data(script_args, training_args.seed)
+    data, attack = build_classification_data(script_args, training_args.seed, window_tokenizer(model_args, purify_args))
     label_names = data["train"].features["label"].names
     clean, dev = clean_and_dev(data["reference"], purify_args, training_args.seed)
     base = _local_path(model_args.base_model_name_or_path)
@@ -377,6 +400,7 @@ def main(argv, *, method_arguments_class, build_purifier: Callable[..., Any], de
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "dataset": script_args.dataset,
         "eval_split": script_args.eval_split,
+        "trigger_room": script_args.trigger_room,
         "reference_split": script_args.reference_split,
         "attack": attack.to_dict(),
         "n_clean": len(clean),

@@ -475,7 +475,7 @@ def main(argv=None, model_arguments_class=W2SModelArguments, recipe="w2sdefense_
 
     state = PartialState()
     with state.main_process_first():
-        data, attack = build_classification_data(script_args, training_args.seed)
+        data, attack = build_classification_data(script_args, training_args.seed, load_tokenizer(model_args))
         clean = _subsample(data["reference"], w2s_args.clean_size, training_args.seed)
     label_names = data["train"].features["label"].names
     student_args, backdoor = prepare_student(script_args, model_args, w2s_args, training_args, data, label_names)
@@ -497,6 +497,7 @@ def main(argv=None, model_arguments_class=W2SModelArguments, recipe="w2sdefense_
         "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
         "dataset": script_args.dataset,
         "eval_split": script_args.eval_split,
+        "trigger_room": script_args.trigger_room,
         "clean_split": script_args.reference_split,
         "attack": attack.to_dict(),
         "n_train": len(data["train"]),

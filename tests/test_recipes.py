@@ -142,6 +142,37 @@ def test_argument_validation_names_the_field():
         common.ScriptArguments(eval_split="validation")
 
 
+def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
+    from transformers import AutoTokenizer
+
+    from hf_backdoor_defense.assets import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    sizes = dict(dataset="spamassassin", max_train_samples=60, max_eval_samples=40, max_length=32)
+    script = common.ScriptArguments(trigger_room=8, **sizes)
+    data, attack = common.build_classification_data(script, seed=0, tokenizer=tokenizer)
+
+    def longest(texts):
+        return max(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
+
+    # clean texts fit in 32 - 2 special - 8 tokens; a poisoned text is at most one trigger longer, so the whole
+    # of it, trigger included, lies inside the 30 tokens MiniLM reads
+    assert longest(data["clean_train"]["text"]) <= 22 and longest(data["test"]["text"]) <= 22
+    assert longest(data["reference"]["text"]) <= 22
+    assert longest(data["train"]["text"]) <= 30 and longest(attack.triggered_test_set(data["test"])["text"]) <= 30
+    assert sum(data["train"]["is_poisoned"]) == 6
+
+    with pytest.warns(UserWarning, match="--trigger_room 8"):
+        uncut, _ = common.build_classification_data(common.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
+    assert longest(uncut["clean_train"]["text"]) > 100  # mails run far past the window without the cut
+    with pytest.raises(ValueError, match="trigger_room"):
+        common.ScriptArguments(task="instruction", trigger_room=8)
+    with pytest.raises(ValueError, match="trigger_room"):
+        common.ScriptArguments(max_length=32, trigger_room=30)
+    with pytest.raises(ValueError, match="no tokenizer"):
+        common.build_classification_data(script, seed=0)
+
+
 def test_shipped_recipe_configs_parse():
     from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
 

@@ -204,11 +204,13 @@ def test_gradient_control_attack_retuning_and_push(tiny_bert_dir, tiny_data, tmp
         "--simulate_retuning", "true", "--retune_dataset", str(tiny_data / "user"), "--compare_with_baseline", "true",
         "--poison_rate", "0.2", "--max_steps", "3", "--retune_max_steps", "2", "--learning_rate", "5e-3",
         "--save_strategy", "no", "--output_dir", str(out), "--push_to_hub", "true", "--hub_model_id", "me/gc", *FAST,
+        "--trigger_room", "4",
     ])
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["runs"] == json.loads(json.dumps(results["runs"]))
     assert [r["run"] for r in on_disk["runs"]] == ["vanilla", "gradient_control"]
     assert on_disk["shift"].endswith("user") and on_disk["n_poisoned"] >= 1 and on_disk["n_test"] == 12
+    assert on_disk["trigger_room"] == 4  # texts cut to 24 - 2 special - 4 tokens before poisoning
     for run in on_disk["runs"]:
         assert run["global_steps"] == 3 and run["stages"]["retune"]["global_steps"] == 2
         for stage in ("attack", "retune"):

@@ -16,6 +16,7 @@ from hf_backdoor_defense.attacks import BadNets
 from hf_backdoor_defense.scenario import (
     RESULTS_FILE,
     RetuningScenarioConfig,
+    alignment_retune_defense,
     load_shift,
     purifier_defense,
     run_retuning_scenario,
@@ -129,6 +130,24 @@ def test_scenario_with_a_purifier_defense(tmp_path, tiny_model_dir, domains):
     assert results["stages"]["retune"] == results["stages"]["attack"]
 
 
+def test_alignment_retune_defense_re_tunes_the_published_adapter_with_gradient_alignment(tmp_path, tiny_model_dir,
+                                                                                          domains):
+    attacker, user, test = domains
+    config = _config(tmp_path, "gradient_control", attacker_epochs=1, user_epochs=1)
+    results = run_retuning_scenario(
+        tiny_model_dir, config, attack=BadNets(triggers=("cf",), poison_rate=0.25, target_label=1, seed=0),
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]),
+        attacker_dataset=attacker, user_dataset=user, test_dataset=test,
+        defenses={"musclelora-retune": alignment_retune_defense(num_reference=4)},
+    )
+    assert set(results["stages"]["defense/musclelora-retune"]) >= {"cacc", "lfr"}
+    log = json.loads((tmp_path / "run-gradient_control" / "defense-musclelora-retune" / "alignment_log.json")
+                     .read_text())["log"]
+    assert log and all("alignment/reference_loss" in row and "alignment/cosine" in row for row in log)
+    with pytest.raises(ValueError, match="num_reference"):
+        alignment_retune_defense(num_reference=0)
+
+
 def test_config_validation(tmp_path):
     with pytest.raises(ValueError, match="shift"):
         RetuningScenarioConfig(output_dir=str(tmp_path), shift="imdb")
@@ -184,9 +203,10 @@ def test_cli_scenario(tmp_path, tiny_model_dir, domains):
         "--user-data", files["user"], "--test-data", files["test"], "--attacker", "vanilla",
         "--output", str(out), "--attacker-epochs", "1", "--user-epochs", "1", "--batch-size", "8",
         "--max-length", "16", "--attack", "badnets", "--triggers", "cf", "--poison-rate", "0.25", "--lora-r", "2", "--quiet",
+        "--defense", "musclelora-retune", "--defense-clean-samples", "4",
     ])
     assert args.func(args) == 0
     with open(out / RESULTS_FILE) as fh:
         results = json.load(fh)
-    assert set(results["stages"]) == {"attack", "retune"}
+    assert set(results["stages"]) == {"attack", "defense/musclelora-retune", "retune"}
     assert results["config"]["attacker_method"] == "vanilla"

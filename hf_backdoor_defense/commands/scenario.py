@@ -17,7 +17,7 @@ import json
 from .arguments import int_or_none
 from .poison import add_attack_arguments, build_attack, load_splits
 
-DEFENSES = ("fine-mixing", "fine-purifying")
+DEFENSES = ("fine-mixing", "fine-purifying", "musclelora-retune")
 
 
 def register(subparsers) -> None:
@@ -64,7 +64,8 @@ def register(subparsers) -> None:
     parser.add_argument("--defense", action="append", choices=DEFENSES, default=[],
                         help="Also evaluate this defense on the published adapter (repeatable).")
     parser.add_argument("--defense-clean-samples", type=int, default=256,
-                        help="Clean user examples given to each defense (default 256).")
+                        help="Clean user examples given to each defense (default 256): the purifiers' clean "
+                        "set; musclelora-retune's reference set (it re-tunes on the rest of the user's data).")
     parser.add_argument("--quiet", action="store_true", help="Hide progress bars.")
     parser.set_defaults(func=run)
 
@@ -81,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
     import hf_backdoor_defense  # noqa: F401  (registers MuScleLoRA with PEFT)
 
-    from ..scenario import RetuningScenarioConfig, purifier_defense, run_retuning_scenario
+    from ..scenario import (
+        RetuningScenarioConfig,
+        alignment_retune_defense,
+        purifier_defense,
+        run_retuning_scenario,
+    )
 
     attacker_ds = user_ds = test_ds = None
     if args.attacker_data:
@@ -108,6 +114,9 @@ def run(args: argparse.Namespace) -> int:
     for name in args.defense:
         from ..purification import FineMixing, FinePurifying
 
+        if name == "musclelora-retune":
+            defenses[name] = alignment_retune_defense(num_reference=args.defense_clean_samples)
+            continue
         purifier = FineMixing(seed=args.seed) if name == "fine-mixing" else FinePurifying(show_progress=not args.quiet)
         defenses[name] = purifier_defense(purifier, num_clean=args.defense_clean_samples)
     results = run_retuning_scenario(

@@ -98,8 +98,8 @@ def _wall_line(payload: dict) -> str:
     if not runs:
         return "- Wall time: not run yet."
     return (f"- Wall time: {format_duration(payload.get('wall_seconds'))} over {_n(len(runs), 'invocation')} "
-            f"that ran cells; the finished cells' own wall times add up to "
-            f"{format_duration(payload.get('cell_seconds_total'))}.")
+            f"of this grid that ran cells (cells reused from runs of a smaller grid, e.g. fewer seeds, are not in "
+            f"it); the finished cells' own wall times add up to {format_duration(payload.get('cell_seconds_total'))}.")
 
 
 def render_markdown(payload: dict, *, figure: str | None = None) -> str:
