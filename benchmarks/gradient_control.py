@@ -65,7 +65,43 @@ def parse_args(argv=None):
     parser.add_argument("--no-defenses", action="store_true", help="Skip the defenses table.")
     parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
     parser.add_argument("--workdir", default=None, help="Where the adapters go (default: a temp folder).")
+    parser.add_argument("--render", metavar="JSON", default=None,
+                        help="Only print the Markdown tables of an existing results JSON (nothing is trained).")
     return parser.parse_args(argv)
+
+
+SHIFT_NAMES = {"spamassassin": "SpamAssassin collection 1 → 2", "rotten_tomatoes": "Rotten Tomatoes halves"}
+
+
+def _pct(stat: dict) -> str:
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def render_markdown(payload: dict) -> str:
+    """The results as Markdown: per shift, CACC / LFR after the attack and after the user's re-tuning for both
+    attackers, then each defense against the Gradient Control adapter (mean ± population std over seeds)."""
+    seeds = payload["settings"]["seeds"]
+    lines = [f"CACC / LFR in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
+             f"preset `{payload['mode']}`, total wall time {payload['total_wall_s'] / 60:.0f} min.", "",
+             "| Shift | Attacker | after the attack | after the user's re-tune | LFR gain (points) |",
+             "|---|---|:---:|:---:|---:|"]
+    for shift, cell in payload["summary"].items():
+        for method in ("vanilla", "gradient_control"):
+            m = cell[method]
+            gain = f"{cell['lfr_gain_points']:+.1f}" if method == "gradient_control" else ""
+            lines.append(f"| {SHIFT_NAMES.get(shift, shift)} | {method.replace('_', ' ')} | "
+                         f"{_pct(m['attack_cacc'])} / {_pct(m['attack_lfr'])} | "
+                         f"{_pct(m['retune_cacc'])} / {_pct(m['retune_lfr'])} | {gain} |")
+    names = sorted({name for cell in payload["summary"].values() for name in cell["defenses_vs_gradient_control"]})
+    if names:
+        lines += ["", "Defenses run on the published Gradient Control adapter:", "",
+                  "| Shift | " + " | ".join(names) + " |", "|---|" + ":---:|" * len(names)]
+        for shift, cell in payload["summary"].items():
+            scores = cell["defenses_vs_gradient_control"]
+            lines.append(f"| {SHIFT_NAMES.get(shift, shift)} | " + " | ".join(
+                f"{_pct(scores[n]['cacc'])} / {_pct(scores[n]['lfr'])}" if n in scores else "–" for n in names) + " |")
+    lines += ["", "```bash", payload.get("command", "python benchmarks/gradient_control.py"), "```"]
+    return "\n".join(lines)
 
 
 def _mean_std(values):
@@ -74,6 +110,10 @@ def _mean_std(values):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        with open(args.render, encoding="utf-8") as handle:
+            print(render_markdown(json.load(handle)))
+        return 0
     from peft import LoraConfig
 
     from hf_backdoor_defense import assets
@@ -184,7 +224,8 @@ def main(argv=None) -> int:
         "hardware": hardware_info(),
     }
     write_json(output, payload)
-    print(json.dumps({"summary": summary, "targets": targets, "total_wall_s": payload["total_wall_s"]}, indent=2))
+    print(json.dumps({"targets": targets, "total_wall_s": payload["total_wall_s"]}, indent=2))
+    print(render_markdown(payload))
     return 0
 
 

@@ -82,6 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--ratio_search", action="store_true", help="choose ratios on a dev set (budget --budget)")
     p.add_argument("--budget", type=float, default=0.02, help="ΔACC budget for --ratio_search")
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only print the Markdown tables of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
     if args.quick:
         args.train_size, args.test_size, args.clean_sizes, args.seeds = 64, 32, [16], [0]
@@ -170,8 +172,49 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
     return row
 
 
+def _pm(values) -> str:
+    stat = summarise(values)
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def render_markdown(payload: dict) -> str:
+    """One table per clean-set size: CACC / ASR (mean ± sample std over seeds) per defense and attack, the
+    clean model's (floor) row, the mean seconds of a cell and the peak RSS increase of the purification step."""
+    rows, args = payload["rows"], payload["args"]
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    out = [f"CACC / ASR in %, mean ± std over {len(seeds)} seed(s); {args['train_size']} training and "
+           f"{args['test_size']} test sentences, max length {args['max_length']}; total "
+           f"{payload['total_seconds'] / 60:.0f} min."]
+    for size in sorted({r["clean_size"] for r in rows}):
+        out += ["", f"**{size} clean examples**", "",
+                "| Defense | " + " | ".join(attacks) + " | s per cell | peak RSS increase (× model) |",
+                "|---|" + ":---:|" * len(attacks) + "---:|---:|"]
+        for defense in DEFENSES:
+            cells = [r for r in rows if r["clean_size"] == size and r["defense"] == defense]
+            if not cells:
+                continue
+            scores = []
+            for attack in attacks:
+                these = [r for r in cells if r["attack"] == attack]
+                scores.append(f"{_pm(r['cacc'] for r in these)} / {_pm(r['asr'] for r in these)}" if these else "–")
+            seconds = statistics.mean(r["seconds"] for r in cells)
+            peak = statistics.mean(r["peak_extra_x_model"] for r in cells)
+            out.append(f"| {defense} | " + " | ".join(scores) + f" | {seconds:.0f} | {peak:.2f} |")
+        floor = []
+        for attack in attacks:
+            these = [r for r in rows if r["clean_size"] == size and r["attack"] == attack and r["defense"] == "none"]
+            floor.append(f"{_pm(r['floor_cacc'] for r in these)} / {_pm(r['floor_asr'] for r in these)}")
+        out.append("| *clean-data floor* | " + " | ".join(floor) + " | | |")
+    out += ["", "```bash", payload.get("command", "python benchmarks/purification_efficacy.py"), "```"]
+    return "\n".join(out)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.render is not None:
+        print(render_markdown(json.loads(args.render.read_text())))
+        return
     folder = str(minilm_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
     data = load_text_classification("rotten_tomatoes")
@@ -215,6 +258,7 @@ def main(argv=None):
            "rows": rows}
     write_json(args.output, out)
     print(f"wrote {args.output} in {out['total_seconds']} s")
+    print(render_markdown(out))
 
 
 if __name__ == "__main__":
