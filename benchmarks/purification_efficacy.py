@@ -17,6 +17,10 @@ purification step relative to the model size (glibc set to return freed memory, 
 The test split is used only for these final numbers; ``--ratio_search`` chooses each ratio on a dev half of
 the validation split instead of using the fixed ratios.
 
+The results JSON is rewritten after every row (``"complete": false`` until the last one); an interrupted run
+continues with the same command plus ``--resume``, which keeps the finished rows and trains only what the
+missing ones need. An existing output is never replaced without ``--overwrite``.
+
 Usage:
     python benchmarks/purification_efficacy.py --quick     # smoke run (~2-3 min on 2 busy cores)
     python benchmarks/purification_efficacy.py             # full: 2 attacks x 3 seeds x 3 sizes x 6 defenses
@@ -84,6 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only print the Markdown tables of an existing results JSON (nothing is trained)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of an existing --output with the same settings and run only the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = p.parse_args(argv)
     if args.quick:
         args.train_size, args.test_size, args.clean_sizes, args.seeds = 64, 32, [16], [0]
@@ -172,6 +179,31 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
     return row
 
 
+#: Arguments that do not change a row's figures (so a resumed run may differ in them).
+NOT_SETTINGS = ("output", "render", "resume", "overwrite", "seeds", "quick")
+
+
+def _settings(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_SETTINGS}
+
+
+def previous_rows(args) -> tuple[list[dict], float]:
+    """``(rows, seconds)`` already in ``args.output`` when resuming (settings must match), else ``([], 0)``;
+    an existing output without ``--resume`` or ``--overwrite`` stops the run before anything is trained."""
+    if not args.output.is_file() or args.overwrite:
+        return [], 0.0
+    if not args.resume:
+        raise SystemExit(f"{args.output} exists: pass --resume to add the missing rows to it, --overwrite to replace "
+                         "it, or another --output.")
+    previous = json.loads(args.output.read_text())
+    old = {k: v for k, v in previous["args"].items() if k not in NOT_SETTINGS}
+    differ = sorted(k for k in set(old) | set(_settings(args)) if old.get(k) != _settings(args).get(k))
+    if differ:
+        raise SystemExit(f"--resume: {args.output} was made with other settings ({', '.join(differ)}); run with the "
+                         "same ones, or pass --overwrite / another --output.")
+    return previous["rows"], float(previous.get("total_seconds", 0.0))
+
+
 def _pm(values) -> str:
     stat = summarise(values)
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
@@ -224,39 +256,53 @@ def main(argv=None):
     half = len(val) // 2
     reference = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2).eval()
     model_bytes = sum(p.numel() * p.element_size() for p in reference.parameters())
-    rows, started = [], time.perf_counter()
+    rows, earlier_seconds = previous_rows(args)
+    done = {(r["seed"], r["attack"], r["clean_size"], r["defense"]) for r in rows}
+    expected = len(args.seeds) * len(args.attacks) * len(args.clean_sizes) * len(DEFENSES)
+    started = time.perf_counter()
+
+    def save() -> dict:
+        summary = {}
+        for row in rows:
+            summary.setdefault(f"{row['attack']}/{row['clean_size']}/{row['defense']}", []).append(row)
+        table = {k: {**{m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")},
+                     **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
+                     "n": len(v)}
+                 for k, v in summary.items()}
+        out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "command": "python benchmarks/purification_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
+               "complete": len(rows) >= expected,
+               "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
+               "total_seconds": round(earlier_seconds + time.perf_counter() - started, 1),
+               "hardware": hardware_info(), "mean": table, "rows": rows}
+        write_json(args.output, out)  # after every row: an interrupted run keeps what it measured (--resume)
+        return out
+
     for seed in args.seeds:
         torch.manual_seed(seed)
+        todo = {a: [(n, d) for n in args.clean_sizes for d in DEFENSES if (seed, a, n, d) not in done]
+                for a in args.attacks}
+        if not any(todo.values()):
+            continue
         clean_model = train_model(folder, train_all, tokenizer, args, seed)
         for attack_name in args.attacks:
+            if not todo[attack_name]:
+                continue
             attack = make_attack(attack_name, seed)
             floor = evaluate_backdoor(clean_model, tokenizer, test, attack, max_length=args.max_length,
                                       disable_progress_bar=True)
             suspect = train_model(folder, attack.poison(train_all), tokenizer, args, seed)
-            for size in args.clean_sizes:
+            for size, defense in todo[attack_name]:
                 clean = val.select(range(seed * size, (seed + 1) * size))  # trusted clean pool: first half
                 dev = val.select(range(half, len(val)))  # dev: second half, for ratio search only
-                for defense in DEFENSES:
-                    row = run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, args, seed,
-                                   model_bytes)
-                    row.update(attack=attack_name, seed=seed, clean_size=size, floor_asr=floor["asr"],
-                               floor_cacc=floor["cacc"])
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "ratio_table"}), flush=True)
-    summary = {}
-    for row in rows:
-        key = f"{row['attack']}/{row['clean_size']}/{row['defense']}"
-        summary.setdefault(key, []).append(row)
-    table = {k: {**{m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")},
-                 **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
-                 "n": len(v)}
-             for k, v in summary.items()}
-    out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "command": "python benchmarks/purification_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
-           "total_seconds": round(time.perf_counter() - started, 1), "hardware": hardware_info(), "mean": table,
-           "rows": rows}
-    write_json(args.output, out)
+                row = run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, args, seed,
+                               model_bytes)
+                row.update(attack=attack_name, seed=seed, clean_size=size, floor_asr=floor["asr"],
+                           floor_cacc=floor["cacc"])
+                rows.append(row)
+                save()
+                print(json.dumps({k: v for k, v in row.items() if k != "ratio_table"}), flush=True)
+    out = save()
     print(f"wrote {args.output} in {out['total_seconds']} s")
     print(render_markdown(out))
 
