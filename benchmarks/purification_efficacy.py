@@ -204,6 +204,22 @@ def previous_rows(args) -> tuple[list[dict], float]:
     return previous["rows"], float(previous.get("total_seconds", 0.0))
 
 
+def assemble(args, command: str, rows: list[dict], model_bytes: int, seconds: float) -> dict:
+    """The results payload: the arguments, the rows so far, their means (± sample std) per attack / clean-set
+    size / defense, and whether every row of the grid is there."""
+    summary = {}
+    for row in rows:
+        summary.setdefault(f"{row['attack']}/{row['clean_size']}/{row['defense']}", []).append(row)
+    table = {k: {**{m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")},
+                 **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
+                 "n": len(v)}
+             for k, v in summary.items()}
+    expected = len(args.seeds) * len(args.attacks) * len(args.clean_sizes) * len(DEFENSES)
+    return {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
+            "complete": len(rows) >= expected, "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
+            "total_seconds": round(seconds, 1), "hardware": hardware_info(), "mean": table, "rows": rows}
+
+
 def _pm(values) -> str:
     stat = summarise(values)
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
@@ -258,23 +274,12 @@ def main(argv=None):
     model_bytes = sum(p.numel() * p.element_size() for p in reference.parameters())
     rows, earlier_seconds = previous_rows(args)
     done = {(r["seed"], r["attack"], r["clean_size"], r["defense"]) for r in rows}
-    expected = len(args.seeds) * len(args.attacks) * len(args.clean_sizes) * len(DEFENSES)
     started = time.perf_counter()
 
+    command = "python benchmarks/purification_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
     def save() -> dict:
-        summary = {}
-        for row in rows:
-            summary.setdefault(f"{row['attack']}/{row['clean_size']}/{row['defense']}", []).append(row)
-        table = {k: {**{m: round(statistics.mean(r[m] for r in v), 4) for m in ("cacc", "asr", "floor_asr", "seconds")},
-                     **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
-                     "n": len(v)}
-                 for k, v in summary.items()}
-        out = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "command": "python benchmarks/purification_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "complete": len(rows) >= expected,
-               "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
-               "total_seconds": round(earlier_seconds + time.perf_counter() - started, 1),
-               "hardware": hardware_info(), "mean": table, "rows": rows}
+        out = assemble(args, command, rows, model_bytes, earlier_seconds + time.perf_counter() - started)
         write_json(args.output, out)  # after every row: an interrupted run keeps what it measured (--resume)
         return out
 
