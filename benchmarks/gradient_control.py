@@ -80,9 +80,11 @@ def _pct(stat: dict) -> str:
 def render_markdown(payload: dict) -> str:
     """The results as Markdown: per shift, CACC / LFR after the attack and after the user's re-tuning for both
     attackers, then each defense against the Gradient Control adapter (mean ± population std over seeds)."""
-    seeds = payload["settings"]["seeds"]
+    seeds = sorted({r["seed"] for r in payload["runs"]}) or payload["settings"]["seeds"]
+    missing = "" if payload.get("complete", True) else (
+        f" **Incomplete: {len(payload['runs'])} runs finished; a shift shows once both attackers ran on it.**")
     lines = [f"CACC / LFR in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             f"preset `{payload['mode']}`, total wall time {payload['total_wall_s'] / 60:.0f} min.", "",
+             f"preset `{payload['mode']}`, total wall time {payload['total_wall_s'] / 60:.0f} min.{missing}", "",
              "| Shift | Attacker | after the attack | after the user's re-tune | LFR gain (points) |",
              "|---|---|:---:|:---:|---:|"]
     for shift, cell in payload["summary"].items():
@@ -106,6 +108,60 @@ def render_markdown(payload: dict) -> str:
 
 def _mean_std(values):
     return summarise(values, ddof=0, keep_values=True)  # population std, as this benchmark always reported
+
+
+def finished_run(config, defenses: dict) -> dict | None:
+    """The scenario results already in ``config.output_dir`` (a ``--workdir`` of an interrupted benchmark) when
+    they were made with the same config and hold every requested defense; else ``None`` (the run is redone)."""
+    from dataclasses import asdict
+
+    from hf_backdoor_defense.scenario import RESULTS_FILE
+
+    try:
+        with open(os.path.join(config.output_dir, RESULTS_FILE), encoding="utf-8") as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    same = previous.get("config") == json.loads(json.dumps(asdict(config)))
+    return previous if same and all(f"defense/{name}" in previous["stages"] for name in defenses) else None
+
+
+def summarise_runs(runs: list[dict], shifts) -> tuple[dict, dict]:
+    """Per shift with both attackers run: mean ± std of CACC / LFR after each stage, the LFR gain and CACC gap of
+    Gradient Control over vanilla after the re-tune, and each defense against Gradient Control; then the targets."""
+    summary: dict[str, dict] = {}
+    for shift in shifts:
+        if {r["method"] for r in runs if r["shift"] == shift} != {"vanilla", "gradient_control"}:
+            continue
+        cell = {}
+        for method in ("vanilla", "gradient_control"):
+            rs = [r for r in runs if r["shift"] == shift and r["method"] == method]
+            cell[method] = {
+                "attack_lfr": _mean_std(r["stages"]["attack"]["lfr"] for r in rs),
+                "attack_cacc": _mean_std(r["stages"]["attack"]["cacc"] for r in rs),
+                "retune_lfr": _mean_std(r["stages"]["retune"]["lfr"] for r in rs),
+                "retune_cacc": _mean_std(r["stages"]["retune"]["cacc"] for r in rs),
+            }
+        gc, va = cell["gradient_control"], cell["vanilla"]
+        cell["lfr_gain_points"] = 100 * (gc["retune_lfr"]["mean"] - va["retune_lfr"]["mean"])
+        cell["cacc_gap_points"] = 100 * (gc["retune_cacc"]["mean"] - va["retune_cacc"]["mean"])
+        defenses: dict[str, list] = {}
+        for r in runs:
+            if r["shift"] != shift or r["method"] != "gradient_control":
+                continue
+            for stage, scores in r["stages"].items():
+                if stage.startswith("defense/"):
+                    defenses.setdefault(stage.split("/", 1)[1], []).append(scores)
+        cell["defenses_vs_gradient_control"] = {
+            name: {"lfr": _mean_std(s["lfr"] for s in scores), "cacc": _mean_std(s["cacc"] for s in scores)}
+            for name, scores in defenses.items()
+        }
+        summary[shift] = cell
+    targets = {
+        "lfr_gain_ge_10_points_on_a_shift": any(c["lfr_gain_points"] >= 10 for c in summary.values()),
+        "cacc_within_2_points": all(abs(c["cacc_gap_points"]) <= 2 for c in summary.values()),
+    }
+    return summary, targets
 
 
 def main(argv=None) -> int:
@@ -140,6 +196,31 @@ def main(argv=None) -> int:
     )
     runs: list[dict] = []
     start_all = time.perf_counter()
+    command = "python benchmarks/gradient_control.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    expected = len(args.shifts) * len(settings["seeds"]) * 2
+
+    def save() -> dict:
+        summary, targets = summarise_runs(runs, args.shifts)
+        payload = {
+            "benchmark": "gradient_control",
+            "mode": preset,
+            "command": command,
+            "complete": len(runs) == expected,
+            "model": "all-MiniLM-L6-v2 (offline asset)",
+            "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
+            "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
+            "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
+                         "retune_reference": min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)},
+            "summary": summary,
+            "targets": targets,
+            "runs": runs,
+            "total_wall_s": round(sum(r["wall_s"] for r in runs), 1),
+            "this_invocation_wall_s": round(time.perf_counter() - start_all, 1),
+            "hardware": hardware_info(),
+        }
+        write_json(output, payload)  # after every run, so an interrupted benchmark keeps what it measured
+        return payload
+
     for shift in args.shifts:
         for seed in settings["seeds"]:
             for method in ("vanilla", "gradient_control"):
@@ -164,67 +245,26 @@ def main(argv=None) -> int:
                     gradient_control={"clnorm_alpha": args.clnorm_alpha},
                 )
                 t0 = time.perf_counter()
-                result = run_retuning_scenario(
-                    model_path, config, attack=BadNets(poison_rate=0.1, target_label=1, seed=seed),
-                    peft_config=LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
-                                           target_modules=["query", "value"]),
-                    defenses=defenses,
-                )
-                elapsed = time.perf_counter() - t0
+                result = finished_run(config, defenses)
+                cached = result is not None
+                if not cached:
+                    result = run_retuning_scenario(
+                        model_path, config, attack=BadNets(poison_rate=0.1, target_label=1, seed=seed),
+                        peft_config=LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+                                               target_modules=["query", "value"]),
+                        defenses=defenses,
+                    )
+                elapsed = sum(result["timings_s"].values()) if cached else time.perf_counter() - t0
                 runs.append({"shift": shift, "seed": seed, "method": method, "stages": result["stages"],
-                             "timings_s": result["timings_s"], "wall_s": round(elapsed, 1)})
+                             "timings_s": result["timings_s"], "wall_s": round(elapsed, 1), "cached": cached})
+                save()
                 retune = result["stages"]["retune"]
                 print(f"[{shift} seed={seed} {method}] attack LFR {result['stages']['attack']['lfr']:.3f} "
-                      f"-> retune LFR {retune['lfr']:.3f}, CACC {retune['cacc']:.3f} ({elapsed:.0f}s)",
-                      file=sys.stderr)
+                      f"-> retune LFR {retune['lfr']:.3f}, CACC {retune['cacc']:.3f} ({elapsed:.0f}s"
+                      f"{', from the workdir' if cached else ''})", file=sys.stderr)
 
-    summary: dict[str, dict] = {}
-    for shift in args.shifts:
-        cell = {}
-        for method in ("vanilla", "gradient_control"):
-            rs = [r for r in runs if r["shift"] == shift and r["method"] == method]
-            cell[method] = {
-                "attack_lfr": _mean_std(r["stages"]["attack"]["lfr"] for r in rs),
-                "attack_cacc": _mean_std(r["stages"]["attack"]["cacc"] for r in rs),
-                "retune_lfr": _mean_std(r["stages"]["retune"]["lfr"] for r in rs),
-                "retune_cacc": _mean_std(r["stages"]["retune"]["cacc"] for r in rs),
-            }
-        gc, va = cell["gradient_control"], cell["vanilla"]
-        cell["lfr_gain_points"] = 100 * (gc["retune_lfr"]["mean"] - va["retune_lfr"]["mean"])
-        cell["cacc_gap_points"] = 100 * (gc["retune_cacc"]["mean"] - va["retune_cacc"]["mean"])
-        defenses = {}
-        for r in runs:
-            if r["shift"] != shift or r["method"] != "gradient_control":
-                continue
-            for stage, scores in r["stages"].items():
-                if stage.startswith("defense/"):
-                    defenses.setdefault(stage.split("/", 1)[1], []).append(scores)
-        cell["defenses_vs_gradient_control"] = {
-            name: {"lfr": _mean_std(s["lfr"] for s in scores), "cacc": _mean_std(s["cacc"] for s in scores)}
-            for name, scores in defenses.items()
-        }
-        summary[shift] = cell
-    targets = {
-        "lfr_gain_ge_10_points_on_a_shift": any(c["lfr_gain_points"] >= 10 for c in summary.values()),
-        "cacc_within_2_points": all(abs(c["cacc_gap_points"]) <= 2 for c in summary.values()),
-    }
-    payload = {
-        "benchmark": "gradient_control",
-        "mode": preset,
-        "command": "python benchmarks/gradient_control.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "model": "all-MiniLM-L6-v2 (offline asset)",
-        "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
-        "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
-        "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
-                     "retune_reference": min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)},
-        "summary": summary,
-        "targets": targets,
-        "runs": runs,
-        "total_wall_s": round(time.perf_counter() - start_all, 1),
-        "hardware": hardware_info(),
-    }
-    write_json(output, payload)
-    print(json.dumps({"targets": targets, "total_wall_s": payload["total_wall_s"]}, indent=2))
+    payload = save()
+    print(json.dumps({"targets": payload["targets"], "total_wall_s": payload["total_wall_s"]}, indent=2))
     print(render_markdown(payload))
     return 0
 
