@@ -233,7 +233,9 @@ def render_markdown(payload: dict) -> str:
     seeds = sorted({r["seed"] for r in rows})
     out = [f"CACC / ASR in %, mean ± std over {len(seeds)} seed(s); {args['train_size']} training and "
            f"{args['test_size']} test sentences, max length {args['max_length']}; total "
-           f"{payload['total_seconds'] / 60:.0f} min."]
+           f"{payload['total_seconds'] / 60:.0f} min."
+           + ("" if payload.get("complete", True) else
+              f" **Incomplete: {len(rows)} rows so far; the same command with --resume adds the rest.**")]
     for size in sorted({r["clean_size"] for r in rows}):
         out += ["", f"**{size} clean examples**", "",
                 "| Defense | " + " | ".join(attacks) + " | s per cell | peak RSS increase (× model) |",
