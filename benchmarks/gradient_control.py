@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     start_all = time.perf_counter()
     command = "python benchmarks/gradient_control.py " + " ".join(sys.argv[1:] if argv is None else argv)
     expected = len(args.shifts) * len(settings["seeds"]) * 2
+    retune_reference = min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)
 
     def save() -> dict:
         summary, targets = summarise_runs(runs, args.shifts)
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
             "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
             "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
             "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
-                         "retune_reference": min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)},
+                         "retune_reference": retune_reference},
             "summary": summary,
             "targets": targets,
             "runs": runs,
@@ -231,8 +232,7 @@ def main(argv=None) -> int:
                         "fine-mixing": purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n),
                         "fine-purifying": purifier_defense(FinePurifying(ratio=0.5, show_progress=False),
                                                            num_clean=n),
-                        "musclelora-retune": alignment_retune_defense(
-                            num_reference=min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)),
+                        "musclelora-retune": alignment_retune_defense(num_reference=retune_reference),
                     }
                 config = RetuningScenarioConfig(
                     output_dir=os.path.join(workdir, f"{shift}-{method}-s{seed}"), shift=shift,

@@ -197,7 +197,8 @@ def previous_rows(args) -> tuple[list[dict], float]:
                          "it, or another --output.")
     previous = json.loads(args.output.read_text())
     old = {k: v for k, v in previous["args"].items() if k not in NOT_SETTINGS}
-    differ = sorted(k for k in set(old) | set(_settings(args)) if old.get(k) != _settings(args).get(k))
+    now = _settings(args)
+    differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
     if differ:
         raise SystemExit(f"--resume: {args.output} was made with other settings ({', '.join(differ)}); run with the "
                          "same ones, or pass --overwrite / another --output.")

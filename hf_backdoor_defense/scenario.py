@@ -205,32 +205,23 @@ def alignment_retune_defense(*, num_reference: int = 96, alignment_preset: str =
     def defend(model, context: ScenarioContext):
         from transformers import DataCollatorWithPadding
 
-        from .data import tokenize_dataset
         from .trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
 
-        config, user = context.config, context.user_train
+        config, user, tokenizer = context.config, context.user_train, context.tokenizer
         if len(user) <= num_reference:
             raise ValueError(f"alignment_retune_defense: the user's data has {len(user)} examples, not more than "
                              f"num_reference={num_reference}; lower num_reference or give the user more data.")
-
-        def encode(data):
-            encoded = tokenize_dataset(data, context.tokenizer, max_length=config.max_length)
-            return encoded.remove_columns([c for c in encoded.column_names
-                                           if c not in {"input_ids", "attention_mask", "token_type_ids", "labels"}])
-
         args = MuScleLoRATrainingArguments(
-            output_dir=os.path.join(context.output_dir, "retune_run"),
-            num_train_epochs=config.user_epochs if epochs is None else epochs,
-            learning_rate=config.user_learning_rate if learning_rate is None else learning_rate,
-            per_device_train_batch_size=config.batch_size, save_strategy="no", report_to="none", logging_steps=1,
-            seed=config.seed, disable_tqdm=config.disable_progress_bar, dataloader_num_workers=0,
+            **_training_kwargs(config, os.path.join(context.output_dir, "retune_run"),
+                               config.user_epochs if epochs is None else epochs,
+                               config.user_learning_rate if learning_rate is None else learning_rate, logging_steps=1),
             gradient_alignment=True, alignment_preset=alignment_preset,
         )
         _set_seed(config.seed + 1)  # the plain re-tune's seed
         trainer = MuScleLoRATrainer(
-            model=model, args=args, train_dataset=encode(user.select(range(num_reference, len(user)))),
-            reference_dataset=encode(user.select(range(num_reference))),
-            data_collator=DataCollatorWithPadding(context.tokenizer),
+            model=model, args=args, train_dataset=_encode(user.select(range(num_reference, len(user))), tokenizer, config),
+            reference_dataset=_encode(user.select(range(num_reference)), tokenizer, config),
+            data_collator=DataCollatorWithPadding(tokenizer),
         )
         trainer.train()
         model.eval()
@@ -456,29 +447,14 @@ def _set_seed(seed: int) -> None:
 def _train(model, dataset, tokenizer, config: RetuningScenarioConfig, *, stage: str, gradient_control: bool):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from .data import tokenize_dataset
     from .trainers.gradient_control import GradientControlTrainer, GradientControlTrainingArguments
 
     epochs = config.attacker_epochs if stage == "attacker" else config.user_epochs
     if epochs == 0:
         return model
     lr = config.attacker_learning_rate if stage == "attacker" else config.user_learning_rate
-    keep = {"is_poisoned"} if gradient_control else set()
-    encoded = tokenize_dataset(dataset, tokenizer, max_length=config.max_length)
-    encoded = encoded.remove_columns([c for c in encoded.column_names
-                                      if c not in {"input_ids", "attention_mask", "token_type_ids", "labels"} | keep])
-    common = dict(
-        output_dir=os.path.join(config.output_dir, f"{stage}_run"),
-        num_train_epochs=epochs,
-        learning_rate=lr,
-        per_device_train_batch_size=config.batch_size,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=10,
-        seed=config.seed,
-        disable_tqdm=config.disable_progress_bar,
-        dataloader_num_workers=0,
-    )
+    encoded = _encode(dataset, tokenizer, config, keep={"is_poisoned"} if gradient_control else set())
+    common = _training_kwargs(config, os.path.join(config.output_dir, f"{stage}_run"), epochs, lr, logging_steps=10)
     collator = DataCollatorWithPadding(tokenizer)
     if gradient_control:
         gc = {"poison_batch_size": config.batch_size, **config.gradient_control}
@@ -490,6 +466,24 @@ def _train(model, dataset, tokenizer, config: RetuningScenarioConfig, *, stage: 
     trainer.train()
     model.eval()
     return model
+
+
+def _encode(dataset, tokenizer, config: RetuningScenarioConfig, keep: set = frozenset()):
+    """``dataset`` tokenised to ``config.max_length``, keeping only the model inputs, the labels and ``keep``."""
+    from .data import tokenize_dataset
+
+    encoded = tokenize_dataset(dataset, tokenizer, max_length=config.max_length)
+    wanted = {"input_ids", "attention_mask", "token_type_ids", "labels"} | set(keep)
+    return encoded.remove_columns([c for c in encoded.column_names if c not in wanted])
+
+
+def _training_kwargs(config: RetuningScenarioConfig, output_dir: str, epochs: float, learning_rate: float,
+                     *, logging_steps: int) -> dict:
+    """The `TrainingArguments` every scenario training shares (no checkpoints, no reporting, the config's seed)."""
+    return dict(output_dir=output_dir, num_train_epochs=epochs, learning_rate=learning_rate,
+                per_device_train_batch_size=config.batch_size, save_strategy="no", report_to="none",
+                logging_steps=logging_steps, seed=config.seed, disable_tqdm=config.disable_progress_bar,
+                dataloader_num_workers=0)
 
 
 def _save_adapter(model, path: str) -> str:
