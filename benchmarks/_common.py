@@ -1,4 +1,5 @@
-"""Helpers every benchmark script shares: mean ± std over seeds, the machine description, atomic JSON.
+"""Helpers every benchmark script shares: mean ± std over seeds, the machine description, atomic JSON, and the
+``--resume`` / ``--overwrite`` rule for a results file.
 
 The scripts run as ``python benchmarks/<name>.py``, so this folder is on ``sys.path`` and they import
 ``from _common import ...``. The implementations live in the package (:mod:`hf_backdoor_defense.reporting`,
@@ -11,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,37 @@ from typing import Any
 from hf_backdoor_defense.atomic import write_json_atomic
 from hf_backdoor_defense.reporting import hardware_info, summarise
 
-__all__ = ["hardware_info", "summarise", "write_json"]
+__all__ = ["hardware_info", "previous_results", "settings_of", "summarise", "write_json"]
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
     """Write ``payload`` as indented JSON atomically (parents created); see ``write_json_atomic``."""
     return write_json_atomic(path, payload)
+
+
+def settings_of(args: argparse.Namespace, not_settings: tuple[str, ...] = ()) -> dict:
+    """The command-line arguments as JSON-ready values, without the names in ``not_settings``."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in not_settings}
+
+
+def previous_results(args: argparse.Namespace, not_settings: tuple[str, ...], key: str = "args") -> dict | None:
+    """The payload already in ``args.output`` that this run continues, or ``None`` to start afresh.
+
+    ``args`` needs ``output``, ``resume`` and ``overwrite``. An existing output is refused unless ``--resume``
+    (continue it: every argument outside ``not_settings`` must equal the one stored under ``payload[key]``,
+    or the run stops naming those that differ) or ``--overwrite`` (start afresh). Nothing is trained before
+    this check, so a refused run costs nothing.
+    """
+    if not args.output.is_file() or args.overwrite:
+        return None
+    if not args.resume:
+        raise SystemExit(f"{args.output} exists: pass --resume to add the missing results to it, --overwrite to "
+                         "replace it, or another --output.")
+    previous = json.loads(args.output.read_text())
+    old = {k: v for k, v in previous.get(key, {}).items() if k not in not_settings}
+    now = settings_of(args, not_settings)
+    differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+    if differ:
+        raise SystemExit(f"--resume: {args.output} was made with other settings ({', '.join(differ)}); run with the "
+                         "same ones, or pass --overwrite / another --output.")
+    return previous

@@ -61,6 +61,11 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="Override the seeds.")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="LoRA learning rate of both stages (default: the preset's).")
+    parser.add_argument("--attacker-epochs", type=float, default=None,
+                        help="Epochs of the attacker's poison training (default: the preset's).")
+    parser.add_argument("--eval-split", choices=["test", "validation"], default="test",
+                        help="Score every stage on the user's test split (default) or validation split; use "
+                             "validation to choose settings such as the attacker budget.")
     parser.add_argument("--clnorm-alpha", type=float, default=1e-4)
     parser.add_argument("--no-defenses", action="store_true", help="Skip the defenses table.")
     parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
@@ -84,7 +89,9 @@ def render_markdown(payload: dict) -> str:
     missing = "" if payload.get("complete", True) else (
         f" **Incomplete: {len(payload['runs'])} runs finished; a shift shows once both attackers ran on it.**")
     lines = [f"CACC / LFR in %, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}); "
-             f"preset `{payload['mode']}`, total wall time {payload['total_wall_s'] / 60:.0f} min.{missing}", "",
+             f"preset `{payload['mode']}`, scored on the user's "
+             f"{payload['settings'].get('eval_split', 'test')} split, total wall time "
+             f"{payload['total_wall_s'] / 60:.0f} min.{missing}", "",
              "| Shift | Attacker | after the attack | after the user's re-tune | LFR gain (points) |",
              "|---|---|:---:|:---:|---:|"]
     for shift, cell in payload["summary"].items():
@@ -188,11 +195,15 @@ def main(argv=None) -> int:
         settings["seeds"] = args.seeds
     if args.learning_rate is not None:
         settings["learning_rate"] = args.learning_rate
+    if args.attacker_epochs is not None:
+        settings["attacker_epochs"] = args.attacker_epochs
+    settings["eval_split"] = args.eval_split
     model_path = str(assets.minilm_path())
     workdir = args.workdir or tempfile.mkdtemp(prefix="hbd-gc-bench-")
     output = args.output or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
-        "gradient_control.json" if preset == "full" else f"gradient_control.{preset}.json",
+        ("gradient_control" + ("" if preset == "full" else f".{preset}")
+         + ("" if args.eval_split == "test" else f".{args.eval_split}") + ".json"),
     )
     runs: list[dict] = []
     start_all = time.perf_counter()
@@ -239,6 +250,7 @@ def main(argv=None) -> int:
                     attacker_method=method, seed=seed, max_length=settings["max_length"],
                     max_attacker_samples=settings["max_attacker_samples"],
                     max_user_samples=settings["max_user_samples"], max_test_samples=settings["max_test_samples"],
+                    eval_split=settings["eval_split"],
                     attacker_epochs=settings["attacker_epochs"], attacker_learning_rate=settings["learning_rate"],
                     user_epochs=settings["user_epochs"], user_learning_rate=settings["learning_rate"],
                     batch_size=settings["batch_size"], overwrite=True, disable_progress_bar=True,

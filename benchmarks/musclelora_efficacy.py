@@ -12,16 +12,22 @@ attack's triggered test set. The reference set is drawn from the validation spli
 from the training set); the test split is used only for the final numbers. Also reported: the time per
 optimizer step of MuScleLoRA relative to LoRA (the floor is 1 + reference batch / train batch).
 
+The results JSON is rewritten after every cell; an interrupted run continues with the same command plus
+``--resume`` (seeds and attacks may be added that way too). An existing output is never replaced without
+``--overwrite``.
+
 Usage:
-    python benchmarks/musclelora_efficacy.py --quick        # smoke run, a couple of minutes
-    python benchmarks/musclelora_efficacy.py                # full cells, 3 seeds (see --help for sizes)
+    python benchmarks/musclelora_efficacy.py --quick             # smoke run, a couple of minutes
+    python benchmarks/musclelora_efficacy.py --preset reduced    # CPU-sized cells, 3 seeds
+    python benchmarks/musclelora_efficacy.py                     # full cells, 3 seeds (see --help for sizes)
+    python benchmarks/musclelora_efficacy.py --render benchmarks/results/musclelora_efficacy_reduced.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -31,10 +37,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from _common import hardware_info, previous_results, settings_of, summarise, write_json  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
-from hf_backdoor_defense.atomic import write_json_atomic  # noqa: E402
 from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
 from hf_backdoor_defense.experiments import CellSettings  # noqa: E402
@@ -46,19 +52,31 @@ CLEAN_CELLS = ("clean_full_ft", "clean_lora")
 POISONED_CELLS = ("poisoned_full_ft", "poisoned_lora", "poisoned_musclelora")
 
 
+PRESETS = {
+    # The issue's "full cells": more data and epochs than the demo, 3 seeds.
+    "full": dict(train_size=2000, test_size=1000, epochs=3.0, batch_size=32, max_length=64, seeds=[0, 1, 2]),
+    # CPU-sized: 1,200 sentences, 3 epochs, length 48 (about half the full preset's steps, at 3/4 the length).
+    "reduced": dict(train_size=1200, test_size=600, epochs=3.0, batch_size=32, max_length=48, seeds=[0, 1, 2]),
+    # 2 optimizer steps per cell, one attack, one seed: checks the plumbing, not the defense.
+    "quick": dict(train_size=32, test_size=24, epochs=1.0, batch_size=16, max_length=32, seeds=[0]),
+}
+#: Arguments that do not change a result (so a resumed run may differ in them); seeds and attacks are the grid.
+NOT_SETTINGS = ("output", "resume", "overwrite", "render", "quick", "seeds", "attacks")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default="full",
+                   help="sizes: full (the issue's cells), reduced (CPU-sized), quick (smoke run)")
+    p.add_argument("--quick", action="store_true", help="same as --preset quick")
+    p.add_argument("--train_size", type=int, default=None, help="training examples (subsample of train)")
+    p.add_argument("--test_size", type=int, default=None, help="test examples (subsample of test)")
     p.add_argument(
-        "--quick", action="store_true", help="tiny subsample, 1 seed, 1 epoch: proves the script runs"
+        "--reference_size", type=int, default=None, help="clean reference examples (from validation; default 96)"
     )
-    p.add_argument("--train_size", type=int, default=2000, help="training examples (subsample of train)")
-    p.add_argument("--test_size", type=int, default=1000, help="test examples (subsample of test)")
-    p.add_argument(
-        "--reference_size", type=int, default=96, help="clean reference examples (from validation)"
-    )
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--max_length", type=int, default=64)
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--max_length", type=int, default=None)
     p.add_argument("--full_ft_lr", type=float, default=5e-5)
     p.add_argument(
         "--adapter_lr", type=float, default=2e-3, help="learning rate of LoRA and MuScleLoRA cells"
@@ -72,17 +90,26 @@ def parse_args(argv=None):
     p.add_argument("--max_raw_gradient_ratio", type=float, default=None, help="override the preset's 0.1")
     p.add_argument("--poison_rate", type=float, default=0.1)
     p.add_argument("--target_label", type=int, default=1)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--attacks", nargs="+", default=["badnets", "addsent"], choices=["badnets", "addsent"])
-    p.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (quick: *_quick.json)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--attacks", nargs="+", default=None, choices=["badnets", "addsent"])
+    p.add_argument("--output", type=Path, default=None, help=f"default {RESULTS} (other presets: *_<preset>.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the cells of an existing --output with the same settings and run the missing ones")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only print the Markdown table of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
-    if args.output is None:
-        args.output = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
     if args.quick:
-        # 2 optimizer steps per cell, one attack, one seed: checks the plumbing, not the defense
-        args.train_size, args.test_size, args.reference_size = 32, 24, 16
-        args.epochs, args.batch_size, args.max_length, args.seeds = 1.0, 16, 32, [0]
-        args.attacks = args.attacks[:1]
+        args.preset = "quick"
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.reference_size is None:
+        args.reference_size = 16 if args.preset == "quick" else 96
+    if args.attacks is None:
+        args.attacks = ["badnets"] if args.preset == "quick" else ["badnets", "addsent"]
+    if args.output is None:
+        args.output = RESULTS if args.preset == "full" else RESULTS.with_name(f"{RESULTS.stem}_{args.preset}.json")
     return args
 
 
@@ -108,17 +135,97 @@ def alignment_overrides(cli) -> dict:
     return {n: getattr(cli, n) for n in names if getattr(cli, n) is not None}
 
 
-def summarise(values):
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+def summarise_rows(rows: list[dict]) -> tuple[dict, dict | None]:
+    """``(table, step_ratio)``: mean ± std of CACC / ASR per ``attack/cell`` over seeds, and the MuScleLoRA /
+    LoRA time-per-step ratio over the (seed, attack) pairs that have both."""
+    table = {}
+    for row in rows:
+        table.setdefault(f"{row['attack']}/{row['cell']}", []).append(row)
+    table = {key: {"cacc": summarise([r["cacc"] for r in these]), "asr": summarise([r["asr"] for r in these]),
+                   "adapter": these[0]["adapter"], "n_seeds": len(these),
+                   "runs": sorted(these, key=lambda r: r["seed"])}
+             for key, these in sorted(table.items())}
+    per_step = {(r["seed"], r["attack"], r["cell"]): r["seconds_per_step"] for r in rows}
+    ratios = [per_step[(s, a, "poisoned_musclelora")] / per_step[(s, a, "poisoned_lora")]
+              for (s, a, c) in per_step if c == "poisoned_musclelora" and (s, a, "poisoned_lora") in per_step]
+    return table, (summarise(ratios) if ratios else None)
+
+
+LABELS = {"clean_full_ft": "clean full FT (floor)", "clean_lora": "clean LoRA (CACC reference)",
+          "poisoned_full_ft": "poisoned full FT", "poisoned_lora": "poisoned LoRA",
+          "poisoned_musclelora": "poisoned MuScleLoRA"}
+
+
+def render_markdown(payload: dict) -> str:
+    """CACC / ASR in % (mean ± sample std over seeds) per cell and attack, and the step-time ratio."""
+    cfg, table = payload["settings"], payload["cells"]
+    attacks = list(dict.fromkeys(k.split("/")[0] for k in table))
+    pm = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"  # noqa: E731
+    seeds = sorted({r["seed"] for row in table.values() for r in row["runs"]})
+    out = [f"MiniLM on Rotten Tomatoes, dirty-label attacks at {100 * cfg['poison_rate']:.0f} %; preset "
+           f"`{cfg.get('preset', 'full')}`: {cfg['train_size']} training and {cfg['test_size']} test sentences, "
+           f"{cfg['epochs']:g} epochs, batch {cfg['batch_size']}, length {cfg['max_length']}, "
+           f"{cfg['reference_size']} reference sentences; seeds {seeds}; total {payload['total_seconds'] / 60:.0f} min."
+           + ("" if payload.get("complete", True) else " **Incomplete: the same command with --resume adds the rest.**"),
+           "", "| Cell | " + " | ".join(f"{a} CACC / ASR" for a in attacks) + " |", "|---|" + ":---:|" * len(attacks)]
+    for cell in CLEAN_CELLS + POISONED_CELLS:
+        row = [table.get(f"{a}/{cell}") for a in attacks]
+        out.append(f"| {LABELS[cell]} | "
+                   + " | ".join(f"{pm(r['cacc'])} / {pm(r['asr'])}" if r else "–" for r in row) + " |")
+    ratio = payload.get("step_time_ratio_musclelora_vs_lora")
+    if ratio:
+        out += ["", f"Time per optimizer step, MuScleLoRA / LoRA: {ratio['mean']:.2f} ± {ratio['std']:.2f} "
+                    f"(floor {payload['step_time_ratio_floor']:.1f})."]
+    out += ["", "```bash", payload.get("command", "python benchmarks/musclelora_efficacy.py"), "```"]
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
     cli = parse_args(argv)
+    if cli.render is not None:
+        print(render_markdown(json.loads(cli.render.read_text())))
+        return 0
+    previous = previous_results(cli, NOT_SETTINGS, key="settings")
+    rows: list[dict] = previous["rows"] if previous else []
+    earlier = float(previous["total_seconds"]) if previous else 0.0
+    done = {(r["seed"], r["attack"], r["cell"]) for r in rows}
     begin = time.perf_counter()
+    command = "python benchmarks/musclelora_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save() -> dict:
+        table, ratio = summarise_rows(rows)
+        payload = {
+            "benchmark": "musclelora_efficacy",
+            "quick": cli.preset == "quick",
+            "settings": settings_of(cli),
+            "command": command,
+            "complete": all((s, a, c) in done for s in cli.seeds for a in cli.attacks
+                            for c in CLEAN_CELLS + POISONED_CELLS),
+            "model": "sentence-transformers all-MiniLM-L6-v2 (BertModel, 22.7M) + new classification head",
+            "data": "Rotten Tomatoes sentences (project split); reference set from validation, metrics on test",
+            "alignment": {"preset": "encoder (min_reference_loss 0.4, alignment_start_epoch 1, "
+                                    "max_raw_gradient_ratio 0.1)",
+                          "overrides": alignment_overrides(cli), "reference_batch": "= train batch"},
+            "cells": table,
+            "step_time_ratio_musclelora_vs_lora": ratio,
+            "step_time_ratio_floor": 2.0,
+            "rows": rows,
+            "total_seconds": earlier + time.perf_counter() - begin,
+            "torch_threads": torch.get_num_threads(),
+            "hardware": hardware_info(),
+        }
+        write_json(cli.output, payload)  # after every cell: an interrupted run keeps what it measured (--resume)
+        return payload
+
+    def add(seed, attack, cell, scores, info):
+        rows.append({"seed": seed, "attack": attack, "cell": cell, **scores, **info})
+        done.add((seed, attack, cell))
+        save()
+        print(f"[seed {seed}] {attack}/{cell}: CACC {scores['cacc']:.3f} ASR {scores['asr']:.3f} "
+              f"({info['seconds_per_step']:.2f} s/step)", flush=True)
+
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     data = load_text_classification("rotten_tomatoes")
-    runs: dict[str, dict[str, list]] = {}
-    step_ratios = []
     with tempfile.TemporaryDirectory() as workdir:
         for seed in cli.seeds:
             train_clean = (
@@ -131,67 +238,28 @@ def main(argv=None) -> int:
 
             tok_clean = tokenize_dataset(train_clean, tokenizer, max_length=cli.max_length)
             for cell in CLEAN_CELLS:
+                missing = [a for a in attacks if (seed, a, cell) not in done]
+                if not missing:
+                    continue
                 model, info = train_cell(cell, tok_clean, reference, tokenizer, seed, cli, workdir)
-                for name, attack in attacks.items():
-                    scores = evaluate_backdoor(model, tokenizer, test, attack, max_length=cli.max_length)
-                    runs.setdefault(f"{name}/{cell}", {}).setdefault("runs", []).append(
-                        {"seed": seed, **scores, **info}
-                    )
+                for name in missing:
+                    scores = evaluate_backdoor(model, tokenizer, test, attacks[name], max_length=cli.max_length)
+                    add(seed, name, cell, scores, info)
                 del model
 
             for name, attack in attacks.items():
+                missing = [c for c in POISONED_CELLS if (seed, name, c) not in done]
+                if not missing:
+                    continue
                 poisoned = tokenize_dataset(attack.poison(train_clean), tokenizer, max_length=cli.max_length)
-                times = {}
-                for cell in POISONED_CELLS:
+                for cell in missing:
                     model, info = train_cell(cell, poisoned, reference, tokenizer, seed, cli, workdir)
                     scores = evaluate_backdoor(model, tokenizer, test, attack, max_length=cli.max_length)
-                    runs.setdefault(f"{name}/{cell}", {}).setdefault("runs", []).append(
-                        {"seed": seed, **scores, **info}
-                    )
-                    times[cell] = info["seconds_per_step"]
+                    add(seed, name, cell, scores, info)
                     del model
-                step_ratios.append(times["poisoned_musclelora"] / times["poisoned_lora"])
-                print(
-                    f"[seed {seed}] {name}: "
-                    + ", ".join(
-                        f"{c}: CACC {runs[f'{name}/{c}']['runs'][-1]['cacc']:.3f} ASR {runs[f'{name}/{c}']['runs'][-1]['asr']:.3f}"
-                        for c in CLEAN_CELLS + POISONED_CELLS
-                    ),
-                    flush=True,
-                )
 
-    table = {}
-    for key, entry in runs.items():
-        table[key] = {
-            "cacc": summarise([r["cacc"] for r in entry["runs"]]),
-            "asr": summarise([r["asr"] for r in entry["runs"]]),
-            "adapter": entry["runs"][0]["adapter"],
-            "runs": entry["runs"],
-        }
-    payload = {
-        "benchmark": "musclelora_efficacy",
-        "quick": cli.quick,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cli).items()},
-        "model": "sentence-transformers all-MiniLM-L6-v2 (BertModel, 22.7M) + new classification head",
-        "data": "Rotten Tomatoes sentences (project split); reference set from validation, metrics on test",
-        "alignment": {"preset": "encoder (min_reference_loss 0.4, alignment_start_epoch 1, max_raw_gradient_ratio 0.1)",
-                      "overrides": alignment_overrides(cli), "reference_batch": "= train batch"},
-        "cells": table,
-        "step_time_ratio_musclelora_vs_lora": summarise(step_ratios) if step_ratios else None,
-        "step_time_ratio_floor": 2.0,
-        "total_seconds": time.perf_counter() - begin,
-        "torch_threads": torch.get_num_threads(),
-    }
-    write_json_atomic(cli.output, payload)
-    print(f"\n{'cell':<34}{'CACC':>16}{'ASR':>16}")
-    for key, row in sorted(table.items()):
-        print(
-            f"{key:<34}{row['cacc']['mean']:>9.3f}±{row['cacc']['std']:.3f}{row['asr']['mean']:>9.3f}±{row['asr']['std']:.3f}"
-        )
-    if step_ratios:
-        print(
-            f"step time MuScleLoRA / LoRA: {payload['step_time_ratio_musclelora_vs_lora']['mean']:.2f} (floor 2.0)"
-        )
+    payload = save()
+    print(render_markdown(payload))
     print(f"wrote {cli.output} in {payload['total_seconds']:.0f} s")
     return 0
 

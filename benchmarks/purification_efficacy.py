@@ -19,7 +19,8 @@ the validation split instead of using the fixed ratios.
 
 The results JSON is rewritten after every row (``"complete": false`` until the last one); an interrupted run
 continues with the same command plus ``--resume``, which keeps the finished rows and trains only what the
-missing ones need. An existing output is never replaced without ``--overwrite``.
+missing ones need. Seeds, attacks and clean-set sizes are the grid, not settings: ``--resume`` with more of them
+adds their rows to the same file. An existing output is never replaced without ``--overwrite``.
 
 Usage:
     python benchmarks/purification_efficacy.py --quick     # smoke run (~2-3 min on 2 busy cores)
@@ -48,7 +49,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import hardware_info, summarise, write_json  # noqa: E402
+from _common import hardware_info, previous_results, summarise, write_json  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -179,30 +180,16 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
     return row
 
 
-#: Arguments that do not change a row's figures (so a resumed run may differ in them).
-NOT_SETTINGS = ("output", "render", "resume", "overwrite", "seeds", "quick")
-
-
-def _settings(args) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in NOT_SETTINGS}
+#: Arguments that do not change a row's figures (so a resumed run may differ in them). Seeds, attacks and
+#: clean-set sizes are the grid: every row records its own, so a resume may add (or leave out) some.
+NOT_SETTINGS = ("output", "render", "resume", "overwrite", "quick", "seeds", "attacks", "clean_sizes")
 
 
 def previous_rows(args) -> tuple[list[dict], float]:
     """``(rows, seconds)`` already in ``args.output`` when resuming (settings must match), else ``([], 0)``;
     an existing output without ``--resume`` or ``--overwrite`` stops the run before anything is trained."""
-    if not args.output.is_file() or args.overwrite:
-        return [], 0.0
-    if not args.resume:
-        raise SystemExit(f"{args.output} exists: pass --resume to add the missing rows to it, --overwrite to replace "
-                         "it, or another --output.")
-    previous = json.loads(args.output.read_text())
-    old = {k: v for k, v in previous["args"].items() if k not in NOT_SETTINGS}
-    now = _settings(args)
-    differ = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
-    if differ:
-        raise SystemExit(f"--resume: {args.output} was made with other settings ({', '.join(differ)}); run with the "
-                         "same ones, or pass --overwrite / another --output.")
-    return previous["rows"], float(previous.get("total_seconds", 0.0))
+    previous = previous_results(args, NOT_SETTINGS)
+    return ([], 0.0) if previous is None else (previous["rows"], float(previous.get("total_seconds", 0.0)))
 
 
 def assemble(args, command: str, rows: list[dict], model_bytes: int, seconds: float) -> dict:
@@ -215,9 +202,10 @@ def assemble(args, command: str, rows: list[dict], model_bytes: int, seconds: fl
                  **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
                  "n": len(v)}
              for k, v in summary.items()}
-    expected = len(args.seeds) * len(args.attacks) * len(args.clean_sizes) * len(DEFENSES)
+    grid = {(s, a, n, d) for s in args.seeds for a in args.attacks for n in args.clean_sizes for d in DEFENSES}
     return {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
-            "complete": len(rows) >= expected, "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
+            "complete": grid <= {(r["seed"], r["attack"], r["clean_size"], r["defense"]) for r in rows},
+            "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
             "total_seconds": round(seconds, 1), "hardware": hardware_info(), "mean": table, "rows": rows}
 
 

@@ -13,9 +13,15 @@ The clean defense set is drawn from the validation split (trusted data, never fr
 set); the test split is only used for the final numbers. Time per optimizer step of W2SDefense is reported
 relative to plain LoRA (same batches; the difference is the teacher forward and the extra loss terms).
 
+The results JSON is rewritten after every (seed, attack); an interrupted run continues with the same command
+plus ``--resume`` (seeds and attacks may be added that way too). An existing output is never replaced without
+``--overwrite``.
+
 Usage:
-    python benchmarks/w2sdefense_efficacy.py --quick    # smoke run: tiny subsamples, proves the script works
-    python benchmarks/w2sdefense_efficacy.py            # full run (see --help for sizes)
+    python benchmarks/w2sdefense_efficacy.py --quick              # smoke run: tiny subsamples, proves it works
+    python benchmarks/w2sdefense_efficacy.py --preset reduced     # CPU-sized cells, 3 seeds
+    python benchmarks/w2sdefense_efficacy.py                      # the issue's cells (see --help for sizes)
+    python benchmarks/w2sdefense_efficacy.py --render benchmarks/results/w2sdefense_efficacy_reduced.json
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import hardware_info, write_json  # noqa: E402
+from _common import hardware_info, previous_results, settings_of, write_json  # noqa: E402
 from _common import summarise as mean_std  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
@@ -62,34 +68,62 @@ ATTACKS = {
 }
 
 
+PRESETS = {
+    # The issue's cells. At 11 s per full-fine-tuning step of SmolLM2 (batch 16, length 48, one thread, measured
+    # 2026-11-22), this is several hours per seed on this 2-core CPU.
+    "full": dict(train_size=2000, clean_size=500, test_size=500, max_length=64, backdoor_epochs=2.0,
+                 backdoor_lr=2e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=3.0, batch_size=16,
+                 seeds=[0, 1, 2]),
+    # A CPU-sized version: fewer sentences, the same number of defense epochs (the authors' 5); the backdoor
+    # gets a higher learning rate so that 100 full-fine-tuning steps plant it.
+    "reduced": dict(train_size=800, clean_size=200, test_size=400, max_length=48, backdoor_epochs=2.0,
+                    backdoor_lr=5e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=3.0, batch_size=16,
+                    seeds=[0, 1, 2]),
+    # Two optimizer steps per model, one attack, one seed: checks the plumbing, not the defense.
+    "quick": dict(train_size=16, clean_size=16, test_size=16, max_length=16, backdoor_epochs=1.0,
+                  backdoor_lr=2e-5, defense_epochs=1.0, defense_lr=2e-4, teacher_epochs=1.0, batch_size=8,
+                  seeds=[0]),
+}
+#: Arguments that do not change a result (so a resumed run may differ in them); seeds and attacks are the grid.
+NOT_SETTINGS = ("output", "resume", "overwrite", "render", "quick", "seeds", "attacks")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--quick", action="store_true", help="tiny subsamples, 1 seed, 1 epoch: proves the script runs"
-    )
-    p.add_argument("--train_size", type=int, default=2000, help="poisoned training examples (from train)")
-    p.add_argument("--clean_size", type=int, default=500, help="clean defense examples (from validation)")
-    p.add_argument("--test_size", type=int, default=500, help="test examples (from test)")
-    p.add_argument("--max_length", type=int, default=64)
-    p.add_argument("--backdoor_epochs", type=float, default=2.0)
-    p.add_argument("--backdoor_lr", type=float, default=2e-5)
-    p.add_argument("--defense_epochs", type=float, default=5.0, help="authors: 5 epochs")
-    p.add_argument("--defense_lr", type=float, default=2e-4, help="authors: LoRA lr 2e-4")
-    p.add_argument("--teacher_epochs", type=float, default=3.0)
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--preset", choices=list(PRESETS), default="full",
+                   help="sizes: full (the issue's cells), reduced (CPU-sized), quick (smoke run)")
+    p.add_argument("--quick", action="store_true", help="same as --preset quick")
+    p.add_argument("--train_size", type=int, default=None, help="poisoned training examples (from train)")
+    p.add_argument("--clean_size", type=int, default=None, help="clean defense examples (from validation)")
+    p.add_argument("--test_size", type=int, default=None, help="test examples (from test)")
+    p.add_argument("--max_length", type=int, default=None)
+    p.add_argument("--backdoor_epochs", type=float, default=None)
+    p.add_argument("--backdoor_lr", type=float, default=None, help="full fine-tuning lr of the backdoored model")
+    p.add_argument("--defense_epochs", type=float, default=None, help="authors: 5 epochs")
+    p.add_argument("--defense_lr", type=float, default=None, help="authors: LoRA lr 2e-4")
+    p.add_argument("--teacher_epochs", type=float, default=None)
+    p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--lora_r", type=int, default=8)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
-    p.add_argument("--output", type=Path, default=None, help=f"default: {RESULTS} (quick: *_quick.json)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--attacks", nargs="+", default=None, choices=list(ATTACKS))
+    p.add_argument("--output", type=Path, default=None,
+                   help=f"default: {RESULTS} (other presets: *_<preset>.json)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the (seed, attack) results of an existing --output with the same settings, run the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only print the Markdown table of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
-    if args.output is None:
-        args.output = RESULTS.with_name(RESULTS.stem + "_quick.json") if args.quick else RESULTS
     if args.quick:
-        # Full fine-tuning of 135M parameters is the expensive part on a shared 2-core CPU: keep it to a
-        # couple of optimizer steps per model and one attack.
-        args.train_size, args.clean_size, args.test_size = 16, 16, 16
-        args.max_length, args.backdoor_epochs, args.defense_epochs, args.teacher_epochs = 16, 1.0, 1.0, 1.0
-        args.batch_size, args.seeds, args.attacks = 8, [0], args.attacks[:1]
+        args.preset = "quick"
+    for name, value in PRESETS[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.attacks is None:
+        args.attacks = list(ATTACKS)[:1] if args.preset == "quick" else list(ATTACKS)
+    if args.output is None:
+        args.output = RESULTS if args.preset == "full" else RESULTS.with_name(f"{RESULTS.stem}_{args.preset}.json")
+    if args.preset == "quick":
         global LOGGING_STEPS
         LOGGING_STEPS = 1
     return args
@@ -198,8 +232,9 @@ def evaluate(model, tok, test, attack, args):
     return {"cacc": r["cacc"], "asr": r["asr"], "n_clean": r["n_clean"], "n_triggered": r["n_triggered"]}
 
 
-def run_seed(seed, args, base_path, tok, data, workroot):
-    t0 = time.time()
+def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
+    """Train the seed's teacher and clean floor model, then, per attack in ``attack_names``, the backdoored
+    model and both defenses; ``record(name, result)`` is called after each attack (the script saves there)."""
     train = data["train"].shuffle(seed=seed).select(range(min(args.train_size, len(data["train"]))))
     clean = data["validation"].shuffle(seed=seed).select(range(min(args.clean_size, len(data["validation"]))))
     test = data["test"].shuffle(seed=seed).select(range(min(args.test_size, len(data["test"]))))
@@ -214,15 +249,15 @@ def run_seed(seed, args, base_path, tok, data, workroot):
         args=teacher_args,
         max_length=args.max_length,
     )
-    result = {"seed": seed, "attacks": {}}
 
     floor_path = full_finetune(base_path, tok, train, args, seed, workroot / f"clean{seed}")
     floor_model = _student(floor_path, tok)
-    attacks = {name: ATTACKS[name][0](seed) for name in args.attacks}
+    attacks = {name: ATTACKS[name][0](seed) for name in attack_names}
     floor = {name: evaluate(floor_model, tok, test, atk, args) for name, atk in attacks.items()}
     del floor_model
 
     for name, attack in attacks.items():
+        t0 = time.time()
         preset = ATTACKS[name][1]
         poisoned = attack.poison(train)
         bd_path = full_finetune(base_path, tok, poisoned, args, seed, workroot / f"{name}{seed}")
@@ -240,7 +275,7 @@ def run_seed(seed, args, base_path, tok, data, workroot):
         )
         w2s = evaluate(w2s_model, tok, test, attack, args)
         del w2s_model
-        result["attacks"][name] = {
+        result = {
             "preset": preset,
             "clean_floor": floor[name],
             "teacher": teacher_metrics,
@@ -252,20 +287,27 @@ def run_seed(seed, args, base_path, tok, data, workroot):
             "w2s_last_logged_components": {
                 k: components.get(k) for k in ("loss_ce", "loss_kd", "loss_feature")
             },
+            "seconds": time.time() - t0,  # this attack's models; the seed's teacher and floor are not in it
         }
-        print(json.dumps({name: result["attacks"][name]}, indent=1), flush=True)
-    result["seconds"] = time.time() - t0
-    return result
+        record(name, result)
+        print(json.dumps({f"seed {seed}": {name: result}}, indent=1), flush=True)
+
+
+CELLS = ("clean_floor", "teacher", "backdoored", "plain_lora", "w2sdefense")
 
 
 def summarise(runs, attacks):
+    """Per attack: mean ± std of every cell's CACC / ASR over the seeds that have it, and the issue's targets."""
     summary = {}
     for name in attacks:
-        cells = {}
-        for cell in ("clean_floor", "teacher", "backdoored", "plain_lora", "w2sdefense"):
+        done = [r["attacks"][name] for r in runs if name in r["attacks"]]
+        if not done:
+            continue
+        cells = {"n_seeds": len(done)}
+        for cell in CELLS:
             for metric in ("cacc", "asr"):
-                cells[f"{cell}_{metric}"] = mean_std(r["attacks"][name][cell][metric] for r in runs)
-        cells["step_time_ratio"] = statistics.fmean(r["attacks"][name]["step_time_ratio"] for r in runs)
+                cells[f"{cell}_{metric}"] = mean_std([r[cell][metric] for r in done])
+        cells["step_time_ratio"] = statistics.fmean(r["step_time_ratio"] for r in done)
         floor, w2s = cells["clean_floor_asr"]["mean"], cells["w2sdefense_asr"]["mean"]
         cells["targets"] = {
             "asr_within_5pts_of_floor": w2s - floor <= 0.05,
@@ -279,34 +321,90 @@ def summarise(runs, attacks):
     return summary
 
 
+LABELS = {"clean_floor": "clean-data floor", "teacher": "MiniLM teacher", "backdoored": "backdoored (before)",
+          "plain_lora": "plain LoRA on the clean set", "w2sdefense": "W2SDefense"}
+
+
+def render_markdown(report: dict) -> str:
+    """CACC / ASR in % (mean ± sample std over seeds) per cell and attack, the step-time ratio and the targets."""
+    summary, cfg = report["summary"], report["config"]
+    attacks = list(summary)
+    pm = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"  # noqa: E731
+    seeds = sorted({r["seed"] for r in report["runs"]})
+    out = [f"SmolLM2-135M student, MiniLM teacher; preset `{cfg.get('preset', 'full')}`: {cfg['train_size']} "
+           f"training, {cfg['clean_size']} clean and {cfg['test_size']} test sentences, max length "
+           f"{cfg['max_length']}; seeds {seeds}; total {report['total_seconds'] / 60:.0f} min."
+           + ("" if report.get("complete", True) else " **Incomplete: the same command with --resume adds the rest.**"),
+           "", "| Model | " + " | ".join(f"{a} CACC / ASR" for a in attacks) + " |",
+           "|---|" + ":---:|" * len(attacks)]
+    for cell in CELLS:
+        out.append(f"| {LABELS[cell]} | "
+                   + " | ".join(f"{pm(summary[a][f'{cell}_cacc'])} / {pm(summary[a][f'{cell}_asr'])}" for a in attacks)
+                   + " |")
+    out.append("| W2SDefense / plain LoRA time per step | "
+               + " | ".join(f"{summary[a]['step_time_ratio']:.2f}×" for a in attacks) + " |")
+    for target in next(iter(summary.values()))["targets"] if summary else ():
+        out.append(f"| target: {target} | " + " | ".join(
+            ("met" if summary[a]["targets"][target] else "missed") for a in attacks) + " |")
+    out += ["", "```bash", report.get("command", "python benchmarks/w2sdefense_efficacy.py"), "```"]
+    return "\n".join(out)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.render is not None:
+        print(render_markdown(json.loads(args.render.read_text())))
+        return 0
+    previous = previous_results(args, NOT_SETTINGS, key="config")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     base_path = smollm2_path()
     tok = AutoTokenizer.from_pretrained(base_path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     data = load_text_classification("rotten_tomatoes")
-    t0 = time.time()
-    runs = []
+    runs = previous["runs"] if previous else []
+    earlier = float(previous["total_seconds"]) if previous else 0.0
+    started = time.time()
+    command = "python benchmarks/w2sdefense_efficacy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+
+    def save():
+        report = {
+            "benchmark": "w2sdefense_efficacy",
+            "quick": args.preset == "quick",
+            "config": settings_of(args),
+            "command": command,
+            "complete": all(any(r["seed"] == s and a in r["attacks"] for r in runs)
+                            for s in args.seeds for a in args.attacks),
+            "student": "SmolLM2-135M-Instruct (Llama) + classification head, fp32, CPU",
+            "teacher": "all-MiniLM-L6-v2 W2STeacher (mean pooling, 384 -> 576 -> 2)",
+            "dataset": "rotten_tomatoes (hf_backdoor_defense.data split); clean set from validation",
+            "summary": summarise(runs, args.attacks),
+            "runs": sorted(runs, key=lambda r: r["seed"]),
+            "total_seconds": earlier + time.time() - started,
+            "torch_threads": torch.get_num_threads(),
+            "hardware": hardware_info(),
+        }
+        write_json(args.output, report)  # after every attack: an interrupted run keeps what it measured
+        return report
+
     with tempfile.TemporaryDirectory(prefix="w2s_bench_") as tmp:
         for seed in args.seeds:
-            runs.append(run_seed(seed, args, base_path, tok, data, Path(tmp)))
-    report = {
-        "benchmark": "w2sdefense_efficacy",
-        "quick": args.quick,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "student": "SmolLM2-135M-Instruct (Llama) + classification head, fp32, CPU",
-        "teacher": "all-MiniLM-L6-v2 W2STeacher (mean pooling, 384 -> 576 -> 2)",
-        "dataset": "rotten_tomatoes (hf_backdoor_defense.data split); clean set from validation",
-        "summary": summarise(runs, args.attacks),
-        "runs": runs,
-        "total_seconds": time.time() - t0,
-        "torch_threads": torch.get_num_threads(),
-        "hardware": hardware_info(),
-    }
-    write_json(args.output, report)
+            run = next((r for r in runs if r["seed"] == seed), None)
+            todo = [a for a in args.attacks if run is None or a not in run["attacks"]]
+            if not todo:
+                continue
+            if run is None:
+                run = {"seed": seed, "attacks": {}}
+                runs.append(run)
+
+            def record(name, result, run=run):
+                run["attacks"][name] = result
+                save()
+
+            run_seed(seed, todo, args, base_path, tok, data, Path(tmp), record)
+    report = save()
     print(json.dumps(report["summary"], indent=2))
+    print(render_markdown(report))
     print(f"wrote {args.output} in {report['total_seconds']:.0f}s")
     return 0
 

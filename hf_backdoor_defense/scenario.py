@@ -12,8 +12,8 @@ Stages (one call of :func:`run_retuning_scenario`):
 3. **retune**: the user loads the published adapter (``is_trainable=True``) and re-tunes it on clean
    data from a *shifted* domain (``<output_dir>/user_adapter``).
 
-After each stage CACC and LFR are measured on the user's clean test set with
-:func:`hf_backdoor_defense.metrics.evaluate_backdoor`. The triggered test set holds only non-target
+After each stage CACC and LFR are measured on the user's clean test set (its validation set with
+``eval_split="validation"``, for choosing settings) with :func:`hf_backdoor_defense.metrics.evaluate_backdoor`. The triggered test set holds only non-target
 examples, so the label flip rate (share of triggered inputs classified as the target) equals the ASR
 reported by the metrics module.
 
@@ -56,6 +56,7 @@ __all__ = [
 
 SHIFTS = ("spamassassin", "rotten_tomatoes", "custom")
 ATTACKER_METHODS = ("vanilla", "gradient_control")
+EVAL_SPLITS = ("test", "validation")
 RESULTS_FILE = "scenario_results.json"
 
 
@@ -75,6 +76,10 @@ class RetuningScenarioConfig:
             (SpamAssassin mails) otherwise lose many triggers to truncation and the LFR measures the
             truncation, not the attack. ``None``: no cut.
         max_attacker_samples / max_user_samples / max_test_samples (`int` or `None`): caps, drawn with ``seed``.
+        eval_split (`str`, defaults to `"test"`): the split of a built-in shift that every stage is scored on.
+            ``"validation"`` scores on the user's validation split instead, so settings (an attacker budget, a
+            learning rate) can be chosen without looking at the test split. With ``shift="custom"`` the caller's
+            ``test_dataset`` is scored and this must stay ``"test"``.
         attacker_epochs (`float`, defaults to `10`): the paper's poison training length.
         attacker_learning_rate (`float`, defaults to `2e-4`).
         user_epochs (`float`, defaults to `5`): the paper's re-tuning length.
@@ -97,6 +102,9 @@ class RetuningScenarioConfig:
     max_attacker_samples: int | None = field(default=None, metadata={"help": "Cap on the attacker's train set."})
     max_user_samples: int | None = field(default=None, metadata={"help": "Cap on the user's train set."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Cap on the user's test set."})
+    eval_split: str = field(
+        default="test", metadata={"help": "Split of a built-in shift that is scored: 'test' or 'validation'."}
+    )
     attacker_epochs: float = field(default=10.0, metadata={"help": "Epochs of poison training (paper: 10)."})
     attacker_learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of poison training."})
     user_epochs: float = field(default=5.0, metadata={"help": "Epochs of the user's re-tuning (paper: 5)."})
@@ -114,6 +122,11 @@ class RetuningScenarioConfig:
             raise ValueError(f"`shift` must be one of {SHIFTS}, got {self.shift!r}.")
         if self.attacker_method not in ATTACKER_METHODS:
             raise ValueError(f"`attacker_method` must be one of {ATTACKER_METHODS}, got {self.attacker_method!r}.")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"`eval_split` must be one of {EVAL_SPLITS}, got {self.eval_split!r}.")
+        if self.shift == "custom" and self.eval_split != "test":
+            raise ValueError("`eval_split` only applies to the built-in shifts: with shift='custom', pass the rows "
+                             "to score (e.g. your validation set) as `test_dataset` and keep eval_split='test'.")
         for name in ("max_length", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
@@ -251,8 +264,8 @@ def load_shift(shift: str, seed: int = 0, test_split: str = "test"
     """
     from .data import load_text_classification
 
-    if test_split not in ("test", "validation"):
-        raise ValueError(f"`test_split` must be 'test' or 'validation', got {test_split!r}.")
+    if test_split not in EVAL_SPLITS:
+        raise ValueError(f"`test_split` must be one of {EVAL_SPLITS}, got {test_split!r}.")
     if shift == "spamassassin":
         first = load_text_classification("spamassassin", collection=1)
         second = load_text_classification("spamassassin", collection=2)
@@ -346,7 +359,7 @@ def run_retuning_scenario(
             raise ValueError("shift='custom' needs `attacker_dataset`, `user_dataset` and `test_dataset`.")
         attacker_train, user_train, user_test = attacker_dataset, user_dataset, test_dataset
     else:
-        attacker_train, user_train, user_test = load_shift(config.shift, config.seed)
+        attacker_train, user_train, user_test = load_shift(config.shift, config.seed, test_split=config.eval_split)
         attacker_train = attacker_dataset if attacker_dataset is not None else attacker_train
         user_train = user_dataset if user_dataset is not None else user_train
         user_test = test_dataset if test_dataset is not None else user_test

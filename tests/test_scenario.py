@@ -157,6 +157,36 @@ def test_config_validation(tmp_path):
         run_retuning_scenario("unused", RetuningScenarioConfig(output_dir=str(tmp_path), shift="custom"))
     with pytest.raises(ValueError, match="trigger_room"):
         RetuningScenarioConfig(output_dir=str(tmp_path), max_length=16, trigger_room=13)
+    with pytest.raises(ValueError, match="eval_split"):
+        RetuningScenarioConfig(output_dir=str(tmp_path), eval_split="train")
+    with pytest.raises(ValueError, match="test_dataset"):
+        RetuningScenarioConfig(output_dir=str(tmp_path), shift="custom", eval_split="validation")
+
+
+@pytest.mark.slow
+def test_eval_split_validation_scores_the_validation_rows(tmp_path, tiny_model_dir, monkeypatch):
+    """Choosing settings on validation: every stage is scored on the shift's validation split, never on test."""
+    from hf_backdoor_defense import scenario
+    from hf_backdoor_defense.data import load_text_classification
+
+    scored = []
+    real = scenario.stage_metrics
+
+    def spy(model, tokenizer, test, attack, **kw):
+        scored.append(set(test["text"]))
+        return real(model, tokenizer, test, attack, **kw)
+
+    monkeypatch.setattr(scenario, "stage_metrics", spy)
+    config = RetuningScenarioConfig(output_dir=str(tmp_path / "val"), shift="rotten_tomatoes", eval_split="validation",
+                                    attacker_method="vanilla", max_length=16, trigger_room=None, attacker_epochs=0,
+                                    user_epochs=0, max_attacker_samples=8, max_user_samples=8, max_test_samples=40,
+                                    disable_progress_bar=True)
+    results = run_retuning_scenario(tiny_model_dir, config, attack=BadNets(triggers=("cf",), seed=0))
+    rt = load_text_classification("rotten_tomatoes")
+    assert len(scored) == 2 and scored[0] == scored[1] and len(scored[0]) == 40
+    assert scored[0] <= set(rt["validation"]["text"])
+    assert not scored[0] & set(rt["test"]["text"])
+    assert results["config"]["eval_split"] == "validation"
 
 
 def test_trigger_room_cuts_every_set_before_poisoning(tmp_path, tiny_model_dir, bert_tokenizer):

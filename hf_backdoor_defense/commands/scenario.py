@@ -53,6 +53,9 @@ def register(subparsers) -> None:
     train.add_argument("--max-attacker-samples", type=int, default=None, help="Cap on the attacker's train set.")
     train.add_argument("--max-user-samples", type=int, default=None, help="Cap on the user's train set.")
     train.add_argument("--max-test-samples", type=int, default=None, help="Cap on the test set.")
+    train.add_argument("--eval-split", choices=["test", "validation"], default="test",
+                       help="Built-in shifts: score every stage on the user's test split (default) or its "
+                            "validation split, to choose settings without touching the test split.")
     train.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8; alpha = 2r).")
     gc = parser.add_argument_group("gradient control")
     gc.add_argument("--no-clnorm", action="store_true", help="Disable CLNorm.")
@@ -106,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         output_dir=args.output, shift=args.shift, attacker_method=args.attacker, seed=args.seed,
         max_length=args.max_length, trigger_room=args.trigger_room, max_attacker_samples=args.max_attacker_samples,
         max_user_samples=args.max_user_samples, max_test_samples=args.max_test_samples,
-        attacker_epochs=args.attacker_epochs, attacker_learning_rate=args.attacker_lr,
+        eval_split=args.eval_split, attacker_epochs=args.attacker_epochs, attacker_learning_rate=args.attacker_lr,
         user_epochs=args.user_epochs, user_learning_rate=args.user_lr, batch_size=args.batch_size,
         gradient_control=gradient_control, overwrite=args.overwrite, disable_progress_bar=args.quiet,
     )
