@@ -68,6 +68,9 @@ def parse_args(argv=None):
                              "validation to choose settings such as the attacker budget.")
     parser.add_argument("--clnorm-alpha", type=float, default=1e-4)
     parser.add_argument("--no-defenses", action="store_true", help="Skip the defenses table.")
+    parser.add_argument("--purify-finetune-epochs", type=float, default=3.0,
+                        help="Epochs of the clean fine-tune in the 'fine-mixing+ft' / 'fine-purifying+ft' defenses "
+                             "(on the same clean examples, at the preset's learning rate); 0 leaves them out.")
     parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
     parser.add_argument("--workdir", default=None, help="Where the adapters go (default: a temp folder).")
     parser.add_argument("--render", metavar="JSON", default=None,
@@ -188,6 +191,7 @@ def main(argv=None) -> int:
         purifier_defense,
         run_retuning_scenario,
     )
+    from hf_backdoor_defense.trainers.purification import PurificationTrainingArguments
 
     preset = "quick" if args.quick else args.preset
     settings = dict(PRESETS[preset])
@@ -222,6 +226,7 @@ def main(argv=None) -> int:
             "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
             "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
             "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
+                         "purify_finetune_epochs": args.purify_finetune_epochs,
                          "retune_reference": retune_reference},
             "summary": summary,
             "targets": targets,
@@ -245,6 +250,16 @@ def main(argv=None) -> int:
                                                            num_clean=n),
                         "musclelora-retune": alignment_retune_defense(num_reference=retune_reference),
                     }
+                    if args.purify_finetune_epochs > 0:
+                        # The purifiers as their papers use them: reset, then fine-tune on the same clean examples.
+                        finetune = PurificationTrainingArguments(
+                            num_train_epochs=args.purify_finetune_epochs, learning_rate=settings["learning_rate"],
+                            per_device_train_batch_size=settings["batch_size"], max_length=settings["max_length"],
+                            seed=seed, disable_tqdm=True)
+                        defenses["fine-mixing+ft"] = purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n,
+                                                                      finetune_args=finetune)
+                        defenses["fine-purifying+ft"] = purifier_defense(
+                            FinePurifying(ratio=0.5, show_progress=False), num_clean=n, finetune_args=finetune)
                 config = RetuningScenarioConfig(
                     output_dir=os.path.join(workdir, f"{shift}-{method}-s{seed}"), shift=shift,
                     attacker_method=method, seed=seed, max_length=settings["max_length"],
