@@ -43,6 +43,12 @@ PRESETS = {
     "reduced": dict(seeds=[0, 1, 2], max_attacker_samples=1000, max_user_samples=1000, max_test_samples=400,
                     attacker_epochs=3, user_epochs=2, max_length=48, batch_size=16, defense_clean=256,
                     learning_rate=1e-3),
+    # `reduced` with 6 attacker epochs: the budget at which vanilla LoRA learns the SpamAssassin backdoor
+    # (77.9 % LFR after the attack, against 7 % at 3 epochs), chosen on the validation split with seed 0
+    # (benchmarks/results/gradient_control.reduced.validation.json), never on test.
+    "reduced-e6": dict(seeds=[0, 1, 2], max_attacker_samples=1000, max_user_samples=1000, max_test_samples=400,
+                       attacker_epochs=6, user_epochs=2, max_length=48, batch_size=16, defense_clean=256,
+                       learning_rate=1e-3),
     "quick": dict(seeds=[0], max_attacker_samples=48, max_user_samples=48, max_test_samples=48,
                   attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=16,
                   learning_rate=5e-4),
