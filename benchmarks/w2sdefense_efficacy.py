@@ -72,16 +72,19 @@ PRESETS = {
     # The issue's cells. At 11 s per full-fine-tuning step of SmolLM2 (batch 16, length 48, one thread, measured
     # 2026-11-22), this is several hours per seed on this 2-core CPU.
     "full": dict(train_size=2000, clean_size=500, test_size=500, max_length=64, backdoor_epochs=2.0,
-                 backdoor_lr=2e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=3.0, batch_size=16,
-                 seeds=[0, 1, 2]),
+                 backdoor_lr=2e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=10.0, teacher_lr=1e-4,
+                 batch_size=16, seeds=[0, 1, 2]),
     # A CPU-sized version: fewer sentences, the same number of defense epochs (the authors' 5); the backdoor
-    # gets a higher learning rate so that 100 full-fine-tuning steps plant it.
+    # gets a higher learning rate so that 100 full-fine-tuning steps plant it. The teacher's 10 epochs at lr 1e-4
+    # were chosen on validation only: on 200 clean sentences, 3 epochs at 5e-5 left MiniLM at 59.0 % accuracy
+    # on 500 other validation sentences (always "positive"), 10 epochs at 1e-4 reached 72.4 %.
     "reduced": dict(train_size=800, clean_size=200, test_size=400, max_length=48, backdoor_epochs=2.0,
-                    backdoor_lr=5e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=3.0, batch_size=16,
-                    seeds=[0, 1, 2]),
+                    backdoor_lr=5e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=10.0, teacher_lr=1e-4,
+                    batch_size=16, seeds=[0, 1, 2]),
     # Two optimizer steps per model, one attack, one seed: checks the plumbing, not the defense.
     "quick": dict(train_size=16, clean_size=16, test_size=16, max_length=16, backdoor_epochs=1.0,
-                  backdoor_lr=2e-5, defense_epochs=1.0, defense_lr=2e-4, teacher_epochs=1.0, batch_size=8,
+                  backdoor_lr=2e-5, defense_epochs=1.0, defense_lr=2e-4, teacher_epochs=1.0,
+                  teacher_lr=5e-5, batch_size=8,
                   seeds=[0]),
 }
 #: Arguments that do not change a result (so a resumed run may differ in them); seeds and attacks are the grid.
@@ -101,7 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--backdoor_lr", type=float, default=None, help="full fine-tuning lr of the backdoored model")
     p.add_argument("--defense_epochs", type=float, default=None, help="authors: 5 epochs")
     p.add_argument("--defense_lr", type=float, default=None, help="authors: LoRA lr 2e-4")
-    p.add_argument("--teacher_epochs", type=float, default=None)
+    p.add_argument("--teacher_epochs", type=float, default=None, help="epochs of the MiniLM teacher's fine-tune")
+    p.add_argument("--teacher_lr", type=float, default=None, help="learning rate of the MiniLM teacher's fine-tune")
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--seeds", type=int, nargs="+", default=None)
@@ -240,7 +244,7 @@ def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
     test = data["test"].shuffle(seed=seed).select(range(min(args.test_size, len(data["test"]))))
     hidden = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=2).config.hidden_size
 
-    teacher_args = _targs(workroot / f"teacher{seed}", args.teacher_epochs, 5e-5, args.batch_size, seed)
+    teacher_args = _targs(workroot / f"teacher{seed}", args.teacher_epochs, args.teacher_lr, args.batch_size, seed)
     teacher, teacher_tok = train_teacher(
         minilm_path(),
         hidden,
