@@ -220,13 +220,14 @@ def render_markdown(payload: dict) -> str:
     rows, args = payload["rows"], payload["args"]
     attacks = list(dict.fromkeys(r["attack"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    out = [f"CACC / ASR in %, mean ± std over {len(seeds)} seed(s); {args['train_size']} training and "
+    out = [f"CACC / ASR in %, mean ± std over up to {len(seeds)} seed(s); {args['train_size']} training and "
            f"{args['test_size']} test sentences, max length {args['max_length']}; total "
            f"{payload['total_seconds'] / 60:.0f} min."
            + ("" if payload.get("complete", True) else
               f" **Incomplete: {len(rows)} rows so far; the same command with --resume adds the rest.**")]
     for size in sorted({r["clean_size"] for r in rows}):
-        out += ["", f"**{size} clean examples**", "",
+        size_seeds = sorted({r["seed"] for r in rows if r["clean_size"] == size})
+        out += ["", f"**{size} clean examples** (seeds {', '.join(map(str, size_seeds))})", "",
                 "| Defense | " + " | ".join(attacks) + " | s per cell | peak RSS increase (× model) |",
                 "|---|" + ":---:|" * len(attacks) + "---:|---:|"]
         for defense in DEFENSES:
