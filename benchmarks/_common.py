@@ -21,7 +21,7 @@ from typing import Any
 from hf_backdoor_defense.atomic import write_json_atomic
 from hf_backdoor_defense.reporting import hardware_info, summarise
 
-__all__ = ["hardware_info", "previous_results", "settings_of", "summarise", "write_json"]
+__all__ = ["apply_preset", "hardware_info", "previous_results", "settings_of", "summarise", "write_json"]
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
@@ -55,3 +55,16 @@ def previous_results(args: argparse.Namespace, not_settings: tuple[str, ...], ke
         raise SystemExit(f"--resume: {args.output} was made with other settings ({', '.join(differ)}); run with the "
                          "same ones, or pass --overwrite / another --output.")
     return previous
+
+
+def apply_preset(args: argparse.Namespace, presets: dict[str, dict], results: Path) -> argparse.Namespace:
+    """Fill every argument left at ``None`` from ``presets[args.preset]`` (``--quick`` = ``--preset quick``) and
+    default ``args.output`` to ``results`` for the full preset, ``<stem>_<preset>.json`` beside it otherwise."""
+    if getattr(args, "quick", False):
+        args.preset = "quick"
+    for name, value in presets[args.preset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.output is None:
+        args.output = results if args.preset == "full" else results.with_name(f"{results.stem}_{args.preset}.json")
+    return args

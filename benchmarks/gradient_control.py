@@ -250,22 +250,19 @@ def main(argv=None) -> int:
                 defenses = {}
                 if method == "gradient_control" and not args.no_defenses:
                     n = settings["defense_clean"]
-                    defenses = {
-                        "fine-mixing": purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n),
-                        "fine-purifying": purifier_defense(FinePurifying(ratio=0.5, show_progress=False),
-                                                           num_clean=n),
-                        "musclelora-retune": alignment_retune_defense(num_reference=retune_reference),
-                    }
-                    if args.purify_finetune_epochs > 0:
-                        # The purifiers as their papers use them: reset, then fine-tune on the same clean examples.
-                        finetune = PurificationTrainingArguments(
-                            num_train_epochs=args.purify_finetune_epochs, learning_rate=settings["learning_rate"],
-                            per_device_train_batch_size=settings["batch_size"], max_length=settings["max_length"],
-                            seed=seed, disable_tqdm=True)
-                        defenses["fine-mixing+ft"] = purifier_defense(FineMixing(ratio=0.5, seed=seed), num_clean=n,
-                                                                      finetune_args=finetune)
-                        defenses["fine-purifying+ft"] = purifier_defense(
-                            FinePurifying(ratio=0.5, show_progress=False), num_clean=n, finetune_args=finetune)
+                    # The purifiers reset only, and (as their papers use them) reset, then fine-tune on the same
+                    # clean examples.
+                    finetune = PurificationTrainingArguments(
+                        num_train_epochs=args.purify_finetune_epochs, learning_rate=settings["learning_rate"],
+                        per_device_train_batch_size=settings["batch_size"], max_length=settings["max_length"],
+                        seed=seed, disable_tqdm=True)
+                    purifiers = {"fine-mixing": FineMixing(ratio=0.5, seed=seed),
+                                 "fine-purifying": FinePurifying(ratio=0.5, show_progress=False)}
+                    for name, purifier in purifiers.items():
+                        defenses[name] = purifier_defense(purifier, num_clean=n)
+                        if args.purify_finetune_epochs > 0:
+                            defenses[f"{name}+ft"] = purifier_defense(purifier, num_clean=n, finetune_args=finetune)
+                    defenses["musclelora-retune"] = alignment_retune_defense(num_reference=retune_reference)
                 config = RetuningScenarioConfig(
                     output_dir=os.path.join(workdir, f"{shift}-{method}-s{seed}"), shift=shift,
                     attacker_method=method, seed=seed, max_length=settings["max_length"],

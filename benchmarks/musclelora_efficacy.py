@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import hardware_info, previous_results, settings_of, summarise, write_json  # noqa: E402
+from _common import apply_preset, hardware_info, previous_results, settings_of, summarise, write_json  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -99,17 +99,11 @@ def parse_args(argv=None):
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only print the Markdown table of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.preset = "quick"
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_preset(args, PRESETS, RESULTS)
     if args.reference_size is None:
         args.reference_size = 16 if args.preset == "quick" else 96
     if args.attacks is None:
         args.attacks = ["badnets"] if args.preset == "quick" else ["badnets", "addsent"]
-    if args.output is None:
-        args.output = RESULTS if args.preset == "full" else RESULTS.with_name(f"{RESULTS.stem}_{args.preset}.json")
     return args
 
 

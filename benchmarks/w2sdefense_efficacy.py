@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import hardware_info, previous_results, settings_of, write_json  # noqa: E402
+from _common import apply_preset, hardware_info, previous_results, settings_of, write_json  # noqa: E402
 from _common import summarise as mean_std  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
@@ -83,9 +83,8 @@ PRESETS = {
                     batch_size=16, seeds=[0, 1, 2]),
     # Two optimizer steps per model, one attack, one seed: checks the plumbing, not the defense.
     "quick": dict(train_size=16, clean_size=16, test_size=16, max_length=16, backdoor_epochs=1.0,
-                  backdoor_lr=2e-5, defense_epochs=1.0, defense_lr=2e-4, teacher_epochs=1.0,
-                  teacher_lr=5e-5, batch_size=8,
-                  seeds=[0]),
+                  backdoor_lr=2e-5, defense_epochs=1.0, defense_lr=2e-4, teacher_epochs=1.0, teacher_lr=5e-5,
+                  batch_size=8, seeds=[0]),
 }
 #: Arguments that do not change a result (so a resumed run may differ in them); seeds and attacks are the grid.
 NOT_SETTINGS = ("output", "resume", "overwrite", "render", "quick", "seeds", "attacks")
@@ -118,15 +117,9 @@ def parse_args(argv=None):
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only print the Markdown table of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.preset = "quick"
-    for name, value in PRESETS[args.preset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    apply_preset(args, PRESETS, RESULTS)
     if args.attacks is None:
         args.attacks = list(ATTACKS)[:1] if args.preset == "quick" else list(ATTACKS)
-    if args.output is None:
-        args.output = RESULTS if args.preset == "full" else RESULTS.with_name(f"{RESULTS.stem}_{args.preset}.json")
     if args.preset == "quick":
         global LOGGING_STEPS
         LOGGING_STEPS = 1
@@ -360,7 +353,6 @@ def main(argv=None):
         print(render_markdown(json.loads(args.render.read_text())))
         return 0
     previous = previous_results(args, NOT_SETTINGS, key="config")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     base_path = smollm2_path()
     tok = AutoTokenizer.from_pretrained(base_path)
     if tok.pad_token is None:

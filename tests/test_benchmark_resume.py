@@ -60,3 +60,14 @@ def test_settings_are_json_ready(common, tmp_path):
     settings = common.settings_of(_args(tmp_path), GRID)
     assert settings == {"lr": 1e-3, "size": 64}
     assert json.loads(json.dumps(common.settings_of(_args(tmp_path))))["output"].endswith("results.json")
+
+
+def test_apply_preset_fills_only_unset_arguments_and_names_the_output(common, tmp_path):
+    presets = {"full": {"size": 64, "lr": 1e-3}, "quick": {"size": 8, "lr": 1e-3}}
+    results = tmp_path / "bench.json"
+    args = common.apply_preset(argparse.Namespace(preset="full", quick=True, size=None, lr=5e-4, output=None),
+                               presets, results)
+    assert (args.preset, args.size, args.lr, args.output) == ("quick", 8, 5e-4, tmp_path / "bench_quick.json")
+    full = common.apply_preset(argparse.Namespace(preset="full", quick=False, size=None, lr=None, output=None),
+                               presets, results)
+    assert (full.size, full.output) == (64, results)
