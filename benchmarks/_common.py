@@ -21,7 +21,9 @@ from typing import Any
 from hf_backdoor_defense.atomic import write_json_atomic
 from hf_backdoor_defense.reporting import hardware_info, summarise
 
-__all__ = ["apply_preset", "hardware_info", "previous_results", "settings_of", "summarise", "write_json"]
+__all__ = [
+    "apply_preset", "hardware_info", "lr_epochs", "previous_results", "settings_of", "summarise", "write_json",
+]
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> Path:
@@ -68,3 +70,12 @@ def apply_preset(args: argparse.Namespace, presets: dict[str, dict], results: Pa
     if args.output is None:
         args.output = results if args.preset == "full" else results.with_name(f"{results.stem}_{args.preset}.json")
     return args
+
+
+def lr_epochs(text: str) -> tuple[float, float]:
+    """argparse type of a sweep's ``--settings`` entries: ``"1e-4:10"`` -> ``(1e-4, 10.0)`` (learning rate, epochs)."""
+    lr, _, epochs = text.partition(":")
+    try:
+        return float(lr), float(epochs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--settings: expected LR:EPOCHS such as 1e-4:10, got {text!r}") from None

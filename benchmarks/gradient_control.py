@@ -12,12 +12,16 @@ The Gradient Control adapters also go to a re-tune with MuScleLoRA's gradient al
 as the plain re-tune).
 
 Writes ``benchmarks/results/gradient_control.json`` for the full preset, ``gradient_control.<preset>.json``
-for the others.
+for the others, after every run. An existing output is never replaced without ``--overwrite``; ``--resume``
+keeps its runs (the settings must match; shifts and seeds are the grid, so more of them may be added) and runs
+the missing ones. ``--workdir`` also keeps each finished run's adapters and scores, so a run interrupted half
+way loses only its current (shift, seed, attacker).
 
 Usage:
     python benchmarks/gradient_control.py --preset quick    # smoke test, a few minutes
     python benchmarks/gradient_control.py --preset reduced  # the demo recipe's sizes, 3 seeds (about 1.5 h on 2 cores)
     python benchmarks/gradient_control.py                   # full: 2,000 examples per stage, length 128, 3 seeds
+    python benchmarks/gradient_control.py --preset reduced-e6 --shifts rotten_tomatoes --resume  # add a shift
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import hardware_info, summarise, write_json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _common import hardware_info, previous_results, summarise, write_json  # noqa: E402
 
 PRESETS = {
     "full": dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
@@ -53,6 +59,9 @@ PRESETS = {
                   attacker_epochs=1, user_epochs=1, max_length=32, batch_size=16, defense_clean=16,
                   learning_rate=5e-4),
 }
+#: Entries of the stored settings that a resumed run may change: the seeds are the grid (the shifts are not stored
+#: there; each run records its own).
+NOT_SETTINGS = ("output", "resume", "overwrite", "seeds")
 #: Reference examples of the MuScleLoRA re-tune defense (the paper's encoder reference size).
 RETUNE_REFERENCE = 96
 
@@ -79,6 +88,9 @@ def parse_args(argv=None):
                              "(on the same clean examples, at the preset's learning rate); 0 leaves them out.")
     parser.add_argument("--output", default=None, help="Results JSON (default benchmarks/results/...).")
     parser.add_argument("--workdir", default=None, help="Where the adapters go (default: a temp folder).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep the runs of an existing --output made with the same settings; run the rest.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output.")
     parser.add_argument("--render", metavar="JSON", default=None,
                         help="Only print the Markdown tables of an existing results JSON (nothing is trained).")
     return parser.parse_args(argv)
@@ -215,25 +227,31 @@ def main(argv=None) -> int:
         ("gradient_control" + ("" if preset == "full" else f".{preset}")
          + ("" if args.eval_split == "test" else f".{args.eval_split}") + ".json"),
     )
-    runs: list[dict] = []
+    retune_reference = min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)
+    stored_settings = {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
+                       "purify_finetune_epochs": args.purify_finetune_epochs, "retune_reference": retune_reference}
+    # Refuse an existing output (or resume it) before anything is trained.
+    previous = previous_results(argparse.Namespace(output=Path(output), resume=args.resume, overwrite=args.overwrite,
+                                                   **stored_settings), NOT_SETTINGS, key="settings")
+    runs: list[dict] = list(previous["runs"]) if previous else []
+    shifts = list(dict.fromkeys([*args.shifts, *(r["shift"] for r in runs)]))
+    wanted = {(shift, seed, method) for shift in args.shifts for seed in settings["seeds"]
+              for method in ("vanilla", "gradient_control")}
     start_all = time.perf_counter()
     command = "python benchmarks/gradient_control.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    expected = len(args.shifts) * len(settings["seeds"]) * 2
-    retune_reference = min(RETUNE_REFERENCE, settings["max_user_samples"] // 2)
 
     def save() -> dict:
-        summary, targets = summarise_runs(runs, args.shifts)
+        summary, targets = summarise_runs(runs, shifts)
         payload = {
             "benchmark": "gradient_control",
             "mode": preset,
             "command": command,
-            "complete": len(runs) == expected,
+            "complete": wanted <= {(r["shift"], r["seed"], r["method"]) for r in runs},
             "model": "all-MiniLM-L6-v2 (offline asset)",
             "adapter": "LoRA r=8 alpha=16 on query/value + classifier head",
             "attack": "BadNets dirty-label, triggers cf/mn/bb/tq, 1 per text, poison rate 0.1, target 1",
-            "settings": {**settings, "clnorm_alpha": args.clnorm_alpha, "defense_ratio": 0.5,
-                         "purify_finetune_epochs": args.purify_finetune_epochs,
-                         "retune_reference": retune_reference},
+            "settings": {**stored_settings,
+                         "seeds": sorted({*settings["seeds"], *(r["seed"] for r in runs)})},
             "summary": summary,
             "targets": targets,
             "runs": runs,
@@ -247,6 +265,8 @@ def main(argv=None) -> int:
     for shift in args.shifts:
         for seed in settings["seeds"]:
             for method in ("vanilla", "gradient_control"):
+                if any((r["shift"], r["seed"], r["method"]) == (shift, seed, method) for r in runs):
+                    continue  # kept from the --resume'd output
                 defenses = {}
                 if method == "gradient_control" and not args.no_defenses:
                     n = settings["defense_clean"]

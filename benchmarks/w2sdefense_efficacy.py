@@ -15,11 +15,14 @@ relative to plain LoRA (same batches; the difference is the teacher forward and 
 
 The results JSON is rewritten after every (seed, attack); an interrupted run continues with the same command
 plus ``--resume`` (seeds and attacks may be added that way too). An existing output is never replaced without
-``--overwrite``.
+``--overwrite``. The full fine-tunes (clean floor, backdoored models) are the slow part; with ``--workdir DIR``
+they are kept and a later run with the same settings reuses them, so ``--resume --workdir DIR`` loses at most
+the defenses of the (seed, attack) that was interrupted.
 
 Usage:
     python benchmarks/w2sdefense_efficacy.py --quick              # smoke run: tiny subsamples, proves it works
     python benchmarks/w2sdefense_efficacy.py --preset reduced     # CPU-sized cells, 3 seeds
+    python benchmarks/w2sdefense_efficacy.py --preset reduced --resume --workdir ~/w2s  # continue, reuse models
     python benchmarks/w2sdefense_efficacy.py                      # the issue's cells (see --help for sizes)
     python benchmarks/w2sdefense_efficacy.py --render benchmarks/results/w2sdefense_efficacy_reduced.json
 """
@@ -27,6 +30,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import statistics
@@ -87,7 +92,7 @@ PRESETS = {
                   batch_size=8, seeds=[0]),
 }
 #: Arguments that do not change a result (so a resumed run may differ in them); seeds and attacks are the grid.
-NOT_SETTINGS = ("output", "resume", "overwrite", "render", "quick", "seeds", "attacks")
+NOT_SETTINGS = ("output", "resume", "overwrite", "render", "quick", "seeds", "attacks", "workdir")
 
 
 def parse_args(argv=None):
@@ -114,6 +119,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="keep the (seed, attack) results of an existing --output with the same settings, run the rest")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the full fine-tunes (clean floor, backdoored models) here and reuse those with the "
+                        "same settings on a later run (default: a temporary folder, removed at the end)")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only print the Markdown table of an existing results JSON (nothing is trained)")
     args = p.parse_args(argv)
@@ -148,8 +156,28 @@ def _student(path, tok, dtype=torch.float32):
     return model
 
 
-def full_finetune(base_path, tok, train, args, seed, workdir):
-    """Full fine-tuning of SmolLM2 + head on ``train``; returns the saved folder."""
+def _stage_settings(args, seed, data_name):
+    """What a full fine-tune's weights depend on: a cached model is reused only when all of these match."""
+    return {"data": data_name, "seed": seed, "train_size": args.train_size, "max_length": args.max_length,
+            "epochs": args.backdoor_epochs, "lr": args.backdoor_lr, "batch_size": args.batch_size}
+
+
+def full_finetune(base_path, tok, train, args, seed, workroot, data_name):
+    """Full fine-tuning of SmolLM2 + head on ``train`` (named ``data_name``: "clean", "badnets", ...); returns the
+    saved folder.
+
+    The folder is ``workroot/<data_name>-s<seed>-<hash of the settings>``. A folder that already holds a finished
+    model with the same settings (its ``stage.json`` is written last) is reused instead of retrained, so a
+    ``--workdir`` carries these 20-40 minute fine-tunes across interrupted runs and over to
+    ``w2sdefense_backdoor_sweep.py``.
+    """
+    settings = _stage_settings(args, seed, data_name)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    workdir = Path(workroot) / f"{data_name}-s{seed}-{digest}"
+    marker = workdir / "stage.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("settings") == settings:
+        print(f"reusing the {data_name} full fine-tune of seed {seed} in {workdir}", file=sys.stderr, flush=True)
+        return workdir
     torch.manual_seed(seed)
     model = _student(base_path, tok)
     enc = tokenize_dataset(train, tok, max_length=args.max_length)
@@ -163,8 +191,10 @@ def full_finetune(base_path, tok, train, args, seed, workdir):
         data_collator=DataCollatorWithPadding(tok),
         processing_class=tok,
     )
+    started = time.time()
     trainer.train()
     trainer.save_model(str(workdir))
+    write_json(marker, {"settings": settings, "seconds": time.time() - started})
     return workdir
 
 
@@ -247,7 +277,7 @@ def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
         max_length=args.max_length,
     )
 
-    floor_path = full_finetune(base_path, tok, train, args, seed, workroot / f"clean{seed}")
+    floor_path = full_finetune(base_path, tok, train, args, seed, workroot, "clean")
     floor_model = _student(floor_path, tok)
     attacks = {name: ATTACKS[name][0](seed) for name in attack_names}
     floor = {name: evaluate(floor_model, tok, test, atk, args) for name, atk in attacks.items()}
@@ -257,7 +287,7 @@ def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
         t0 = time.time()
         preset = ATTACKS[name][1]
         poisoned = attack.poison(train)
-        bd_path = full_finetune(base_path, tok, poisoned, args, seed, workroot / f"{name}{seed}")
+        bd_path = full_finetune(base_path, tok, poisoned, args, seed, workroot, name)
         bd_model = _student(bd_path, tok)
         before = evaluate(bd_model, tok, test, attack, args)
         teacher_metrics = evaluate(teacher, teacher_tok, test, attack, args)
@@ -383,7 +413,8 @@ def main(argv=None):
         write_json(args.output, report)  # after every attack: an interrupted run keeps what it measured
         return report
 
-    with tempfile.TemporaryDirectory(prefix="w2s_bench_") as tmp:
+    with contextlib.ExitStack() as stack:
+        workroot = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="w2s_bench_")))
         for seed in args.seeds:
             run = next((r for r in runs if r["seed"] == seed), None)
             todo = [a for a in args.attacks if run is None or a not in run["attacks"]]
@@ -397,7 +428,7 @@ def main(argv=None):
                 run["attacks"][name] = result
                 save()
 
-            run_seed(seed, todo, args, base_path, tok, data, Path(tmp), record)
+            run_seed(seed, todo, args, base_path, tok, data, workroot, record)
     report = save()
     print(json.dumps(report["summary"], indent=2))
     print(render_markdown(report))

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import hardware_info, write_json  # noqa: E402
+from _common import hardware_info, lr_epochs, write_json  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -36,13 +36,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_teacher_swee
 SMOLLM2_HIDDEN = 576  # the student's hidden size: the teacher's projection width
 
 
-def _setting(text: str) -> tuple[float, float]:
-    lr, _, epochs = text.partition(":")
-    try:
-        return float(lr), float(epochs)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--settings: expected LR:EPOCHS such as 1e-4:10, got {text!r}") from None
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--max_length", type=int, default=48)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", type=_setting, nargs="+",
+    p.add_argument("--settings", type=lr_epochs, nargs="+",
                    default=[(5e-5, 3.0), (1e-4, 10.0), (2e-4, 10.0), (5e-5, 20.0)], help="LR:EPOCHS pairs")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -71,3 +71,80 @@ def test_apply_preset_fills_only_unset_arguments_and_names_the_output(common, tm
     full = common.apply_preset(argparse.Namespace(preset="full", quick=False, size=None, lr=None, output=None),
                                presets, results)
     assert (full.size, full.output) == (64, results)
+
+
+@pytest.fixture(scope="module")
+def w2s_bench():
+    """``benchmarks/w2sdefense_efficacy.py`` as a module."""
+    return _load_benchmark("w2sdefense_efficacy")
+
+
+def test_w2s_full_finetunes_are_reused_only_with_the_same_settings(w2s_bench, tmp_path, tiny_text_dataset):
+    """The slow full fine-tunes kept in ``--workdir`` are reused by a later run with the same settings, and a
+    run with another learning rate trains (and keeps) its own model instead of taking the stale one."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from hf_backdoor_defense.assets import smollm2_path
+
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    tok.pad_token = tok.pad_token or tok.eos_token
+    torch.manual_seed(0)
+    base = tmp_path / "tiny-llama"
+    LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id, num_labels=2,
+    )).save_pretrained(base)
+    args = argparse.Namespace(train_size=24, max_length=16, backdoor_epochs=1.0, backdoor_lr=1e-3, batch_size=8)
+    work = tmp_path / "work"
+
+    first = w2s_bench.full_finetune(base, tok, tiny_text_dataset, args, 0, work, "badnets")
+    weights = (first / "model.safetensors").read_bytes()
+    assert json.loads((first / "stage.json").read_text())["settings"]["lr"] == 1e-3
+
+    mtime = (first / "model.safetensors").stat().st_mtime_ns  # a retrain would rewrite the file
+    again = w2s_bench.full_finetune(base, tok, tiny_text_dataset, args, 0, work, "badnets")
+    assert again == first and (first / "model.safetensors").stat().st_mtime_ns == mtime
+
+    other = w2s_bench.full_finetune(base, tok, tiny_text_dataset, argparse.Namespace(**{**vars(args), "backdoor_lr": 5e-4}),
+                                    0, work, "badnets")
+    assert other != first and (other / "stage.json").is_file()
+    assert (first / "model.safetensors").read_bytes() == weights  # the first model is kept, not overwritten
+    clean = w2s_bench.full_finetune(base, tok, tiny_text_dataset, args, 0, work, "clean")
+    assert clean not in (first, other)
+
+
+def _load_benchmark(name):
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_gradient_control_resume_keeps_finished_runs_and_refuses_silent_overwrite(tmp_path):
+    """The GC benchmark follows the shared rule: an existing output is refused without --resume / --overwrite,
+    and --resume with every requested run already there trains nothing and keeps the measured runs."""
+    gc = _load_benchmark("gradient_control")
+    settings = {**gc.PRESETS["quick"], "eval_split": "test", "clnorm_alpha": 1e-4, "defense_ratio": 0.5,
+                "purify_finetune_epochs": 3.0, "retune_reference": 24}
+    stages = {"attack": {"cacc": 0.8, "lfr": 0.9}, "retune": {"cacc": 0.85, "lfr": 0.4}}
+    runs = [{"shift": "spamassassin", "seed": 0, "method": m, "stages": stages, "timings_s": {"attack": 1.0},
+             "wall_s": 1.0, "cached": False} for m in ("vanilla", "gradient_control")]
+    output = tmp_path / "gc.json"
+    output.write_text(json.dumps({"settings": settings, "runs": runs}))
+    argv = ["--preset", "quick", "--shifts", "spamassassin", "--output", str(output)]
+
+    with pytest.raises(SystemExit, match="--resume"):
+        gc.main(argv)
+    with pytest.raises(SystemExit, match=r"other settings \(clnorm_alpha\)"):
+        gc.main([*argv, "--resume", "--clnorm-alpha", "1e-3"])
+    assert gc.main([*argv, "--resume"]) == 0
+    payload = json.loads(output.read_text())
+    assert payload["runs"] == runs and payload["complete"]
+    assert payload["summary"]["spamassassin"]["lfr_gain_points"] == pytest.approx(0.0)
