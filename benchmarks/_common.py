@@ -78,4 +78,4 @@ def lr_epochs(text: str) -> tuple[float, float]:
     try:
         return float(lr), float(epochs)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--settings: expected LR:EPOCHS such as 1e-4:10, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected LR:EPOCHS such as 1e-4:10, got {text!r}") from None
