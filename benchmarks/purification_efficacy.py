@@ -166,6 +166,7 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
                                   ratios=[0.1, 0.3, 0.5, 0.7, 0.9], tokenizer=tokenizer, finetune=ft)
             model, report = search.result.model, search.result.report
             row["ratio_table"] = report["ratio_search"]["table"]
+            row["peak_extra_x_model"] = row["purify_s"] = None  # not measured inside the search (see ratio_table)
         else:
             t0 = time.perf_counter()
             with PeakRSS() as mem:
@@ -239,8 +240,9 @@ def render_markdown(payload: dict) -> str:
                 these = [r for r in cells if r["attack"] == attack]
                 scores.append(f"{_pm(r['cacc'] for r in these)} / {_pm(r['asr'] for r in these)}" if these else "–")
             seconds = statistics.mean(r["seconds"] for r in cells)
-            peak = statistics.mean(r["peak_extra_x_model"] for r in cells)
-            out.append(f"| {defense} | " + " | ".join(scores) + f" | {seconds:.0f} | {peak:.2f} |")
+            peaks = [r["peak_extra_x_model"] for r in cells if r["peak_extra_x_model"] is not None]
+            peak = f"{statistics.mean(peaks):.2f}" if peaks else "–"  # not measured inside a ratio search
+            out.append(f"| {defense} | " + " | ".join(scores) + f" | {seconds:.0f} | {peak} |")
         floor = []
         for attack in attacks:
             these = [r for r in rows if r["clean_size"] == size and r["attack"] == attack and r["defense"] == "none"]
