@@ -79,12 +79,14 @@ PRESETS = {
     "full": dict(train_size=2000, clean_size=500, test_size=500, max_length=64, backdoor_epochs=2.0,
                  backdoor_lr=2e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=10.0, teacher_lr=1e-4,
                  batch_size=16, seeds=[0, 1, 2]),
-    # A CPU-sized version: fewer sentences, the same number of defense epochs (the authors' 5); the backdoor
-    # gets a higher learning rate so that 100 full-fine-tuning steps plant it. The teacher's 10 epochs at lr 1e-4
-    # were chosen on validation only: on 200 clean sentences, 3 epochs at 5e-5 left MiniLM at 59.0 % accuracy
-    # on 500 other validation sentences (always "positive"), 10 epochs at 1e-4 reached 72.4 %.
-    "reduced": dict(train_size=800, clean_size=200, test_size=400, max_length=48, backdoor_epochs=2.0,
-                    backdoor_lr=5e-5, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=10.0, teacher_lr=1e-4,
+    # A CPU-sized version: fewer sentences, the same number of defense epochs (the authors' 5). Both budgets
+    # were chosen on validation only (seed 0, 500 validation sentences outside the clean set):
+    # - backdoor, w2sdefense_backdoor_sweep.py: BadNets ASR 76.6 % at lr 1e-4 x 2 epochs, 72.2 % at 2e-4 x 2,
+    #   89.3 % at 1e-4 x 3 (CACC 80.8 / 79.8 / 79.8); 5e-5 x 2 had left it at 62.7 % on test in the first run.
+    # - teacher, w2sdefense_teacher_sweep.py: on 200 clean sentences, 3 epochs at 5e-5 left MiniLM at 59.0 %
+    #   accuracy (always "positive"), 10 epochs at 1e-4 reached 72.4 %.
+    "reduced": dict(train_size=800, clean_size=200, test_size=400, max_length=48, backdoor_epochs=3.0,
+                    backdoor_lr=1e-4, defense_epochs=5.0, defense_lr=2e-4, teacher_epochs=10.0, teacher_lr=1e-4,
                     batch_size=16, seeds=[0, 1, 2]),
     # Two optimizer steps per model, one attack, one seed: checks the plumbing, not the defense.
     "quick": dict(train_size=16, clean_size=16, test_size=16, max_length=16, backdoor_epochs=1.0,
