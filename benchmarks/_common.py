@@ -22,7 +22,7 @@ from hf_backdoor_defense.atomic import write_json_atomic
 from hf_backdoor_defense.reporting import hardware_info, summarise
 
 __all__ = [
-    "apply_preset", "hardware_info", "lr_epochs", "previous_results", "settings_of", "summarise", "write_json",
+    "apply_preset", "hardware_info", "lr_epochs", "previous_results", "read_results", "settings_of", "summarise", "write_json",
 ]
 
 
@@ -79,3 +79,14 @@ def lr_epochs(text: str) -> tuple[float, float]:
         return float(lr), float(epochs)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected LR:EPOCHS such as 1e-4:10, got {text!r}") from None
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """The results JSON at ``path`` (for ``--render``), or a clear stop when it is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"--render: {path} does not exist; give the results JSON a run wrote (see --output).")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise SystemExit(f"--render: {path} is not a results JSON ({err}).") from None

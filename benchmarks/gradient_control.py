@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path  # noqa: E402
 
-from _common import hardware_info, previous_results, summarise, write_json  # noqa: E402
+from _common import hardware_info, previous_results, read_results, summarise, write_json  # noqa: E402
 
 PRESETS = {
     "full": dict(seeds=[0, 1, 2], max_attacker_samples=2000, max_user_samples=2000, max_test_samples=1000,
@@ -195,8 +195,7 @@ def summarise_runs(runs: list[dict], shifts) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
-        with open(args.render, encoding="utf-8") as handle:
-            print(render_markdown(json.load(handle)))
+        print(render_markdown(read_results(args.render)))
         return 0
     from peft import LoraConfig
 

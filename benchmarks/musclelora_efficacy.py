@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import apply_preset, hardware_info, previous_results, settings_of, summarise, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    apply_preset,
+    hardware_info,
+    previous_results,
+    read_results,
+    settings_of,
+    summarise,
+    write_json,
+)
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -177,7 +184,7 @@ def render_markdown(payload: dict) -> str:
 def main(argv=None) -> int:
     cli = parse_args(argv)
     if cli.render is not None:
-        print(render_markdown(json.loads(cli.render.read_text())))
+        print(render_markdown(read_results(cli.render)))
         return 0
     previous = previous_results(cli, NOT_SETTINGS, key="settings")
     rows: list[dict] = previous["rows"] if previous else []

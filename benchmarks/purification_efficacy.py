@@ -19,7 +19,7 @@ the validation split instead of using the fixed ratios.
 
 The results JSON is rewritten after every row (``"complete": false`` until the last one); an interrupted run
 continues with the same command plus ``--resume``, which keeps the finished rows and trains only what the
-missing ones need. Seeds, attacks and clean-set sizes are the grid, not settings: ``--resume`` with more of them
+missing ones need. Seeds, attacks, clean-set sizes and defenses are the grid, not settings: ``--resume`` with more of them
 adds their rows to the same file. An existing output is never replaced without ``--overwrite``.
 
 Usage:
@@ -49,7 +49,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import hardware_info, previous_results, summarise, write_json  # noqa: E402
+from _common import hardware_info, previous_results, read_results, summarise, write_json  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--clean_sizes", type=int, nargs="+", default=[64, 128, 256], help="clean-set sizes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--attacks", nargs="+", default=["badnets", "addsent"], choices=["badnets", "addsent"])
+    p.add_argument("--defenses", nargs="+", default=list(DEFENSES), choices=DEFENSES,
+                   help="defenses to run (default: all six)")
     p.add_argument("--epochs", type=float, default=1.0, help="epochs of the suspect / clean-model fine-tune")
     p.add_argument("--ft_epochs", type=float, default=3.0, help="epochs of the post-purification clean fine-tune")
     p.add_argument("--suspect_lr", type=float, default=5e-5, help="learning rate of the suspect / clean-model fine-tune")
@@ -86,6 +88,8 @@ def parse_args(argv=None):
     p.add_argument("--epur_tokens", type=int, default=100, help="E-PUR: rows reset")
     p.add_argument("--ratio_search", action="store_true", help="choose ratios on a dev set (budget --budget)")
     p.add_argument("--budget", type=float, default=0.02, help="ΔACC budget for --ratio_search")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="ratios --ratio_search tries (Fine-mixing, Fine-purifying)")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only print the Markdown tables of an existing results JSON (nothing is trained)")
@@ -163,7 +167,7 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
         purifier = purifier_for(defense, args)
         if args.ratio_search and defense != "e_pur":
             search = ratio_search(purifier, suspect, reference, clean, dev, args.budget,
-                                  ratios=[0.1, 0.3, 0.5, 0.7, 0.9], tokenizer=tokenizer, finetune=ft)
+                                  ratios=args.ratios, tokenizer=tokenizer, finetune=ft)
             model, report = search.result.model, search.result.report
             row["ratio_table"] = report["ratio_search"]["table"]
             row["peak_extra_x_model"] = row["purify_s"] = None  # not measured inside the search (see ratio_table)
@@ -181,9 +185,9 @@ def run_cell(defense, suspect, reference, clean, dev, test, attack, tokenizer, a
     return row
 
 
-#: Arguments that do not change a row's figures (so a resumed run may differ in them). Seeds, attacks and
+#: Arguments that do not change a row's figures (so a resumed run may differ in them). Seeds, attacks, defenses and
 #: clean-set sizes are the grid: every row records its own, so a resume may add (or leave out) some.
-NOT_SETTINGS = ("output", "render", "resume", "overwrite", "quick", "seeds", "attacks", "clean_sizes")
+NOT_SETTINGS = ("output", "render", "resume", "overwrite", "quick", "seeds", "attacks", "clean_sizes", "defenses")
 
 
 def previous_rows(args) -> tuple[list[dict], float]:
@@ -203,7 +207,7 @@ def assemble(args, command: str, rows: list[dict], model_bytes: int, seconds: fl
                  **{f"{m}_std": round(summarise([r[m] for r in v])["std"], 4) for m in ("cacc", "asr")},
                  "n": len(v)}
              for k, v in summary.items()}
-    grid = {(s, a, n, d) for s in args.seeds for a in args.attacks for n in args.clean_sizes for d in DEFENSES}
+    grid = {(s, a, n, d) for s in args.seeds for a in args.attacks for n in args.clean_sizes for d in args.defenses}
     return {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
             "complete": grid <= {(r["seed"], r["attack"], r["clean_size"], r["defense"]) for r in rows},
             "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
@@ -255,7 +259,7 @@ def render_markdown(payload: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.render is not None:
-        print(render_markdown(json.loads(args.render.read_text())))
+        print(render_markdown(read_results(args.render)))
         return
     folder = str(minilm_path())
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -279,7 +283,7 @@ def main(argv=None):
 
     for seed in args.seeds:
         torch.manual_seed(seed)
-        todo = {a: [(n, d) for n in args.clean_sizes for d in DEFENSES if (seed, a, n, d) not in done]
+        todo = {a: [(n, d) for n in args.clean_sizes for d in args.defenses if (seed, a, n, d) not in done]
                 for a in args.attacks}
         if not any(todo.values()):
             continue

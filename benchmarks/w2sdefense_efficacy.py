@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from _common import apply_preset, hardware_info, previous_results, settings_of, write_json  # noqa: E402
+from _common import apply_preset, hardware_info, previous_results, read_results, settings_of, write_json  # noqa: E402
 from _common import summarise as mean_std  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
@@ -382,7 +382,7 @@ def render_markdown(report: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.render is not None:
-        print(render_markdown(json.loads(args.render.read_text())))
+        print(render_markdown(read_results(args.render)))
         return 0
     previous = previous_results(args, NOT_SETTINGS, key="config")
     base_path = smollm2_path()

@@ -148,3 +148,13 @@ def test_gradient_control_resume_keeps_finished_runs_and_refuses_silent_overwrit
     payload = json.loads(output.read_text())
     assert payload["runs"] == runs and payload["complete"]
     assert payload["summary"]["spamassassin"]["lfr_gain_points"] == pytest.approx(0.0)
+
+
+def test_render_of_a_missing_or_broken_results_file_stops_clearly(common, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        common.read_results(tmp_path / "nope.json")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="not a results JSON"):
+        common.read_results(tmp_path / "broken.json")
+    (tmp_path / "ok.json").write_text('{"rows": []}')
+    assert common.read_results(tmp_path / "ok.json") == {"rows": []}
