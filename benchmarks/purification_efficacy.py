@@ -19,8 +19,8 @@ the validation split instead of using the fixed ratios.
 
 The results JSON is rewritten after every row (``"complete": false`` until the last one); an interrupted run
 continues with the same command plus ``--resume``, which keeps the finished rows and trains only what the
-missing ones need. Seeds, attacks, clean-set sizes and defenses are the grid, not settings: ``--resume`` with more of them
-adds their rows to the same file. An existing output is never replaced without ``--overwrite``.
+missing ones need. Seeds, attacks, clean-set sizes and defenses are the grid, not settings: ``--resume`` with
+more of them adds their rows to the same file. An existing output is never replaced without ``--overwrite``.
 
 Usage:
     python benchmarks/purification_efficacy.py --quick     # smoke run (~2-3 min on 2 busy cores)
@@ -49,7 +49,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _common import hardware_info, previous_results, read_results, summarise, write_json  # noqa: E402
+from _common import hardware_info, previous_results, read_results, settings_of, summarise, write_json  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -208,7 +208,7 @@ def assemble(args, command: str, rows: list[dict], model_bytes: int, seconds: fl
                  "n": len(v)}
              for k, v in summary.items()}
     grid = {(s, a, n, d) for s in args.seeds for a in args.attacks for n in args.clean_sizes for d in args.defenses}
-    return {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "command": command,
+    return {"args": settings_of(args), "command": command,
             "complete": grid <= {(r["seed"], r["attack"], r["clean_size"], r["defense"]) for r in rows},
             "model": "all-MiniLM-L6-v2 (22.7M params)", "model_bytes": model_bytes,
             "total_seconds": round(seconds, 1), "hardware": hardware_info(), "mean": table, "rows": rows}

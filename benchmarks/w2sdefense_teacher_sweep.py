@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import hardware_info, lr_epochs, write_json  # noqa: E402
+from _common import hardware_info, lr_epochs, settings_of, write_json  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
@@ -34,7 +34,6 @@ from hf_backdoor_defense.trainers.teacher import train_teacher  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_teacher_sweep.json"
 SMOLLM2_HIDDEN = 576  # the student's hidden size: the teacher's projection width
-
 
 
 def main(argv=None) -> int:
@@ -68,9 +67,8 @@ def main(argv=None) -> int:
         rows.append({"lr": lr, "epochs": epochs, "dev_cacc": scores["cacc"], "dev_asr": scores["asr"],
                      "seconds": round(time.perf_counter() - start, 1)})
         print(rows[-1], flush=True)
-        write_json(args.output, {"benchmark": "w2sdefense_teacher_sweep", "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "split": "validation only", "rows": rows, "hardware": hardware_info()})
+        write_json(args.output, {"benchmark": "w2sdefense_teacher_sweep", "settings": settings_of(args),
+                                 "split": "validation only", "rows": rows, "hardware": hardware_info()})
     return 0
 
 

@@ -13,12 +13,23 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 GRID = ("output", "resume", "overwrite", "seeds")
 
 
+def _load_benchmark(name):
+    """``benchmarks/<name>.py`` as a module (the scripts import ``_common`` from their own folder)."""
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
 @pytest.fixture(scope="module")
 def common():
-    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "_common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_benchmark("_common")
 
 
 def _args(tmp_path, **kw):
@@ -112,19 +123,6 @@ def test_w2s_full_finetunes_are_reused_only_with_the_same_settings(w2s_bench, tm
     assert (first / "model.safetensors").read_bytes() == weights  # the first model is kept, not overwritten
     clean = w2s_bench.full_finetune(base, tok, tiny_text_dataset, args, 0, work, "clean")
     assert clean not in (first, other)
-
-
-def _load_benchmark(name):
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
 
 
 def test_gradient_control_resume_keeps_finished_runs_and_refuses_silent_overwrite(tmp_path):
