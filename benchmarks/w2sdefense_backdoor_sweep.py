@@ -29,8 +29,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import hardware_info, lr_epochs, settings_of, write_json  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-from w2sdefense_efficacy import ATTACKS, PRESETS, _student, evaluate, full_finetune  # noqa: E402
+from w2sdefense_efficacy import (  # noqa: E402
+    ATTACKS,
+    PRESETS,
+    _student,
+    evaluate,
+    full_finetune,
+    student_tokenizer,
+    subsamples,
+)
 
 from hf_backdoor_defense.assets import smollm2_path  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
@@ -62,18 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     data = load_text_classification("rotten_tomatoes")
-    # The benchmark's subsamples: train and validation shuffled with the seed; its clean set is the first
-    # clean_size validation rows, so the dev rows come right after them.
-    train = data["train"].shuffle(seed=args.seed).select(range(min(args.train_size, len(data["train"]))))
-    val = data["validation"].shuffle(seed=args.seed)
-    if args.clean_size + args.dev_size > len(val):
-        raise SystemExit(f"--dev_size: at most {len(val) - args.clean_size} validation sentences are left after the "
-                         f"preset's {args.clean_size} clean ones; pass a smaller --dev_size.")
-    dev = val.select(range(args.clean_size, args.clean_size + args.dev_size))
+    train, _, dev = subsamples(data, args, args.seed, args.dev_size)
     base_path = smollm2_path()
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = student_tokenizer(base_path)
     rows = []
     with contextlib.ExitStack() as stack:
         workroot = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="w2s_bd_sweep_")))

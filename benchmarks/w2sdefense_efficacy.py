@@ -48,6 +48,7 @@ from _common import apply_preset, hardware_info, previous_results, read_results,
 from _common import summarise as mean_std  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -152,6 +153,27 @@ def _targs(out, epochs, lr, bs, seed, cls=TrainingArguments, **kw):
     )
 
 
+def student_tokenizer(base_path):
+    """The SmolLM2 tokenizer with a padding token (its end-of-sequence token when it has none)."""
+    tok = AutoTokenizer.from_pretrained(base_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def subsamples(data, args, seed, dev_size=0):
+    """The seed's (train, clean, dev) draws: ``train_size`` training sentences; the clean defense set is the first
+    ``clean_size`` validation sentences of the seed's shuffle, and the validation-only sweeps' ``dev_size`` dev
+    sentences come right after them, so a dev sentence is never one the defense trained on."""
+    val = data["validation"].shuffle(seed=seed)
+    if dev_size and args.clean_size + dev_size > len(val):
+        raise SystemExit(f"--dev_size: at most {len(val) - args.clean_size} validation sentences are left after the "
+                         f"preset's {args.clean_size} clean ones; pass a smaller --dev_size.")
+    train = data["train"].shuffle(seed=seed).select(range(min(args.train_size, len(data["train"]))))
+    clean = val.select(range(min(args.clean_size, len(val))))
+    return train, clean, val.select(range(args.clean_size, args.clean_size + dev_size))
+
+
 def _student(path, tok, dtype=torch.float32):
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, dtype=dtype)
     model.config.pad_token_id = tok.pad_token_id
@@ -229,7 +251,9 @@ def defend_plain_lora(path, tok, clean, args, seed, workdir):
     return model, _time_per_step(trainer, out)
 
 
-def defend_w2s(path, tok, clean, teacher, teacher_tok, preset, args, seed, workdir):
+def defend_w2s(path, tok, clean, teacher, teacher_tok, preset, args, seed, workdir, **loss_args):
+    """W2SDefense on the backdoored model at ``path``; ``loss_args`` (``alpha_ce``, ``beta_kd``,
+    ``gamma_feature``, ``temperature``, ``feature_distance``) override the preset's loss settings."""
     torch.manual_seed(seed)
     model = _lora(_student(path, tok), args.lora_r)
     targs = _targs(
@@ -242,6 +266,7 @@ def defend_w2s(path, tok, clean, teacher, teacher_tok, preset, args, seed, workd
         preset=preset,
         max_length=args.max_length,
         teacher_max_length=args.max_length,
+        **loss_args,
     )
     trainer = W2SDefenseTrainer(
         model=model,
@@ -261,23 +286,21 @@ def evaluate(model, tok, test, attack, args):
     return {"cacc": r["cacc"], "asr": r["asr"], "n_clean": r["n_clean"], "n_triggered": r["n_triggered"]}
 
 
+def make_teacher(base_path, clean, args, seed, output_dir):
+    """The MiniLM teacher of a seed: fully fine-tuned on the clean defense set, its projection as wide as the
+    SmolLM2 student's hidden size. Returns ``(teacher, teacher_tokenizer)``."""
+    hidden = AutoConfig.from_pretrained(base_path).hidden_size
+    teacher_args = _targs(output_dir, args.teacher_epochs, args.teacher_lr, args.batch_size, seed)
+    return train_teacher(minilm_path(), hidden, clean, output_dir=output_dir, args=teacher_args,
+                         max_length=args.max_length)
+
+
 def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
     """Train the seed's teacher and clean floor model, then, per attack in ``attack_names``, the backdoored
     model and both defenses; ``record(name, result)`` is called after each attack (the script saves there)."""
-    train = data["train"].shuffle(seed=seed).select(range(min(args.train_size, len(data["train"]))))
-    clean = data["validation"].shuffle(seed=seed).select(range(min(args.clean_size, len(data["validation"]))))
+    train, clean, _ = subsamples(data, args, seed)
     test = data["test"].shuffle(seed=seed).select(range(min(args.test_size, len(data["test"]))))
-    hidden = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=2).config.hidden_size
-
-    teacher_args = _targs(workroot / f"teacher{seed}", args.teacher_epochs, args.teacher_lr, args.batch_size, seed)
-    teacher, teacher_tok = train_teacher(
-        minilm_path(),
-        hidden,
-        clean,
-        output_dir=workroot / f"teacher{seed}",
-        args=teacher_args,
-        max_length=args.max_length,
-    )
+    teacher, teacher_tok = make_teacher(base_path, clean, args, seed, workroot / f"teacher{seed}")
 
     floor_path = full_finetune(base_path, tok, train, args, seed, workroot, "clean")
     floor_model = _student(floor_path, tok)
@@ -386,9 +409,7 @@ def main(argv=None):
         return 0
     previous = previous_results(args, NOT_SETTINGS, key="config")
     base_path = smollm2_path()
-    tok = AutoTokenizer.from_pretrained(base_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = student_tokenizer(base_path)
     data = load_text_classification("rotten_tomatoes")
     runs = previous["runs"] if previous else []
     earlier = float(previous["total_seconds"]) if previous else 0.0

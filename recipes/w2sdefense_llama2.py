@@ -146,6 +146,8 @@ class W2SArguments:
             Weight of the squared L2 distance between teacher and student features.
         temperature (`float`, defaults to `2.0`):
             Distillation temperature `T`.
+        feature_distance (`str`, defaults to `"squared_l2"`):
+            `"squared_l2"` (the paper) or `"cosine"` (`1 - cos`, this library's opt-in, scale-free variant).
     """
 
     backdoored_adapter: str | None = field(
@@ -187,6 +189,11 @@ class W2SArguments:
     beta_kd: float | None = field(default=None, metadata={"help": "Weight of the T^2-scaled KL term."})
     gamma_feature: float | None = field(default=None, metadata={"help": "Weight of the feature-alignment term."})
     temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T."})
+    feature_distance: str = field(
+        default="squared_l2",
+        metadata={"help": "Feature distance: squared_l2 (the paper) or cosine (opt-in).",
+                  "choices": ["squared_l2", "cosine"]},
+    )
 
     def __post_init__(self) -> None:
         if self.backdoored_adapter and self.poison_first:
@@ -257,6 +264,7 @@ def distillation_arguments(training_args, script_args, w2s_args, output_dir, bas
     return convert_training_arguments(
         training_args, W2SDefenseTrainingArguments, output_dir=str(output_dir), push_to_hub=False,
         remove_unused_columns=False, temperature=w2s_args.temperature, max_length=script_args.max_length,
+        feature_distance=w2s_args.feature_distance,
         teacher_max_length=w2s_args.teacher_max_length or script_args.max_length, **weights,
     )
 
@@ -444,7 +452,7 @@ def distil_one(name, baseline, output_dir, script_args, student_args, w2s_args, 
             "run": name,
             "peft_type": student_args.peft_type,
             "loss_weights": {"alpha_ce": args.alpha_ce, "beta_kd": args.beta_kd, "gamma_feature": args.gamma_feature,
-                             "temperature": args.temperature},
+                             "temperature": args.temperature, "feature_distance": args.feature_distance},
             "output_dir": str(output_dir),
             **scores,
             "train_loss": output.training_loss,

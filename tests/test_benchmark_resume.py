@@ -156,3 +156,15 @@ def test_render_of_a_missing_or_broken_results_file_stops_clearly(common, tmp_pa
         common.read_results(tmp_path / "broken.json")
     (tmp_path / "ok.json").write_text('{"rows": []}')
     assert common.read_results(tmp_path / "ok.json") == {"rows": []}
+
+
+def test_w2s_weight_sweep_settings_are_checked_and_normalised():
+    import argparse
+
+    sweep = _load_benchmark("w2sdefense_weight_sweep")
+    assert sweep.loss_setting("lora") == "lora"
+    assert sweep.loss_setting("5:0.001:0.001") == "5:0.001:0.001:squared_l2"
+    assert sweep.loss_setting("5.0:1e-3:400:cosine") == "5:0.001:400:cosine"
+    for bad in ("5:1", "a:b:c", "-1:0:0", "5:0:0:l1", "5:0:0:cosine:x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="A:B:C"):
+            sweep.loss_setting(bad)

@@ -218,7 +218,8 @@ def test_w2s_recipe_poison_first_then_saved_teacher_and_adapter(tiny_checkpoints
     assert results["n_clean"] == 16 and results["n_train"] == 24 and results["n_poisoned"] >= 1
     (run,) = results["runs"]
     assert run["run"] == "w2sdefense" and run["global_steps"] == 2 and run["world_size"] == 1
-    assert run["loss_weights"] == {"alpha_ce": 5.0, "beta_kd": 0.001, "gamma_feature": 0.001, "temperature": 2.0}
+    assert run["loss_weights"] == {"alpha_ce": 5.0, "beta_kd": 0.001, "gamma_feature": 0.001, "temperature": 2.0,
+                                   "feature_distance": "squared_l2"}
     assert all(math.isfinite(v) and v >= 0 for v in run["last_logged_components"].values())
     for row in (results["before"], results["teacher"], run):
         assert 0.0 <= row["cacc"] <= 1.0 and 0.0 <= row["asr"] <= 1.0 and row["n_clean"] == 12

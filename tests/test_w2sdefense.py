@@ -123,6 +123,9 @@ def test_presets_fill_only_unset_weights(tmp_path):
         _args(tmp_path, preset="style")
     with pytest.raises(ValueError, match="temperature"):
         _args(tmp_path, temperature=0.0)
+    assert args.feature_distance == "squared_l2"
+    with pytest.raises(ValueError, match="feature_distance.*cosine"):
+        _args(tmp_path, feature_distance="l1")
 
 
 # ---------------------------------------------------------------- pooling / collator
@@ -201,6 +204,43 @@ def test_loss_decomposition_matches_hand_computation(
     assert logged["loss_kd"] == pytest.approx(kd.item(), rel=1e-3)  # tiny KL: float32 cancellation
     assert logged["loss_feature"] == pytest.approx(feat.item(), rel=1e-5)
     assert feat.item() > 0 and kd.item() > 0
+
+
+def test_cosine_feature_distance_is_scale_free(
+    tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset
+):
+    """The opt-in cosine distance is 1 - cos(phi_t, phi_s) per example; CE and KL are unchanged."""
+    student_tokenizer.padding_side = "right"
+    a, b, c, T = 1.0, 0.5, 2.0, 2.0
+    weights = dict(preset=None, alpha_ce=a, beta_kd=b, gamma_feature=c, temperature=T)
+    trainer = _trainer(tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset,
+                       feature_distance="cosine", **weights)
+    batch = trainer.data_collator([tiny_text_dataset[i] for i in (0, 3, 7, 11, 2)])
+    student.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, dict(batch))
+        _, ce, kd, _ = _hand_loss(student, teacher, batch, a, b, c, T)
+        hidden = student.get_base_model().model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        phi_s = hidden[torch.arange(hidden.shape[0]), batch["attention_mask"].sum(dim=1) - 1]
+        phi_t = teacher(
+            input_ids=batch["teacher_input_ids"],
+            attention_mask=batch["teacher_attention_mask"],
+            token_type_ids=batch["teacher_token_type_ids"],
+        ).features
+    cos = (phi_t * phi_s).sum(-1) / (phi_t.norm(dim=-1) * phi_s.norm(dim=-1))
+    feat = (1 - cos).mean()
+    torch.testing.assert_close(loss, a * ce + b * kd + c * feat, rtol=1e-5, atol=1e-6)
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    assert logged["loss_feature"] == pytest.approx(feat.item(), rel=1e-5)
+    assert 0 < feat.item() < 2
+    # Scale-free: the squared-L2 trainer on the same batch sees a different (scale-bound) distance.
+    l2 = _trainer(tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset, **weights)
+    with torch.no_grad():
+        l2.compute_loss(student, dict(batch))
+    assert l2._metrics["eval"]["loss_feature"][-1] == pytest.approx(((phi_t - phi_s) ** 2).sum(-1).mean().item(),
+                                                                    rel=1e-5)
 
 
 def test_padding_side_equivalence(

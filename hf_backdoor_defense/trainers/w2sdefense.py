@@ -50,6 +50,7 @@ W2S_PRESETS: dict[str, tuple[float, float, float]] = {
     "sentence": (3.0, 0.01, 0.001),
     "syntactic": (1.0, 0.035, 0.002),
 }
+FEATURE_DISTANCES = ("squared_l2", "cosine")
 TEACHER_PREFIX = "teacher_"
 
 
@@ -69,9 +70,14 @@ class W2SDefenseTrainingArguments(TrainingArguments):
         beta_kd (`float` or `None`):
             Weight ``b`` of the temperature-scaled KL distillation term (multiplied by ``T^2``).
         gamma_feature (`float` or `None`):
-            Weight ``c`` of the squared L2 distance between teacher and student features.
+            Weight ``c`` of the feature distance between teacher and student (see ``feature_distance``).
         temperature (`float`, defaults to 2.0):
             Distillation temperature ``T``.
+        feature_distance (`str`, defaults to `"squared_l2"`):
+            How ``phi_t`` and ``phi_s`` are compared. ``"squared_l2"`` is the paper's ``||phi_t - phi_s||^2``.
+            ``"cosine"`` (``1 - cos(phi_t, phi_s)``, in [0, 2]) is this library's opt-in variant: it ignores the
+            two features' scales, which differ by an order of magnitude when the student's final norm fixes
+            ``||phi_s||`` (as in SmolLM2 / Llama). Weights tuned for one distance do not carry over.
 
     Parameters that control the data:
 
@@ -98,9 +104,16 @@ class W2SDefenseTrainingArguments(TrainingArguments):
     alpha_ce: float | None = field(default=None, metadata={"help": "Weight a of the cross-entropy term."})
     beta_kd: float | None = field(default=None, metadata={"help": "Weight b of the T^2-scaled KL term."})
     gamma_feature: float | None = field(
-        default=None, metadata={"help": "Weight c of the squared L2 feature-alignment term."}
+        default=None, metadata={"help": "Weight c of the feature-alignment term (see feature_distance)."}
     )
     temperature: float = field(default=2.0, metadata={"help": "Distillation temperature T."})
+    feature_distance: str = field(
+        default="squared_l2",
+        metadata={
+            "help": "Feature-alignment distance: 'squared_l2' (the paper) or 'cosine' (1 - cos, opt-in variant).",
+            "choices": list(FEATURE_DISTANCES),
+        },
+    )
     text_column: str = field(default="text", metadata={"help": "Dataset column with the raw text."})
     label_column: str = field(default="label", metadata={"help": "Dataset column with the integer labels."})
     max_length: int = field(default=128, metadata={"help": "Student tokenizer truncation length."})
@@ -132,6 +145,10 @@ class W2SDefenseTrainingArguments(TrainingArguments):
             )
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
+        if self.feature_distance not in FEATURE_DISTANCES:
+            raise ValueError(
+                f"`feature_distance` must be one of {list(FEATURE_DISTANCES)}, got {self.feature_distance!r}."
+            )
         if self.max_length < 1 or self.teacher_max_length < 1:
             raise ValueError("`max_length` and `teacher_max_length` must be >= 1.")
         super().__post_init__()
@@ -210,10 +227,12 @@ def w2s_loss(
     labels: torch.Tensor,
     *,
     temperature: float,
+    feature_distance: str = "squared_l2",
 ) -> dict[str, torch.Tensor]:
     """Per-example W2SDefense loss terms (unweighted), each of shape ``[B]``.
 
-    Returns ``{"ce": CE(s, y), "kd": T^2 * KL(p_t || p_s), "feature": ||phi_t - phi_s||_2^2}``.
+    Returns ``{"ce": CE(s, y), "kd": T^2 * KL(p_t || p_s), "feature": d(phi_t, phi_s)}`` where ``d`` is
+    ``||phi_t - phi_s||_2^2`` (``feature_distance="squared_l2"``) or ``1 - cos(phi_t, phi_s)`` (``"cosine"``).
     """
     s = student_logits.float()
     t = teacher_logits.float()
@@ -221,7 +240,13 @@ def w2s_loss(
     log_p_s = F.log_softmax(s / temperature, dim=-1)
     log_p_t = F.log_softmax(t / temperature, dim=-1)
     kd = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1) * temperature**2
-    feature = (teacher_features.float() - student_features.float()).pow(2).sum(dim=-1)
+    phi_t, phi_s = teacher_features.float(), student_features.float()
+    if feature_distance == "squared_l2":
+        feature = (phi_t - phi_s).pow(2).sum(dim=-1)
+    elif feature_distance == "cosine":
+        feature = 1.0 - F.cosine_similarity(phi_t, phi_s, dim=-1, eps=1e-8)
+    else:
+        raise ValueError(f"feature_distance must be one of {list(FEATURE_DISTANCES)}, got {feature_distance!r}.")
     return {"ce": ce, "kd": kd, "feature": feature}
 
 
@@ -427,6 +452,7 @@ class W2SDefenseTrainer(Trainer):
             teacher_out.features.to(student_features.device),
             labels,
             temperature=args.temperature,
+            feature_distance=args.feature_distance,
         )
         per_example = (
             args.alpha_ce * terms["ce"] + args.beta_kd * terms["kd"] + args.gamma_feature * terms["feature"]
