@@ -1,20 +1,24 @@
 """Sweep W2SDefense's loss weights on validation only, against plain LoRA on the same clean set.
 
 The benchmark's reduced run showed W2SDefense at the authors' ``word`` weights (a, b, c) = (5, 0.001, 0.001)
-ending where plain LoRA ends: the KL term is a rounding error and the squared feature distance cannot shrink,
-because SmolLM2's final norm pins ``||phi_s||^2`` near 2,300 while the teacher's features sit near 150. This
-script asks whether other weights, or the opt-in cosine feature distance, do better.
+ending where plain LoRA ends: weighted, the KL and feature terms give the adapter about 2 % of its gradient
+(see ``w2sdefense_term_gradients.py``), and SmolLM2's final norm keeps ``||phi_s||^2`` near 2,300 while the
+teacher's features sit near 150. This script asks whether other weights, the opt-in cosine feature distance,
+or another defense learning rate do better.
 
 Each setting trains one defense on the benchmark's clean defense set (same seed, teacher, backdoored model,
 LoRA, budget as :mod:`w2sdefense_efficacy` with the chosen ``--preset``) and scores CACC / ASR on validation
 sentences after that clean set. The test split is never read. ``lora`` is the plain-LoRA baseline.
 
-A setting is ``lora`` or ``A:B:C`` (squared L2) or ``A:B:C:cosine``; the temperature stays at the preset's 2.
+A setting is ``lora`` or ``A:B:C`` (squared L2) or ``A:B:C:cosine``; the temperature stays at its default, 2.
+``--defense_lr`` / ``--defense_epochs`` change the budget of every defense in the run alike.
 
 Usage:
     python benchmarks/w2sdefense_weight_sweep.py --workdir ~/w2s --settings lora 5:0.001:0.001 5:1:0.001
     python benchmarks/w2sdefense_weight_sweep.py --workdir ~/w2s --settings 5:0.001:1:cosine \\
         --output benchmarks/results/w2sdefense_weight_sweep_cosine.json
+    python benchmarks/w2sdefense_weight_sweep.py --workdir ~/w2s --defense_lr 1e-3 --settings lora 5:0.001:0.05 \\
+        --output benchmarks/results/w2sdefense_weight_sweep_lr1e-3.json
     python benchmarks/w2sdefense_weight_sweep.py --render benchmarks/results/w2sdefense_weight_sweep.json
 """
 
