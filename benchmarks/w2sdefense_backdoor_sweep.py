@@ -82,7 +82,7 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 args.backdoor_lr, args.backdoor_epochs = lr, epochs
                 path = full_finetune(base_path, tok, poisoned, args, args.seed, workroot, name)
-                scores = evaluate(_student(path, tok), tok, dev, attack, args)
+                scores = evaluate(_student(path, tok), tok, dev, attack, args, split_name="validation")
                 rows.append({"attack": name, "lr": lr, "epochs": epochs, "dev_cacc": scores["cacc"],
                              "dev_asr": scores["asr"], "n_dev": scores["n_clean"],
                              "seconds": round(time.perf_counter() - start, 1)})

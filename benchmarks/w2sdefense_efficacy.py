@@ -281,8 +281,8 @@ def defend_w2s(path, tok, clean, teacher, teacher_tok, preset, args, seed, workd
     return model, _time_per_step(trainer, out), components[-1] if components else {}
 
 
-def evaluate(model, tok, test, attack, args):
-    r = evaluate_backdoor(model, tok, test, attack, batch_size=32, max_length=args.max_length)
+def evaluate(model, tok, test, attack, args, split_name="test"):
+    r = evaluate_backdoor(model, tok, test, attack, batch_size=32, max_length=args.max_length, split_name=split_name)
     return {"cacc": r["cacc"], "asr": r["asr"], "n_clean": r["n_clean"], "n_triggered": r["n_triggered"]}
 
 

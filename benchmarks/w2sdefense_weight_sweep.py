@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                 model, step, logged = defend_w2s(bd_path, tok, clean, teacher, teacher_tok, preset, args,
                                                  args.seed, scratch / f"run{i}", **weights)
                 components = {k: logged.get(k) for k in ("loss_ce", "loss_kd", "loss_feature")}
-            scores = evaluate(model, tok, dev, attack, args)
+            scores = evaluate(model, tok, dev, attack, args, split_name="validation")
             del model
             rows.append({"setting": setting, "defense": "plain LoRA" if weights is None else "W2SDefense",
                          "weights": weights, "dev_cacc": scores["cacc"], "dev_asr": scores["asr"],

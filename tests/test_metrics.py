@@ -109,6 +109,14 @@ def test_predict_and_evaluate_backdoor_hand_made_backdoor(bert_tokenizer, tiny_t
     assert other["asr"] == 0.0
 
 
+def test_evaluate_backdoor_progress_bars_name_the_split(bert_tokenizer, tiny_text_dataset, capsys):
+    model = KeywordClassifier(bert_tokenizer.convert_tokens_to_ids("cf"))
+    attack = BadNets(triggers=("cf",), target_label=1)
+    evaluate_backdoor(model, bert_tokenizer, tiny_text_dataset, attack, split_name="validation")
+    err = capsys.readouterr().err
+    assert "CACC (clean validation)" in err and "ASR (triggered validation)" in err and "test" not in err
+
+
 def test_evaluate_backdoor_tiny_bert(tiny_bert, bert_tokenizer, tiny_text_dataset):
     tiny_bert.train()
     attack = AddSent(target_label=0)

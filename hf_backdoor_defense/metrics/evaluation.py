@@ -83,8 +83,12 @@ def evaluate_backdoor(
     batch_size: int = 32,
     max_length: int = 128,
     disable_progress_bar: bool = False,
+    split_name: str = "test",
 ) -> dict[str, float | int]:
     """CACC on ``clean_test`` and ASR on ``attack.triggered_test_set(clean_test)``.
+
+    ``split_name`` only labels the progress bars ("CACC (clean test)"); pass ``"validation"`` when the
+    rows are validation sentences, as in a model-selection sweep.
 
     Returns:
         ``{"cacc", "asr", "n_clean", "n_triggered"}``: accuracies in [0, 1] and example counts.
@@ -99,8 +103,8 @@ def evaluate_backdoor(
         text_column=text_column,
         disable_progress_bar=disable_progress_bar,
     )
-    clean_preds = predict(model, tokenizer, clean_test, desc="CACC (clean test)", **common)
-    triggered_preds = predict(model, tokenizer, triggered, desc="ASR (triggered test)", **common)
+    clean_preds = predict(model, tokenizer, clean_test, desc=f"CACC (clean {split_name})", **common)
+    triggered_preds = predict(model, tokenizer, triggered, desc=f"ASR (triggered {split_name})", **common)
     return {
         "cacc": clean_accuracy(clean_preds, clean_test[label_column]),
         "asr": attack_success_rate(triggered_preds, triggered["original_label"], attack.target_label),
