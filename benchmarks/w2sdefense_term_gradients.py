@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,8 +33,8 @@ from hf_backdoor_defense.trainers.teacher import W2STeacher  # noqa: E402
 from hf_backdoor_defense.trainers.w2sdefense import (  # noqa: E402
     FEATURE_DISTANCES,
     TEACHER_PREFIX,
-    W2SDataCollator,
-    last_token_pool,
+    W2SDefenseTrainer,
+    W2SDefenseTrainingArguments,
     w2s_loss,
 )
 
@@ -69,17 +70,20 @@ def main(argv=None) -> int:
     student = _lora(_student(args.student, tok), args.lora_r)
     _, clean, _ = subsamples(load_text_classification("rotten_tomatoes"), argparse.Namespace(**preset), args.seed)
     rows = clean.select(range(min(args.batch_size, len(clean))))
-    collate = W2SDataCollator(tok, teacher_tok, max_length=preset["max_length"],
-                              teacher_max_length=preset["max_length"])
-    batch = collate([rows[i] for i in range(len(rows))])
-    params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    phi_s = last_token_pool(out.hidden_states[-1], batch["attention_mask"])
+    # The trainer's own collator and student forward, so phi_s is exactly what its loss sees (the head's input).
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = W2SDefenseTrainingArguments(output_dir=tmp, max_length=preset["max_length"], use_cpu=True,
+                                            teacher_max_length=preset["max_length"], report_to="none")
+        trainer = W2SDefenseTrainer(model=student, teacher=teacher, teacher_tokenizer=teacher_tok,
+                                    processing_class=tok, args=targs, train_dataset=rows)
+        batch = trainer.data_collator([rows[i] for i in range(len(rows))])
+        params = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+        logits, phi_s = trainer._student_forward(student, batch)
     with torch.no_grad():
         t_out = teacher(**{k[len(TEACHER_PREFIX):]: v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)})
     terms = {}
     for distance in FEATURE_DISTANCES:
-        loss = w2s_loss(out.logits, t_out.logits, phi_s, t_out.features, batch["labels"], temperature=2.0,
+        loss = w2s_loss(logits, t_out.logits, phi_s, t_out.features, batch["labels"], temperature=2.0,
                         feature_distance=distance)
         terms.update({"ce": loss["ce"], "kd": loss["kd"], f"feature_{distance}": loss["feature"]})
     report = {}
