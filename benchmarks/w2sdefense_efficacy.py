@@ -346,10 +346,18 @@ def run_seed(seed, attack_names, args, base_path, tok, data, workroot, record):
 
 
 CELLS = ("clean_floor", "teacher", "backdoored", "plain_lora", "w2sdefense")
+#: "Clearly below plain LoRA's ASR": W2SDefense must remove at least this much more ASR than plain LoRA, on
+#: average over the seeds (5 points, the same scale as the issue's floor target). A one-sentence difference
+#: on ~170 triggered test sentences (0.6 points) is not a result.
+CLEAR_ASR_MARGIN = 0.05
 
 
 def summarise(runs, attacks):
-    """Per attack: mean ± std of every cell's CACC / ASR over the seeds that have it, and the issue's targets."""
+    """Per attack: mean ± std of every cell's CACC / ASR over the seeds that have it, and the issue's targets.
+
+    ``w2s_asr_gain_over_plain_lora`` is the paired per-seed difference (plain LoRA's ASR − W2SDefense's), so
+    seed-to-seed spread in how well the backdoor was planted does not hide or fake a gain.
+    """
     summary = {}
     for name in attacks:
         done = [r["attacks"][name] for r in runs if name in r["attacks"]]
@@ -359,6 +367,8 @@ def summarise(runs, attacks):
         for cell in CELLS:
             for metric in ("cacc", "asr"):
                 cells[f"{cell}_{metric}"] = mean_std([r[cell][metric] for r in done])
+        cells["w2s_asr_gain_over_plain_lora"] = mean_std(
+            [r["plain_lora"]["asr"] - r["w2sdefense"]["asr"] for r in done])
         cells["step_time_ratio"] = statistics.fmean(r["step_time_ratio"] for r in done)
         floor, w2s = cells["clean_floor_asr"]["mean"], cells["w2sdefense_asr"]["mean"]
         cells["targets"] = {
@@ -366,7 +376,7 @@ def summarise(runs, attacks):
             "cacc_within_1pt_of_backdoored": cells["backdoored_cacc"]["mean"]
             - cells["w2sdefense_cacc"]["mean"]
             <= 0.01,
-            "asr_below_plain_lora": w2s < cells["plain_lora_asr"]["mean"],
+            "asr_clearly_below_plain_lora": cells["w2s_asr_gain_over_plain_lora"]["mean"] >= CLEAR_ASR_MARGIN,
             "step_time_ratio_le_1.3": cells["step_time_ratio"] <= 1.3,
         }
         summary[name] = cells
@@ -393,6 +403,8 @@ def render_markdown(report: dict) -> str:
         out.append(f"| {LABELS[cell]} | "
                    + " | ".join(f"{pm(summary[a][f'{cell}_cacc'])} / {pm(summary[a][f'{cell}_asr'])}" for a in attacks)
                    + " |")
+    out.append("| ASR points W2SDefense removes beyond plain LoRA (paired per seed) | "
+               + " | ".join(pm(summary[a]["w2s_asr_gain_over_plain_lora"]) for a in attacks) + " |")
     out.append("| W2SDefense / plain LoRA time per step | "
                + " | ".join(f"{summary[a]['step_time_ratio']:.2f}×" for a in attacks) + " |")
     for target in next(iter(summary.values()))["targets"] if summary else ():
@@ -405,7 +417,10 @@ def render_markdown(report: dict) -> str:
 def main(argv=None):
     args = parse_args(argv)
     if args.render is not None:
-        print(render_markdown(read_results(args.render)))
+        report = read_results(args.render)
+        # re-summarised from the per-seed runs, so an older file is judged by the current target rules
+        report["summary"] = summarise(report["runs"], list(dict.fromkeys(a for r in report["runs"] for a in r["attacks"])))
+        print(render_markdown(report))
         return 0
     previous = previous_results(args, NOT_SETTINGS, key="config")
     base_path = smollm2_path()

@@ -168,3 +168,25 @@ def test_w2s_weight_sweep_settings_are_checked_and_normalised():
     for bad in ("5:1", "a:b:c", "-1:0:0", "5:0:0:l1", "5:0:0:cosine:x"):
         with pytest.raises(argparse.ArgumentTypeError, match="A:B:C"):
             sweep.loss_setting(bad)
+
+
+def _w2s_run(seed, plain_lora_asr, w2s_asr):
+    cell = lambda asr: {"cacc": 0.8, "asr": asr}  # noqa: E731
+    attack = {name: cell(0.2) for name in ("clean_floor", "teacher", "backdoored")}
+    attack.update(plain_lora=cell(plain_lora_asr), w2sdefense=cell(w2s_asr), step_time_ratio=1.0)
+    return {"seed": seed, "attacks": {"badnets": attack}}
+
+
+def test_w2s_summary_needs_a_clear_paired_asr_gain_over_plain_lora(w2s_bench):
+    """A one-sentence edge over plain LoRA is not "clearly below"; the gain is paired per seed."""
+    marginal = w2s_bench.summarise([_w2s_run(0, 0.650, 0.645), _w2s_run(1, 0.600, 0.595)], ["badnets"])["badnets"]
+    assert marginal["w2s_asr_gain_over_plain_lora"]["mean"] == pytest.approx(0.005)
+    assert not marginal["targets"]["asr_clearly_below_plain_lora"]
+    # plain LoRA's ASR spreads 30 points across seeds, the paired gain is a steady 8 points
+    clear = w2s_bench.summarise([_w2s_run(0, 0.90, 0.82), _w2s_run(1, 0.60, 0.52)], ["badnets"])["badnets"]
+    assert clear["w2s_asr_gain_over_plain_lora"]["mean"] == pytest.approx(0.08)
+    assert clear["w2s_asr_gain_over_plain_lora"]["std"] == pytest.approx(0.0, abs=1e-9)
+    assert clear["targets"]["asr_clearly_below_plain_lora"]
+    assert "removes beyond plain LoRA" in w2s_bench.render_markdown(
+        {"summary": {"badnets": clear}, "config": {"train_size": 1, "clean_size": 1, "test_size": 1, "max_length": 8},
+         "runs": [{"seed": 0}], "total_seconds": 60})
