@@ -391,7 +391,7 @@ def render_markdown(report: dict) -> str:
     """CACC / ASR in % (mean ± sample std over seeds) per cell and attack, the step-time ratio and the targets."""
     summary, cfg = report["summary"], report["config"]
     attacks = list(summary)
-    pm = lambda s: f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}"  # noqa: E731
+    pm = lambda s: f"{round(100 * s['mean'], 1) + 0.0:.1f} ± {100 * s['std']:.1f}"  # noqa: E731 (+0.0: no "-0.0")
     seeds = sorted({r["seed"] for r in report["runs"]})
     out = [f"SmolLM2-135M student, MiniLM teacher; preset `{cfg.get('preset', 'full')}`: {cfg['train_size']} "
            f"training, {cfg['clean_size']} clean and {cfg['test_size']} test sentences, max length "
