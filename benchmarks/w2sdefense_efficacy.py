@@ -355,8 +355,9 @@ CLEAR_ASR_MARGIN = 0.05
 def summarise(runs, attacks):
     """Per attack: mean ± std of every cell's CACC / ASR over the seeds that have it, and the issue's targets.
 
-    ``w2s_asr_gain_over_plain_lora`` is the paired per-seed difference (plain LoRA's ASR − W2SDefense's), so
-    seed-to-seed spread in how well the backdoor was planted does not hide or fake a gain.
+    ``w2s_asr_gain_over_plain_lora`` is the per-seed difference plain LoRA's ASR − W2SDefense's. Its mean is the
+    difference of the two means (the target reads that); its std is the paired one, so seed-to-seed spread in
+    how well the backdoor was planted does not blur how steady the gain is.
     """
     summary = {}
     for name in attacks:
