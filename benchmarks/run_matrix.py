@@ -1,47 +1,40 @@
-"""The defense matrix: datasets × attacks × label modes × defenses × seeds, CACC / ASR per cell.
+"""The defense matrix: datasets × threats × defenses × seeds, CACC / ASR and ASR − floor per cell.
 
-Grid (``--preset full``, the default): Rotten Tomatoes and SpamAssassin × BadNets and AddSent × dirty- and
-clean-label, 10 % poison × none (full FT), LoRA, MuScleLoRA, Fine-mixing, E-PUR, Fine-purifying, W2SDefense
-× seeds 0, 1, 2, on all-MiniLM-L6-v2, plus a clean-data floor (a full fine-tune on clean data scored on the
-triggered test set) per dataset, attack and seed.
+A thin command line over the experiment engine (:mod:`hf_backdoor_defense.matrix`): it picks a preset,
+lets any setting be overridden, runs the missing cells and renders the page.
+
+Grid (``--preset v2``, the default): Rotten Tomatoes and SpamAssassin × {BadNets dirty-label, BadNets
+clean-label with 4 triggers, AddSent dirty-label, AddSent mixed-label}, plus the cross-domain column
+SpamAssassin collection 1 → 2 (BadNets dirty-label) × none (full FT), LoRA, MuScleLoRA, Fine-mixing, E-PUR,
+Fine-purifying, W2SDefense × seeds 0, 1, 2 on all-MiniLM-L6-v2; plus, per dataset, trigger and seed, the
+clean-data floors (a full fine-tune and a LoRA on clean data, scored on the triggered test set). The
+settings (2,000 training sentences, 3 epochs, length 48, the encoder setup) were chosen on validation by
+``benchmarks/studies.py`` (encoder, reference, budget); their tables are rendered into the same page.
 
 Resumable: every finished cell is cached in ``benchmarks/results/matrix_cells/<hash>.json`` (the hash of
 the cell's full configuration), so running the same command again skips finished cells and an interrupted
 run continues. The backdoored full fine-tune that Fine-mixing, E-PUR, Fine-purifying and W2SDefense start
-from, the clean floor model and the W2SDefense teacher are trained once and kept (safetensors) under
+from, the clean models and the W2SDefense teacher are trained once and kept (safetensors) under
 ``--workdir``. Writes ``benchmarks/results/matrix.json`` after every cell and, at the end, renders
 ``docs/results.md`` and ``docs/figures/matrix_scatter.png`` (``--preset quick`` renders to
 ``benchmarks/results/matrix_quick.md`` instead: smoke numbers stay out of the docs).
 
-Presets (cell counts include the clean floors):
-    quick     Rotten Tomatoes, BadNets, dirty-label, 7 defenses, seed 0; 64 training examples, 1 epoch,
-              max length 32. 8 cells. Measured twice: 1.9 and 2.2 min of cells, 2.5 and 3.2 min in all
-              with start-up (imports, data), depending on the other job's load.
-    reduced   the full grid with seed 0 only; sized like `make demo`: 800 training examples, batch 16,
-              length 32, 2 epochs, full fine-tuning at 1e-4; 400 test examples, 128 clean examples. 60 cells.
-              The earlier 600-example / batch-32 / 5e-5 sizing ran 8 cells (one dataset x attack) in 6.5 min
-              on the idle machine, but every full fine-tune stayed at the majority class.
-    full      the full grid, seeds 0-2; 2,000 training examples, 3 epochs, 1,000 test examples, 256 clean
-              examples. 180 cells. Estimated 39 h as measured here, ~6 h 40 min on an idle machine.
+Presets:
+    quick        Rotten Tomatoes, BadNets dirty-label, seed 0; 64 training examples, 1 epoch, max length 32:
+                 a smoke run of every defense (about 30 s of cells for four defenses).
+    demo-minilm  what ``make demo-minilm`` runs (see ``hf_backdoor_defense/demo.py``).
+    v2           the evidence regime above (``--dry_run`` prints the cell count and an estimate).
 
-How the estimates were made: the quick run's cells took 9-22 s each (mean 14-16 s) at its tiny sizes, mostly
-fixed cost (loading models, building trainers: ~6 s a cell). Per-example costs at max length 64, measured on
-the same 2-core AMD EPYC with 1 torch thread while another job shared it (load average 4-5): full fine-tune
-0.16-0.25 s per example and epoch, LoRA 0.15, MuScleLoRA 0.30-0.41, evaluation 0.035-0.086 s per example.
-``hf_backdoor_defense.matrix.config.estimate_seconds`` adds these up per cell (shared models counted once);
-``--dry_run`` prints that estimate for any options. "Idle machine" divides the per-example rates by 6 (and
-halves the fixed cost per cell), the
-gap between these measurements and the ~30 ms per example and epoch that the asset notes give for MiniLM
-on two idle cores with 2 threads.
-Once cells have finished, the estimates printed use their measured wall times instead.
-Shared models need ~90 MB of disk each (full: 24 backdoored + 6 clean + 6 teachers, ~3.3 GB).
-
-Any setting can be overridden (e.g. ``--train_size 500``); the overrides are part of every cell's key.
+``--dry_run`` prints the cells, which are cached, and an estimate of the time left (from the measured wall
+times of finished cells of the grid where there are some, else from the per-example rates in
+``hf_backdoor_defense.matrix.config.RATES``, measured on the idle 2-core machine). Run it alone: the engine
+sets the torch threads (``--threads``, default every usable CPU), records the load and the other torch
+processes it saw per cell, and warns loudly when the machine was busy.
 
 Usage:
     python benchmarks/run_matrix.py --preset quick          # smoke run
-    python benchmarks/run_matrix.py --preset full --dry_run # list the cells and which are cached
-    python benchmarks/run_matrix.py                         # the full matrix (resumable)
+    python benchmarks/run_matrix.py --dry_run               # list the v2 cells and which are cached
+    python benchmarks/run_matrix.py                         # the v2 matrix (resumable)
     python benchmarks/run_matrix.py --render                # rebuild docs/results.md from matrix.json
                                                             # (or, before any run, from the cell cache)
 """
@@ -63,9 +56,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from hf_backdoor_defense.assets import cache_dir  # noqa: E402
 from hf_backdoor_defense.commands.arguments import int_or_none  # noqa: E402
 from hf_backdoor_defense.matrix import (  # noqa: E402
-    ATTACKS,
     DEFENSES,
-    LABEL_MODES,
+    FLOORS,
     PRESETS,
     MatrixGrid,
     MatrixSettings,
@@ -74,22 +66,31 @@ from hf_backdoor_defense.matrix import (  # noqa: E402
     run_matrix,
 )
 from hf_backdoor_defense.matrix.runner import assemble  # noqa: E402
+from hf_backdoor_defense.matrix.studies import render_studies_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs"
 SCRIPT = "python benchmarks/run_matrix.py"
+REGIME_STUDIES = ["reference", "encoder", "budget"]
+REGIME = ("The v2 settings were chosen on the validation split with `python benchmarks/studies.py NAME` (the test "
+          "split is never read there); the tables below are those runs.")
+
+
+def quick_preset(args: argparse.Namespace) -> bool:
+    return args.preset == "quick"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(PRESETS), default="full", help="sizes and grid (default: full)")
+    p.add_argument("--preset", choices=list(PRESETS), default="v2", help="sizes and grid (default: v2)")
     grid = p.add_argument_group("grid (default: the preset's)")
     grid.add_argument("--datasets", nargs="+", default=argparse.SUPPRESS,
                       help="rotten_tomatoes, spamassassin, or a local dataset folder/file")
-    grid.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=argparse.SUPPRESS)
-    grid.add_argument("--label_modes", nargs="+", choices=list(LABEL_MODES), default=argparse.SUPPRESS)
-    grid.add_argument("--defenses", nargs="+", choices=list(DEFENSES), default=argparse.SUPPRESS)
+    grid.add_argument("--threats", nargs="+", default=argparse.SUPPRESS,
+                      help="e.g. badnets-dirty badnets4-clean addsent-dirty addsent-mixed")
+    grid.add_argument("--defenses", nargs="*", choices=list(DEFENSES), default=argparse.SUPPRESS)
+    grid.add_argument("--floors", nargs="*", choices=list(FLOORS), default=argparse.SUPPRESS)
     grid.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS)
     sizes = p.add_argument_group("settings (default: the preset's; part of every cell's key)")
     for f in dataclasses.fields(MatrixSettings):
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry_run", action="store_true", help="list the cells and which are cached; run nothing")
     run.add_argument("--render", action="store_true", help="only render the page and figure from matrix.json")
     run.add_argument("--no_progress", action="store_true", help="one log line per cell instead of a tqdm bar")
+    run.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable CPU)")
     return p
 
 
@@ -118,11 +120,14 @@ def resolve(args: argparse.Namespace) -> tuple[MatrixSettings, MatrixGrid, dict]
     """Settings and grid: the preset's values, overridden by the options given; plus the file paths."""
     grid_preset, settings_preset = PRESETS[args.preset]
     given = vars(args)
-    grid = MatrixGrid(**{**grid_preset, **{k: given[k] for k in ("datasets", "attacks", "label_modes",
-                                                                 "defenses", "seeds") if k in given}})
+    chosen = {**grid_preset, **{k: given[k] for k in ("datasets", "threats", "defenses", "floors", "seeds")
+                                if k in given}}
+    chosen["threats_by_dataset"] = {d: t for d, t in chosen.get("threats_by_dataset", {}).items()
+                                    if d in chosen.get("datasets", [d])}  # --datasets may leave a pair out
+    grid = MatrixGrid(**chosen)
     names = [f.name for f in dataclasses.fields(MatrixSettings)]
     settings = MatrixSettings(**{**settings_preset, **{k: given[k] for k in names if k in given}})
-    quick = args.preset == "quick"
+    quick = quick_preset(args)
     results_dir = args.results_dir
     paths = {
         "results_dir": results_dir,
@@ -156,10 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             transformers.logging.disable_progress_bar()
         payload = run_matrix(settings, grid, results_dir=paths["results_dir"], workdir=paths["workdir"],
                              output=paths["output"], command=command,
-                             preset=args.preset, dry_run=args.dry_run, progress=not args.no_progress)
+                             preset=args.preset, dry_run=args.dry_run, progress=not args.no_progress,
+                             threads=args.threads)
         if args.dry_run:
             return 0
-    written = render_results(payload, paths["docs"], paths["figure"])
+    extra = [] if quick_preset(args) else render_studies_section(RESULTS / "studies", REGIME_STUDIES, intro=REGIME)
+    written = render_results(payload, paths["docs"], paths["figure"], extra=extra)
     print(f"rendered {written['markdown']}" + (f" and {written['figure']}" if written["figure"] else ""))
     return 0
 

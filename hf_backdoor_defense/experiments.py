@@ -1,8 +1,8 @@
 """Train-and-score cells shared by ``make demo`` and the benchmarks: one place for how each method trains.
 
 A *cell* is one way of training a classifier (``full_ft``, ``lora``, ``musclelora``) on one dataset;
-:func:`train_cell` returns the trained model and how long it took. :func:`format_table` renders result
-rows as the fixed-width table the demo prints.
+:func:`train_cell` returns the trained model and how long it took. The experiment engine
+(:mod:`hf_backdoor_defense.matrix`) builds every efficacy cell from these.
 
 Example:
     >>> from hf_backdoor_defense.experiments import CellSettings, train_cell   # doctest: +SKIP
@@ -35,6 +35,8 @@ class CellSettings:
         adapter_lr: Learning rate of the LoRA and MuScleLoRA cells.
         alignment_preset: Gradient-alignment preset of the MuScleLoRA cell (``"encoder"`` or ``"llm"``).
         seed: Seed of the model head, data order and reference sampling.
+        pooling: Encoder setup, one of :data:`hf_backdoor_defense.models.POOLING_MODES` (``"cls"``,
+            ``"pooler_head"``, ``"mean"``).
         extra_args: Further ``MuScleLoRATrainingArguments`` fields.
     """
 
@@ -45,25 +47,33 @@ class CellSettings:
     adapter_lr: float = 2e-3
     alignment_preset: str = "encoder"
     seed: int = 0
+    pooling: str = "cls"
     extra_args: dict = field(default_factory=dict)
 
 
-def build_classifier(method: str, model_dir, num_labels: int, seed: int):
-    """A fresh classifier from ``model_dir`` prepared for ``method``; returns ``(model, description)``."""
+def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling: str = "cls"):
+    """A fresh classifier from ``model_dir`` prepared for ``method``; returns ``(model, description)``.
+
+    ``pooling`` decides the head (:mod:`hf_backdoor_defense.models.pooling`): with ``"pooler_head"`` LoRA also
+    trains and saves the pooler (``modules_to_save``); MuScleLoRA's multi-scale part sits on the pooler there
+    (as with ``"cls"``) and on the last block's feed-forward output under ``"mean"``, which has no pooler.
+    """
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
 
+    from .models import head_module_names, load_sequence_classifier
     from .tuners.musclelora import MuScleLoRAConfig
 
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; choose from {sorted(METHODS)}.")
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels)
+    model = load_sequence_classifier(model_dir, pooling=pooling, num_labels=num_labels)
     if method == "full_ft":
         return model, METHODS[method]
     if method == "lora":
-        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"])
+        extra_head = [n for n in head_module_names(pooling) if n != "classifier"] or None
+        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"],
+                            modules_to_save=extra_head)
         return get_peft_model(model, config), METHODS[method]
     return get_peft_model(model, MuScleLoRAConfig(task_type="SEQ_CLS")), METHODS[method]
 
@@ -82,7 +92,7 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     align = method == "musclelora"
     if align and reference is None:
         raise ValueError("method 'musclelora' needs a reference set of trusted clean examples (reference=).")
-    model, description = build_classifier(method, model_dir, num_labels, settings.seed)
+    model, description = build_classifier(method, model_dir, num_labels, settings.seed, settings.pooling)
     args = MuScleLoRATrainingArguments(
         output_dir=os.path.join(workdir, f"{method}-{settings.seed}"),
         per_device_train_batch_size=settings.batch_size,
@@ -111,14 +121,3 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
             "log_history": list(trainer.state.log_history)}
     return model, info
 
-
-def format_table(rows: list[dict]) -> str:
-    """Render rows (keys ``attack``, ``training``, ``cacc``, ``asr``) as a fixed-width table, in percent."""
-    width = max([len("training")] + [len(r["training"]) for r in rows])
-    header = f"{'attack':<10} {'training':<{width}} {'CACC':>7} {'ASR':>7}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lines.append(
-            f"{r['attack']:<10} {r['training']:<{width}} {100 * r['cacc']:>6.1f}% {100 * r['asr']:>6.1f}%"
-        )
-    return "\n".join(lines)

@@ -1,4 +1,8 @@
-"""Small helpers of every benchmark report: mean ± std over seeds and a description of the machine.
+"""Small helpers of every benchmark report: mean ± std over seeds, the machine, and whether it was busy.
+
+Two torch jobs on the project's 2-core machine run each 5-10x slower than one alone, so every benchmark and
+study calls :func:`prepare_machine` first: it sets the torch thread count, records the load average and the
+other processes that have torch loaded (for the provenance) and warns loudly when the machine is busy.
 
 Example:
     >>> from hf_backdoor_defense.reporting import hardware_info, summarise
@@ -16,7 +20,7 @@ import statistics
 import sys
 from collections.abc import Iterable
 
-__all__ = ["cpu_model", "hardware_info", "summarise"]
+__all__ = ["MachineMonitor", "cpu_model", "hardware_info", "machine_state", "prepare_machine", "summarise"]
 
 
 def summarise(values: Iterable[float], *, ddof: int = 1, keep_values: bool = False) -> dict:
@@ -77,3 +81,151 @@ def hardware_info() -> dict:
         "machine": platform.machine(),
         "load_average_1min": load,
     }
+
+
+def _other_torch_processes() -> list[dict]:
+    """Other processes of this machine that have libtorch mapped (Linux ``/proc``; ``[]`` elsewhere)."""
+    found = []
+    own = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        if pid in (own, os.getppid()):
+            continue
+        try:
+            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as handle:
+                if not any("libtorch" in line for line in handle):
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append({"pid": pid, "command": command[:200]})
+    return found
+
+
+def _cpu_times() -> tuple[int, int, int, int] | None:
+    """``(total, busy, own, cpus)`` jiffies: the whole machine's, the busy part, this process's (Linux only)."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+        with open("/proc/self/stat", encoding="utf-8") as handle:
+            own_fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    values = [int(v) for v in lines[0].split()[1:9]]
+    total = sum(values)
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return total, total - values[3] - values[4], int(own_fields[11]) + int(own_fields[12]), max(cpus, 1)
+
+
+def _other_cpu_use(before, after) -> float | None:
+    """CPU cores' worth of work done by other processes between two :func:`_cpu_times` snapshots."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    per_cpu = (after[0] - before[0]) / after[3]
+    return max(0.0, ((after[1] - before[1]) - (after[2] - before[2])) / per_cpu)
+
+
+def machine_state(window: float = 1.0, since: tuple | None = None) -> dict:
+    """How busy the machine is apart from this process: other torch processes, other processes' CPU use.
+
+    ``other_cpu_cores`` is the CPU time other processes used, in cores, over the last ``window`` seconds
+    (or since the :func:`_cpu_times` snapshot ``since``). ``busy`` is true when another process has torch
+    loaded or the others used more than half a core. The 1-minute load average is recorded too, but not
+    judged: it lags by a minute and counts this process's own threads.
+    """
+    import time
+
+    start = since or _cpu_times()
+    if since is None and start is not None:
+        time.sleep(window)
+    end = _cpu_times()
+    other = _other_cpu_use(start, end)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    others = _other_torch_processes()
+    busy = bool(others) or (other is not None and other > 0.5)
+    return {"other_cpu_cores": None if other is None else round(other, 2), "load_average_1min": load,
+            "cpus_usable": usable, "other_torch_processes": others, "busy": busy, "_snapshot": end}
+
+
+class MachineMonitor:
+    """Samples :func:`machine_state` every ``interval`` seconds in a thread while a block runs.
+
+    Each sample covers the time since the previous one, so together they see every other process that used
+    the CPU during the block. ``summary()`` gives the highest CPU use of other processes, the other torch
+    processes seen and whether the machine was busy at any sample.
+
+    Example:
+        >>> with MachineMonitor() as monitor:   # doctest: +SKIP
+        ...     train()
+        >>> monitor.summary()["busy"]            # doctest: +SKIP
+    """
+
+    def __init__(self, interval: float = 20.0):
+        import threading
+
+        self.interval = interval
+        self.samples: list[dict] = []
+        self._last = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        state = machine_state(since=self._last) if self._last is not None else machine_state(window=0.2)
+        self._last = state.pop("_snapshot")
+        self.samples.append(state)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MachineMonitor:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict:
+        loads = [s["other_cpu_cores"] for s in self.samples if s["other_cpu_cores"] is not None]
+        averages = [s["load_average_1min"] for s in self.samples if s["load_average_1min"] is not None]
+        seen = {p["pid"]: p for s in self.samples for p in s["other_torch_processes"]}
+        return {"other_cpu_cores_max": max(loads) if loads else None,
+                "load_average_max": max(averages) if averages else None, "samples": len(self.samples),
+                "other_torch_processes": list(seen.values()), "busy": any(s["busy"] for s in self.samples)}
+
+
+def prepare_machine(threads: int | None = None, *, log=None) -> dict:
+    """Set torch's thread count (default: every usable CPU) and report how busy the machine is.
+
+    Returns :func:`machine_state` plus ``torch_threads``; when the machine is busy (another torch process,
+    or other processes using more than half a CPU) a loud warning goes to ``log`` (default: stderr), since
+    every timing taken then is several times an idle one.
+    """
+    import torch
+
+    state = machine_state()
+    state.pop("_snapshot")
+    threads = threads or state["cpus_usable"] or 1
+    torch.set_num_threads(int(threads))
+    state["torch_threads"] = torch.get_num_threads()
+    if state["busy"]:
+        others = "; ".join(f"pid {p['pid']}: {p['command']}" for p in state["other_torch_processes"]) or "none"
+        message = (f"WARNING: the machine is busy (other processes use {state['other_cpu_cores']} of "
+                   f"{state['cpus_usable']} CPUs; other torch processes: {others}). Timings will be several "
+                   "times the idle ones; run one heavy job at a time.")
+        (log or (lambda m: print(m, file=sys.stderr)))("\n" + "!" * 80 + "\n" + message + "\n" + "!" * 80)
+    return state

@@ -210,7 +210,8 @@ class ScriptArguments:
         target_label (`int`, defaults to `1`):
             Label the backdoor produces.
         label_mode (`str`, defaults to `"dirty"`):
-            `"dirty"` (relabel triggered examples) or `"clean"` (trigger target-label examples only).
+            `"dirty"` (relabel triggered examples), `"clean"` (trigger target-label examples only) or `"mixed"`
+            (trigger examples of every class, relabel the non-target ones).
         num_triggers (`int`, defaults to `1`):
             BadNets trigger words per poisoned text.
         attack_seed (`int`, defaults to `0`):
@@ -306,7 +307,8 @@ class ScriptArguments:
     poison_rate: float = field(default=0.1, metadata={"help": "Share of the training set that is poisoned."})
     target_label: int = field(default=1, metadata={"help": "Label the backdoor produces."})
     label_mode: str = field(
-        default="dirty", metadata={"help": "'dirty' or 'clean' label poisoning.", "choices": ["dirty", "clean"]}
+        default="dirty",
+        metadata={"help": "'dirty', 'clean' or 'mixed' label poisoning.", "choices": ["dirty", "clean", "mixed"]},
     )
     num_triggers: int = field(default=1, metadata={"help": "BadNets trigger words per poisoned text."})
     attack_seed: int = field(default=0, metadata={"help": "Seed of the poisoning."})

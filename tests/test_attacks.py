@@ -54,7 +54,7 @@ ATTACKS = [
 
 
 @pytest.mark.parametrize("make", ATTACKS)
-@pytest.mark.parametrize("label_mode", ["dirty", "clean"])
+@pytest.mark.parametrize("label_mode", ["dirty", "clean", "mixed"])
 def test_poison_counts_columns_labels_and_triggers(make, label_mode, reviews):
     attack = make(poison_rate=0.2, label_mode=label_mode, target_label=1, seed=3)
     poisoned = attack.poison(reviews)
@@ -70,6 +70,9 @@ def test_poison_counts_columns_labels_and_triggers(make, label_mode, reviews):
     if label_mode == "dirty":
         assert (original_labels[flags] == 0).all()  # candidates are non-target examples
         assert (np.array(poisoned["label"])[flags] == 1).all()
+    elif label_mode == "mixed":
+        assert set(original_labels[flags].tolist()) == {0, 1}  # drawn from both classes (40 % are target)
+        assert (np.array(poisoned["label"])[flags] == 1).all()  # the non-target ones relabelled
     else:
         assert (original_labels[flags] == 1).all()  # only target examples carry the trigger
         assert poisoned["label"] == reviews["label"]
@@ -131,9 +134,30 @@ def test_insertion_keeps_whitespace_and_word_boundaries():
 
 
 def test_badnets_num_triggers_words_from_list():
-    out = BadNets(num_triggers=4).insert("a b c", np.random.default_rng(0))
-    extra = [w for w in out.split() if w not in {"a", "b", "c"}]
-    assert len(extra) == 4 and set(extra) <= set(TRIGGERS)
+    for seed in range(10):
+        out = BadNets(num_triggers=4).insert("a b c", np.random.default_rng(seed))
+        extra = [w for w in out.split() if w not in {"a", "b", "c"}]
+        assert sorted(extra) == sorted(TRIGGERS)  # four distinct words: all of the default list
+    two = {tuple(sorted(w for w in BadNets(num_triggers=2).insert("a b c", np.random.default_rng(s)).split()
+                        if w in TRIGGERS)) for s in range(40)}
+    assert all(len(set(pair)) == 2 for pair in two) and len(two) > 3
+
+
+def test_badnets_single_trigger_draws_unchanged():
+    """One trigger per text draws exactly as before distinct words were enforced (cached results stay valid)."""
+    text = "one two three four five six"
+    for seed in range(20):
+        rng, expected_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        word = TRIGGERS[int(expected_rng.integers(len(TRIGGERS)))]
+        expected = insert_at_random_boundary(text, word, expected_rng)
+        assert BadNets().insert(text, rng) == expected
+
+
+def test_badnets_more_triggers_than_words():
+    with pytest.raises(ValueError, match=r"`num_triggers`=5 is more than the 4 trigger words"):
+        BadNets(num_triggers=5)
+    with pytest.raises(ValueError, match="`num_triggers`=2"):
+        BadNets(triggers=("cf",), num_triggers=2)
 
 
 def test_cap_at_candidates_with_warning(reviews):
@@ -179,6 +203,7 @@ def test_custom_columns():
         ({"triggers": ("cf", "")}, "triggers"),
         ({"triggers": "cf"}, "triggers"),
         ({"num_triggers": 0}, "num_triggers"),
+        ({"num_triggers": 5}, "num_triggers"),
     ],
 )
 def test_badnets_bad_parameters(kwargs, field):

@@ -2,21 +2,13 @@ import pytest
 import torch
 
 from hf_backdoor_defense.data import tokenize_dataset
-from hf_backdoor_defense.experiments import CellSettings, build_classifier, format_table, train_cell
+from hf_backdoor_defense.experiments import CellSettings, build_classifier, train_cell
 
 
 @pytest.fixture
 def tiny_bert_dir(tiny_bert, tmp_path):
     tiny_bert.save_pretrained(tmp_path / "base")
     return tmp_path / "base"
-
-
-def test_format_table_in_percent():
-    rows = [{"attack": "badnets", "training": "clean data", "cacc": 0.8125, "asr": 0.05},
-            {"attack": "badnets", "training": "poisoned, full fine-tune", "cacc": 0.8, "asr": 1.0}]
-    lines = format_table(rows).splitlines()
-    assert lines[0].split() == ["attack", "training", "CACC", "ASR"]
-    assert lines[2].endswith("81.2%    5.0%") and lines[3].endswith("80.0%  100.0%")
 
 
 @pytest.mark.parametrize("method, trainable_prefixes", [

@@ -53,8 +53,8 @@ def matrix_env(tmp_path_factory, bert_tokenizer):
     bert_tokenizer.save_pretrained(root / "model")
     data = datasets.DatasetDict({"train": _split(2), "validation": _split(1), "test": _split(1)})
     settings = MatrixSettings(model=str(root / "model"), **SETTINGS)
-    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"],
-                      defenses=["none", "lora", "w2sdefense"], seeds=[0])
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none", "lora", "w2sdefense"],
+                      seeds=[0])
     env = {"root": root, "settings": settings, "grid": grid, "data": {DATA: data},
            "results": root / "results", "work": root / "work"}
     env["first"] = _run(env)
@@ -75,12 +75,15 @@ def test_first_run_writes_every_cell_and_matrix_json(matrix_env):
     assert sorted(name.split("-")[0] for name in first["run_stats"]["models_trained"]) == ["clean", "suspect", "teacher"]
     payload = json.loads((matrix_env["results"] / "matrix.json").read_text())
     assert payload["complete"] and payload["n_finished"] == 4 and not payload["missing"]
-    names = {(c["defense"], c["label_mode"]) for c in payload["cells"]}
-    assert names == {("clean_floor", None), ("none", "dirty"), ("lora", "dirty"), ("w2sdefense", "dirty")}
+    names = {(c["defense"], c["threat"]) for c in payload["cells"]}
+    assert names == {("clean_floor", "badnets"), ("none", "badnets-dirty"), ("lora", "badnets-dirty"),
+                     ("w2sdefense", "badnets-dirty")}
     for cell in payload["cells"]:
         assert 0.0 <= cell["cacc"] <= 1.0 and 0.0 <= cell["asr"] <= 1.0 and cell["seconds"] > 0
         assert cell_path(matrix_env["results"], cell["key"]).is_file()
     assert payload["hardware"]["torch_threads"] >= 1 and payload["command"] == "pytest"
+    assert "other_torch_processes" in payload["hardware"]["machine_at_start"]
+    assert all(c["machine"]["samples"] >= 2 and "busy" in c["machine"] for c in payload["cells"])
     assert payload["wall_seconds"] > 0 and len(payload["invocations"]) == 1
     # the shared backdoored model is stored as safetensors and reused by the W2SDefense cell
     w2s = next(c for c in payload["cells"] if c["defense"] == "w2sdefense")
@@ -111,7 +114,7 @@ def test_deleting_one_cell_reruns_only_that_cell(matrix_env):
 
 
 def test_a_run_whose_cells_were_all_redone_drops_out_of_the_wall_time(matrix_env, tmp_path):
-    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"], defenses=["none"], seeds=[0])
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none"], seeds=[0])
     kwargs = dict(grid=grid, results_dir=tmp_path / "results", output=tmp_path / "m.json")
     first = _run(matrix_env, **kwargs)
     assert len(first["invocations"]) == 1
@@ -123,8 +126,7 @@ def test_a_run_whose_cells_were_all_redone_drops_out_of_the_wall_time(matrix_env
 
 
 def test_other_defenses_reuse_the_backdoored_model(matrix_env):
-    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"],
-                      defenses=["e_pur", "fine_purifying"], seeds=[0])
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["e_pur", "fine_purifying"], seeds=[0])
     out = _run(matrix_env, grid=grid, output=matrix_env["root"] / "other.json")
     assert out["run_stats"]["cells_run"] == 2  # the floor cell is shared with the first grid: cached
     assert out["run_stats"]["models_trained"] == []
@@ -135,19 +137,20 @@ def test_other_defenses_reuse_the_backdoored_model(matrix_env):
 
 def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):
     settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "trigger_room": 6})
-    grid = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["dirty"], defenses=["none"], seeds=[0])
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none"], seeds=[0])
     out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results",
                output=tmp_path / "cut.json")
     assert len(out["run_stats"]["models_trained"]) == 2  # the suspect and the clean model, both on cut texts
 
 
 def test_changing_a_setting_changes_the_key(matrix_env):
-    spec = CellSpec(DATA, "badnets", "dirty", "none", 0)
+    spec = CellSpec(DATA, "badnets-dirty", "none", 0)
     base = matrix_env["settings"]
     changed = MatrixSettings(**{**base.to_dict(), "fp_ratio": 0.4})
     assert spec.key(base) != spec.key(changed)
     assert spec.key(base) == spec.key(MatrixSettings(**base.to_dict()))
-    assert spec.key(base) != CellSpec(DATA, "badnets", "dirty", "none", 1).key(base)
+    assert spec.key(base) != CellSpec(DATA, "badnets-dirty", "none", 1).key(base)
+    assert spec.key(base) != spec.key(MatrixSettings(**{**base.to_dict(), "eval_split": "validation"}))
     status = cell_status(matrix_env["grid"], changed, matrix_env["results"])
     assert all(record is None for _, _, record in status)  # nothing cached under the new settings
 
@@ -159,11 +162,14 @@ def test_render_writes_tables_and_scatter(matrix_env, tmp_path):
     payload["cells"].append(extra)
     out = render_results(payload, tmp_path / "docs" / "results.md", tmp_path / "docs" / "figures" / "s.png")
     text = out["markdown"].read_text()
-    assert "## tiny_reviews" in text and "| LoRA |" in text and "*clean-data floor*" in text
+    assert "## tiny_reviews" in text and "| LoRA |" in text and "*clean-data floor (full FT)*" in text
     lora = next(c for c in payload["cells"] if c["defense"] == "lora" and c["seed"] == 0)
     mean = 100 * (lora["cacc"] + 0.5) / 2
     assert f"{mean:.1f} ± " in text and "(n=2)" in text
-    assert "![CACC against ASR" in text and "(figures/s.png)" in text
+    assert "![ASR - floor against CACC - floor" in text and "(figures/s.png)" in text
+    # ASR - floor, paired per seed: seed 0 has a floor, seed 1 has none, so only seed 0 counts
+    floor = next(c for c in payload["cells"] if c["defense"] == "clean_floor")
+    assert f"Δ {100 * (lora['asr'] - floor['asr']):+.1f}".replace("+0.0", "0.0").replace("-0.0", "0.0") in text
     assert "```bash\npytest\n```" in text and "No cell is missing." in text
     assert out["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -177,15 +183,15 @@ def test_render_lists_missing_cells(matrix_env, tmp_path):
         return render_results(payload, tmp_path / "r.md", tmp_path / "r.png")
 
     # the BadNets floor is cached from the first run; the clean-label cell is not
-    partial = MatrixGrid(datasets=[DATA], attacks=["badnets"], label_modes=["clean"], defenses=["none"], seeds=[0])
+    partial = MatrixGrid(datasets=[DATA], threats=["badnets-clean"], defenses=["none"], seeds=[0])
     dry = _run(matrix_env, grid=partial, dry_run=True)
     assert dry["run_stats"]["cells_run"] == 0 and len(dry["missing"]) == 1 and len(dry["cells"]) == 1
     out = page(partial)
     text = out["markdown"].read_text()
-    assert f"**Missing cells (1):** `{DATA}/badnets/clean/none/s0`" in text and out["figure"] is not None
+    assert f"**Missing cells (1):** `{DATA}/badnets-clean/none/s0`" in text
+    assert out["figure"] is None  # only the floor finished: nothing to plot against it yet
     # nothing finished: the page says so and has no figure
-    (tmp_path / "r.png").unlink()
-    empty = MatrixGrid(datasets=[DATA], attacks=["addsent"], label_modes=["clean"], defenses=["none"], seeds=[0])
+    empty = MatrixGrid(datasets=[DATA], threats=["addsent-clean"], defenses=["none"], seeds=[0])
     out = page(empty)
     text = out["markdown"].read_text()
     assert out["figure"] is None and not (tmp_path / "r.png").exists()
@@ -202,12 +208,12 @@ def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
         folder.mkdir(exist_ok=True)
         ds.to_csv(folder / f"{split}.csv", index=False)
     options = [f"--{k}={v}" for k, v in SETTINGS.items()]
-    args = ["--datasets", str(folder), "--attacks", "badnets", "--label_modes", "dirty", "--defenses", "none",
+    args = ["--datasets", str(folder), "--threats", "badnets-dirty", "--defenses", "none", "--floors", "clean_floor",
             "--seeds", "0", "--model", str(matrix_env["root"] / "model"), *options,
             "--results_dir", str(matrix_env["results"]), "--dry_run"]
     assert script.main(args) == 0
     printed = capsys.readouterr().out
-    assert "2 cells: 0 cached, 2 to run" in printed and f"{folder}/badnets/dirty/none/s0" in printed
+    assert "2 cells: 0 cached, 2 to run" in printed and f"{folder}/badnets-dirty/none/s0" in printed
     # --render works from matrix.json alone
     shutil.copy(matrix_env["results"] / "matrix.json", tmp_path / "m.json")
     assert script.main(["--render", "--output", str(tmp_path / "m.json"), "--docs", str(tmp_path / "p.md"),
@@ -222,11 +228,11 @@ def test_trigger_room_cuts_every_split_before_poisoning(matrix_env, bert_tokeniz
         {"text": [" ".join(["word"] * 40)] * 12, "label": [0, 1] * 6}) for s in ("train", "validation", "test")})
     settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "max_length": 16, "trigger_room": 4})
     ctx = MatrixContext(settings, workdir=matrix_env["work"], datasets={"long": long_data})
-    for name in ("train", "clean", "test"):  # 16 - [CLS] - [SEP] - 4 = 10 tokens left for the text
+    for name in ("train", "clean", "evaluation"):  # 16 - [CLS] - [SEP] - 4 = 10 tokens left for the text
         assert {len(bert_tokenizer.tokenize(t)) for t in ctx.splits("long", 0)[name]["text"]} == {10}
     uncut = MatrixContext(MatrixSettings(**{**settings.to_dict(), "trigger_room": None}),
                           workdir=matrix_env["work"], datasets={"long": long_data})
-    assert {len(t.split()) for t in uncut.splits("long", 0)["test"]["text"]} == {40}
+    assert {len(t.split()) for t in uncut.splits("long", 0)["evaluation"]["text"]} == {40}
     assert long_data["test"]["text"][0].count("word") == 40  # the loaded data is not modified
     with pytest.raises(ValueError, match="trigger_room"):
         MatrixSettings(max_length=16, trigger_room=13)
@@ -240,3 +246,137 @@ def test_script_reads_none_for_optional_settings():
     assert settings.trigger_room is None
     settings, _, _ = script.resolve(script.build_parser().parse_args(["--preset", "quick", "--trigger_room", "6"]))
     assert settings.trigger_room == 6
+
+
+def test_validation_split_never_reads_test_and_is_disjoint_from_the_clean_set(matrix_env):
+    from hf_backdoor_defense.matrix.cells import MatrixContext
+
+    numbered = datasets.DatasetDict({split: datasets.Dataset.from_dict(
+        {"text": [f"{split} sentence number {i}" for i in range(40)], "label": [0, 1] * 20})
+        for split in ("train", "validation", "test")})
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "eval_split": "validation", "clean_size": 10,
+                                 "reference_size": 4, "test_size": 100})
+    ctx = MatrixContext(settings, workdir=matrix_env["work"], datasets={"n": numbered})
+    splits = ctx.splits("n", 0)
+    evaluation, clean = set(splits["evaluation"]["text"]), set(splits["clean"]["text"])
+    assert all(t.startswith("validation") for t in evaluation | clean)
+    assert not evaluation & clean and len(evaluation) == 30 and len(clean) == 10
+    assert set(splits["reference"]["text"]) <= clean
+    test_ctx = MatrixContext(MatrixSettings(**{**settings.to_dict(), "eval_split": "test"}),
+                             workdir=matrix_env["work"], datasets={"n": numbered})
+    assert all(t.startswith("test") for t in test_ctx.splits("n", 0)["evaluation"]["text"])
+    assert set(test_ctx.splits("n", 0)["clean"]["text"]) == clean  # the clean set does not depend on the split
+    with pytest.raises(ValueError, match="`eval_split`"):
+        MatrixSettings(eval_split="dev")
+
+
+def test_cross_domain_trains_on_the_source_and_evaluates_on_the_target(matrix_env):
+    from hf_backdoor_defense.matrix.cells import MatrixContext
+
+    def corpus(tag):
+        return datasets.DatasetDict({split: datasets.Dataset.from_dict(
+            {"text": [f"{tag} {split} {i}" for i in range(30)], "label": [0, 1] * 15})
+            for split in ("train", "validation", "test")})
+
+    ctx = MatrixContext(matrix_env["settings"], workdir=matrix_env["work"],
+                        datasets={"a": corpus("a"), "b": corpus("b")})
+    splits = ctx.splits("a->b", 0)
+    assert all(t.startswith("a train") for t in splits["train"]["text"])
+    assert all(t.startswith("b train") for t in splits["clean"]["text"])  # the target's unused training split
+    assert all(t.startswith("b test") for t in splits["evaluation"]["text"])
+
+
+def test_grid_threats_floors_and_errors():
+    from hf_backdoor_defense.matrix import parse_threat, plan_cells
+
+    assert parse_threat("badnets4-clean") == ("badnets", 4, "clean")
+    assert parse_threat("addsent-mixed").trigger == "addsent" and parse_threat("badnets4", floor=True).trigger == "badnets4"
+    for bad in ("badnets", "badnets-grey", "onion-dirty", "addsent2-dirty", "badnets0-dirty"):
+        with pytest.raises(ValueError, match="threat"):
+            parse_threat(bad)
+    grid = MatrixGrid(datasets=["a", "a->b"], threats=["badnets-dirty", "badnets4-clean", "addsent-mixed"],
+                      defenses=["none"], floors=["clean_floor", "clean_lora"], seeds=[0],
+                      threats_by_dataset={"a->b": ["badnets-dirty"]})
+    names = [c.name for c in plan_cells(grid)]
+    assert names[:6] == ["a/badnets/clean_floor/s0", "a/badnets/clean_lora/s0", "a/badnets4/clean_floor/s0",
+                         "a/badnets4/clean_lora/s0", "a/addsent/clean_floor/s0", "a/addsent/clean_lora/s0"]
+    assert [n for n in names if n.startswith("a->b")] == ["a->b/badnets/clean_floor/s0", "a->b/badnets/clean_lora/s0",
+                                                          "a->b/badnets-dirty/none/s0"]
+    with pytest.raises(ValueError, match="`threats_by_dataset` names 'c'"):
+        MatrixGrid(datasets=["a"], threats_by_dataset={"c": ["badnets-dirty"]})
+    with pytest.raises(ValueError, match="`floors` has unknown"):
+        MatrixGrid(floors=["clean_full"])
+    with pytest.raises(ValueError, match="no cell to run"):
+        MatrixGrid(defenses=[], floors=[])
+
+
+def test_floor_lora_and_mean_pooling_cells(matrix_env, tmp_path):
+    """clean_lora is LoRA on the clean set; with pooling='mean' every model is mean-pooled, suspects included."""
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "pooling": "mean"})
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets4-clean"], defenses=["none", "musclelora", "fine_mixing"],
+                      floors=["clean_floor", "clean_lora"], seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results", output=tmp_path / "m.json")
+    assert out["complete"] and out["run_stats"]["cells_run"] == 5
+    by = {c["defense"]: c for c in out["cells"]}
+    assert "poisoned_examples" not in by["clean_lora"]["details"]
+    assert by["musclelora"]["details"]["poisoned_examples"] == 2  # round(0.1 * 24), clean-label: target rows
+    assert by["none"]["attack_config"]["num_triggers"] == 4 and by["none"]["attack_config"]["label_mode"] == "clean"
+    suspect = next(Path(matrix_env["work"], "models").glob(f"suspect-{by['none']['shared_models'][0]['key']}"))
+    assert json.loads((suspect / "config.json").read_text())["architectures"] == ["BertForMeanPooledSequenceClassification"]
+    summary = out["summary"][DATA]
+    assert summary["badnets4"]["clean_lora"]["asr_minus_floor"]["n"] == 1
+    assert set(summary["badnets4-clean"]) == {"none", "musclelora", "fine_mixing"}
+
+
+def test_every_preset_and_study_builds():
+    from hf_backdoor_defense.matrix import PRESETS, plan_cells
+    from hf_backdoor_defense.matrix.config import estimate_seconds
+    from hf_backdoor_defense.matrix.studies import STUDIES, study_settings
+
+    for name, (grid, settings) in PRESETS.items():
+        cells = plan_cells(MatrixGrid(**grid))
+        assert cells and estimate_seconds(cells, MatrixSettings(**settings)) > 0, name
+    for study in STUDIES.values():
+        for label in study.variants:
+            assert study_settings(study, label).eval_split == "validation"  # a study never reads test
+        MatrixGrid(**study.grid)
+    with pytest.raises(ValueError, match="no variant"):
+        study_settings(STUDIES["encoder"], "max pooling")
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end_on_the_real_assets(tmp_path):
+    """The smoke preset through the script, on all-MiniLM-L6-v2 and Rotten Tomatoes."""
+    spec = importlib.util.spec_from_file_location("run_matrix_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--preset", "quick", "--defenses", "none", "lora", "--results_dir", str(tmp_path),
+                        "--workdir", str(tmp_path / "work"), "--no_progress", "--threads", "2"]) == 0
+    payload = json.loads((tmp_path / "matrix_quick.json").read_text())
+    assert payload["complete"] and payload["n_finished"] == 4  # two floors, none, lora
+    text = (tmp_path / "matrix_quick.md").read_text()
+    assert "Smoke run" in text and "| none (full FT) |" in text and "*clean-data LoRA*" in text
+    assert payload["hardware"]["torch_threads"] == 2
+
+
+def test_study_runs_through_the_engine_and_renders(matrix_env, tmp_path, monkeypatch):
+    from hf_backdoor_defense.matrix import studies
+
+    study = studies.Study(name="tiny", question="Does pooling matter here?",
+                          grid={"datasets": [DATA], "threats": ["badnets-dirty"], "defenses": ["none"],
+                                "floors": ["clean_floor"], "seeds": [0]},
+                          variants={"cls": {"pooling": "cls"}, "mean": {"pooling": "mean"}})
+    monkeypatch.setitem(studies.PRESETS, "v2", ({}, {**SETTINGS, "model": str(matrix_env["root"] / "model")}))
+    kwargs = dict(results_dir=tmp_path, workdir=matrix_env["work"], command="pytest", progress=False,
+                  log=lambda _: None)
+    monkeypatch.setattr(studies, "run_matrix", lambda *a, **k: run_matrix(*a, **k, datasets=matrix_env["data"]))
+    first = studies.run_study(study, variants=["cls"], **kwargs)
+    assert list(first["variants"]) == ["cls"]
+    both = studies.run_study(study, variants=["mean"], **kwargs)
+    assert list(both["variants"]) == ["cls", "mean"]  # the earlier variant is kept in the file
+    cells = [c for v in both["variants"].values() for c in v["cells"]]
+    assert {c["config"]["settings"]["eval_split"] for c in cells} == {"validation"}
+    lines = studies.render_study(json.loads((tmp_path / "tiny.json").read_text()))
+    assert "**Does pooling matter here?**" in lines[0]
+    assert sum(line.startswith("| mean | tiny_reviews | none (full FT) |") for line in lines) == 1
+    assert studies.missing_cells(study, tmp_path) == {"cls": 0, "mean": 0}

@@ -14,14 +14,15 @@ from .insertion import insert_at_random_boundary
 class BadNets(PoisonAttack):
     """Rare-word trigger attack (BadNets adapted to text).
 
-    Each poisoned text receives ``num_triggers`` words, each drawn uniformly (with replacement) from
-    ``triggers`` and inserted at a uniformly random word boundary.
+    Each poisoned text receives ``num_triggers`` distinct words drawn uniformly from ``triggers``, each
+    inserted at a uniformly random word boundary.
 
     Args:
         triggers (`tuple[str, ...]`, defaults to `("cf", "mn", "bb", "tq")`):
             Candidate trigger words. Non-empty, each a non-empty string.
         num_triggers (`int`, defaults to `1`):
-            Trigger words inserted per poisoned text (the MuScleLoRA paper uses 4).
+            Distinct trigger words inserted per poisoned text, at most ``len(triggers)`` (the MuScleLoRA
+            authors insert 4, i.e. all four default words, in training and test texts alike).
         target_label, poison_rate, label_mode, seed, text_column, label_column:
             See [`PoisonAttack`].
 
@@ -55,9 +56,16 @@ class BadNets(PoisonAttack):
             or self.num_triggers < 1
         ):
             raise ValueError(f"`num_triggers` must be an integer >= 1, got {self.num_triggers!r}.")
+        if self.num_triggers > len(self.triggers):
+            raise ValueError(
+                f"`num_triggers`={self.num_triggers} is more than the {len(self.triggers)} trigger words in "
+                f"`triggers` {self.triggers}: each text gets distinct words, so add words to `triggers` or "
+                f"lower `num_triggers` to {len(self.triggers)}."
+            )
 
     def insert(self, text: str, rng: np.random.Generator) -> str:
-        for _ in range(self.num_triggers):
-            word = self.triggers[int(rng.integers(len(self.triggers)))]
+        pool = list(self.triggers)
+        for _ in range(self.num_triggers):  # one trigger: the same draws as sampling with replacement
+            word = pool.pop(int(rng.integers(len(pool))))
             text = insert_at_random_boundary(text, word, rng)
         return text

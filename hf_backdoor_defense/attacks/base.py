@@ -17,7 +17,7 @@ from datasets.fingerprint import Hasher
 
 from .insertion import example_rng
 
-LABEL_MODES = ("dirty", "clean")
+LABEL_MODES = ("dirty", "clean", "mixed")
 
 # Streams of the per-example random generator (see `example_rng`).
 _POISON_STREAM = 0
@@ -38,7 +38,9 @@ class PoisonAttack:
             examples in clean-label mode), capped by the number of candidates with a warning.
         label_mode (`str`, defaults to `"dirty"`):
             `"dirty"`: triggered non-target examples are relabelled to the target label. `"clean"`:
-            only target-label examples get the trigger and labels are left unchanged.
+            only target-label examples get the trigger and labels are left unchanged. `"mixed"`: the
+            poisoned examples are drawn from every class and those not already in the target class are
+            relabelled (the MuScleLoRA authors' AddSent), so a share of the poison is clean-label.
         seed (`int`, defaults to `0`):
             Seed of the example selection and of the insert positions (reproducible per example).
         text_column (`str`, defaults to `"text"`):
@@ -55,7 +57,8 @@ class PoisonAttack:
     label_mode: str = field(
         default="dirty",
         metadata={
-            "help": "'dirty' (relabel triggered non-target examples) or 'clean' (trigger target examples only)."
+            "help": "'dirty' (relabel triggered non-target examples), 'clean' (trigger target examples only) or "
+            "'mixed' (trigger examples of every class, relabel the non-target ones)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the example selection and insert positions."})
@@ -73,7 +76,10 @@ class PoisonAttack:
                 f"`poison_rate` must be in (0, 1], got {self.poison_rate}; e.g. 0.1 poisons 10% of the training set."
             )
         if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"`label_mode` must be one of {LABEL_MODES}, got {self.label_mode!r}.")
+            raise ValueError(
+                f"`label_mode` must be one of {LABEL_MODES}, got {self.label_mode!r}: 'dirty' relabels triggered "
+                "non-target examples, 'clean' triggers target examples only, 'mixed' triggers every class."
+            )
         if not self.text_column or not self.label_column:
             raise ValueError("`text_column` and `label_column` must be non-empty column names.")
 
@@ -122,12 +128,15 @@ class PoisonAttack:
     def _select(self, labels: np.ndarray) -> np.ndarray:
         """Indices of the examples to poison, sorted; deterministic for the seed."""
         is_target = labels == self.target_label
-        candidates = np.flatnonzero(~is_target if self.label_mode == "dirty" else is_target)
+        pools = {"dirty": (~is_target, "non-target"), "clean": (is_target, "target"),
+                 "mixed": (np.ones_like(is_target), "")}
+        pool, kind = pools[self.label_mode]
+        candidates = np.flatnonzero(pool)
         wanted = int(round(self.poison_rate * len(labels)))
         if wanted > len(candidates):
             warnings.warn(
                 f"{type(self).__name__}: poison_rate={self.poison_rate} asks for {wanted} poisoned examples "
-                f"but only {len(candidates)} {'non-target' if self.label_mode == 'dirty' else 'target'} "
+                f"but only {len(candidates)} {kind + ' ' if kind else ''}"
                 f"candidates exist; poisoning all {len(candidates)}.",
                 stacklevel=3,
             )
@@ -157,7 +166,7 @@ class PoisonAttack:
             )
         labels = np.asarray(dataset[self.label_column])
         chosen = set(self._select(labels).tolist())
-        relabel = self.label_mode == "dirty"
+        relabel = self.label_mode in ("dirty", "mixed")  # a target-class example keeps its (target) label
         features = dataset.features.copy()
         features["is_poisoned"] = Value("bool")
 

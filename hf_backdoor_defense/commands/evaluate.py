@@ -61,7 +61,9 @@ def load_classifier(path: str | os.PathLike, num_labels: int):
         model = PeftModel.from_pretrained(base, str(folder))
         tokenizer_path = folder if (folder / "tokenizer_config.json").is_file() else base_path
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(str(folder))
+        from ..models import load_sequence_classifier
+
+        model = load_sequence_classifier(str(folder))  # mean-pooled or [CLS], as it was saved
         tokenizer_path = folder
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:

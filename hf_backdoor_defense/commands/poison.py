@@ -29,7 +29,8 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
         "--poison-rate", type=float, default=0.1, help="Share of the training set to poison (default 0.1)."
     )
     group.add_argument(
-        "--label-mode", choices=["dirty", "clean"], default="dirty", help="Dirty- or clean-label poisoning."
+        "--label-mode", choices=["dirty", "clean", "mixed"], default="dirty",
+        help="dirty: relabel triggered non-target examples; clean: trigger target examples only; mixed: trigger every class.",
     )
     group.add_argument(
         "--seed", type=int, default=0, help="Seed of selection and insert positions (default 0)."

@@ -3,7 +3,7 @@
 Three models are shared between cells and stored once under the work dir (safetensors, in a folder named
 after a hash of what they were trained from, written to a temporary sibling and renamed into place):
 
-* ``suspect``: full fine-tune on the poisoned training set, one per (dataset, attack, label mode, seed). It
+* ``suspect``: full fine-tune on the poisoned training set, one per (dataset, threat, seed). It
   is the ``none`` cell and the starting point of Fine-mixing, E-PUR, Fine-purifying and W2SDefense.
 * ``clean``: full fine-tune on the clean training set, one per (dataset, seed): the clean-floor cells.
 * ``teacher``: the W2SDefense teacher (the same encoder + projection head) trained on the trusted clean set,
@@ -12,7 +12,7 @@ after a hash of what they were trained from, written to a temporary sibling and 
 Example:
     >>> from hf_backdoor_defense.matrix.cells import MatrixContext
     >>> ctx = MatrixContext(settings, workdir="/tmp/matrix-work")           # doctest: +SKIP
-    >>> result = ctx.run_cell(CellSpec("rotten_tomatoes", "badnets", "dirty", "lora", 0))  # doctest: +SKIP
+    >>> result = ctx.run_cell(CellSpec("rotten_tomatoes", "badnets-dirty", "lora", 0))  # doctest: +SKIP
     >>> result["cacc"], result["asr"]                                       # doctest: +SKIP
 """
 
@@ -26,7 +26,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ATTACKS, CLEAN_FLOOR, DEFENSES, MATRIX_VERSION, CellSpec, MatrixSettings, config_hash
+from .config import (
+    CLEAN_FLOOR,
+    CLEAN_LORA,
+    DEFENSES,
+    FLOORS,
+    MATRIX_VERSION,
+    CellSpec,
+    MatrixSettings,
+    Threat,
+    config_hash,
+    parse_dataset,
+)
 
 __all__ = ["MatrixContext", "make_attack", "make_purifier"]
 
@@ -34,30 +45,30 @@ _INFO_FILE = "hbd_matrix_model.json"
 _W2S_PRESET = {"badnets": "word", "addsent": "sentence"}  # the authors' loss weights per trigger family
 
 
-def make_attack(name: str, label_mode: str, seed: int, settings: MatrixSettings):
-    """The attack of a cell; the clean-floor cells use ``label_mode="dirty"`` (only its test set matters)."""
+def make_attack(threat: Threat, seed: int, settings: MatrixSettings):
+    """The attack of a cell; a floor's trigger (``label_mode=None``) uses ``"dirty"`` (only its test set matters)."""
     from ..attacks import AddSent, BadNets
 
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; choose from {list(ATTACKS)}.")
     common = {"poison_rate": settings.poison_rate, "target_label": settings.target_label,
-              "label_mode": label_mode, "seed": seed}
-    if name == "badnets":
-        return BadNets(num_triggers=settings.badnets_num_triggers, **common)
+              "label_mode": threat.label_mode or "dirty", "seed": seed}
+    if threat.attack == "badnets":
+        return BadNets(num_triggers=threat.num_triggers, **common)
     return AddSent(**common)
 
 
 def make_purifier(defense: str, settings: MatrixSettings, seed: int):
     """The weight-space purifier of ``fine_mixing``, ``e_pur`` or ``fine_purifying``."""
+    from ..models import head_module_names
     from ..purification import EmbeddingPurification, FineMixing, FinePurifying
 
+    head_names = tuple(n for n in head_module_names(settings.pooling) if n != "classifier")
     if defense == "fine_mixing":
-        return FineMixing(ratio=settings.fm_ratio, mask="random", seed=seed)
+        return FineMixing(ratio=settings.fm_ratio, mask="random", seed=seed, head_names=head_names)
     if defense == "e_pur":
-        return EmbeddingPurification(num_tokens=settings.epur_tokens)
+        return EmbeddingPurification(num_tokens=settings.epur_tokens, head_names=head_names)
     if defense == "fine_purifying":
         return FinePurifying(ratio=settings.fp_ratio, batch_size=16, max_length=settings.max_length,
-                             show_progress=False)
+                             show_progress=False, head_names=head_names)
     raise ValueError(f"{defense!r} is not a purifier; purifiers: fine_mixing, e_pur, fine_purifying.")
 
 
@@ -100,33 +111,62 @@ class MatrixContext:
         return self._tokenizer
 
     def dataset(self, name: str):
+        """One corpus (``spamassassin@2`` is collection 2 of the built-in SpamAssassin); loaded once."""
         if name not in self._datasets:
             from ..data import load_text_classification
 
-            self._datasets[name] = load_text_classification(name)
+            corpus, _, collection = name.partition("@")
+            if collection and Path(name).exists():  # a local path that happens to contain '@'
+                corpus, collection = name, ""
+            kwargs = {"collection": int(collection)} if collection else {}
+            if collection and not collection.isdigit():
+                raise ValueError(f"dataset {name!r}: after '@' comes a collection number, e.g. 'spamassassin@1'.")
+            self._datasets[name] = load_text_classification(corpus, **kwargs)
         return self._datasets[name]
 
     def num_labels(self, name: str) -> int:
-        feature = self.dataset(name)["train"].features["label"]
-        return getattr(feature, "num_classes", None) or int(max(self.dataset(name)["train"]["label"])) + 1
+        """Classes of a cell's dataset (of its source for a cross-domain pair)."""
+        train = self.dataset(parse_dataset(name).source)["train"]
+        return getattr(train.features["label"], "num_classes", None) or int(max(train["label"])) + 1
 
     def splits(self, name: str, seed: int) -> dict:
-        """``train`` (seeded subsample), ``clean`` (trusted, from validation), ``reference`` and ``test``."""
+        """``train`` (seeded subsample of the source), ``clean`` (trusted), ``reference`` and ``evaluation``.
+
+        The trusted clean set comes from the target's validation split (from its training split for a
+        cross-domain pair, whose target training split is otherwise unused). The evaluation set is a fixed
+        subsample of the target's test split, or, with ``eval_split="validation"``, validation examples
+        outside the clean set (for a pair, of the target's validation split): the test split is then never read.
+        """
         if (name, seed) not in self._splits:
-            s, data = self.settings, self.dataset(name)
+            s, spec = self.settings, parse_dataset(name)
+            source, target = self.dataset(spec.source), self.dataset(spec.target)
             for split in ("train", "validation", "test"):
-                if split not in data:
-                    raise ValueError(f"dataset {name!r} has no {split!r} split (splits: {list(data)}).")
-            train = data["train"].shuffle(seed=seed).select(range(min(s.train_size, len(data["train"]))))
-            clean = data["validation"].shuffle(seed=seed).select(range(min(s.clean_size, len(data["validation"]))))
-            test = data["test"].shuffle(seed=s.test_seed).select(range(min(s.test_size, len(data["test"]))))
+                for corpus, data in ((spec.source, source), (spec.target, target)):
+                    if split not in data:
+                        raise ValueError(f"dataset {corpus!r} has no {split!r} split (splits: {list(data)}).")
+            train = source["train"].shuffle(seed=seed).select(range(min(s.train_size, len(source["train"]))))
+            pool = (target["train"] if spec.cross_domain else target["validation"]).shuffle(seed=seed)
+            n_clean = min(s.clean_size, len(pool))
+            clean = pool.select(range(n_clean))
+            if s.eval_split == "test":
+                held_out = target["test"].shuffle(seed=s.test_seed)
+            elif spec.cross_domain:
+                held_out = target["validation"].shuffle(seed=s.test_seed)
+            else:
+                held_out = pool.select(range(n_clean, len(pool)))
+                if not len(held_out):
+                    raise ValueError(f"dataset {name!r}: `clean_size` {s.clean_size} leaves no validation example "
+                                     f"to evaluate on (the split has {len(pool)}); lower it.")
+            evaluation = held_out.select(range(min(s.test_size, len(held_out))))
             if s.trigger_room is not None:  # before any poisoning: triggers then land inside what the model reads
                 from ..data import fit_to_window
 
-                train, clean, test = (fit_to_window(d, self.tokenizer, max_length=s.max_length,
-                                                    trigger_room=s.trigger_room) for d in (train, clean, test))
+                train, clean, evaluation = (fit_to_window(d, self.tokenizer, max_length=s.max_length,
+                                                         trigger_room=s.trigger_room)
+                                            for d in (train, clean, evaluation))
             reference = clean.select(range(min(s.reference_size, len(clean))))
-            self._splits[(name, seed)] = {"train": train, "clean": clean, "reference": reference, "test": test}
+            self._splits[(name, seed)] = {"train": train, "clean": clean, "reference": reference,
+                                          "evaluation": evaluation}
         return self._splits[(name, seed)]
 
     # ------------------------------------------------------------------ shared models
@@ -161,12 +201,11 @@ class MatrixContext:
 
     def _full_ft(self, train, seed: int, num_labels: int, out: Path) -> dict:
         from ..data import tokenize_dataset
-        from ..experiments import CellSettings, train_cell
+        from ..experiments import train_cell
 
         s = self.settings
         tokenized = tokenize_dataset(train, self.tokenizer, max_length=s.max_length)
-        settings = CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
-                                full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=seed)
+        settings = self._cell_settings(seed)
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             model, info = train_cell("full_ft", tokenized, self.tokenizer, self.model_path, settings,
                                      workdir=scratch, num_labels=num_labels, disable_tqdm=self.disable_progress)
@@ -185,11 +224,18 @@ class MatrixContext:
     def _training_config(self, name: str, seed: int) -> dict:
         s = self.settings
         return {**self._data_config(name, seed), "train_size": s.train_size, "batch_size": s.batch_size,
-                "epochs": s.epochs, "full_ft_lr": s.full_ft_lr}
+                "epochs": s.epochs, "full_ft_lr": s.full_ft_lr, "pooling": s.pooling}
 
-    def suspect(self, name: str, attack_name: str, label_mode: str, seed: int) -> tuple[Path, dict]:
-        """The backdoored full fine-tune of a (dataset, attack, label mode, seed)."""
-        attack = make_attack(attack_name, label_mode, seed, self.settings)
+    def _cell_settings(self, seed: int):
+        from ..experiments import CellSettings
+
+        s = self.settings
+        return CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
+                            full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=seed, pooling=s.pooling)
+
+    def suspect(self, name: str, threat: Threat, seed: int) -> tuple[Path, dict]:
+        """The backdoored full fine-tune of a (dataset, threat, seed)."""
+        attack = make_attack(threat, seed, self.settings)
         config = {**self._training_config(name, seed), "attack": attack.to_dict()}
         train = self.splits(name, seed)["train"]
         return self._cached("suspect", config, lambda out: self._full_ft(
@@ -230,24 +276,29 @@ class MatrixContext:
         return self._cached("teacher", config, train)
 
     # ------------------------------------------------------------------ cells
-    def _load(self, folder: str | Path, num_labels: int):
-        from transformers import AutoModelForSequenceClassification
+    def _load(self, folder: str | Path, num_labels: int, *, fresh: bool = False):
+        """A saved classifier as what it was saved as; ``fresh=True``: the base encoder with a new head built
+        for the settings' pooling."""
+        from ..models import load_sequence_classifier
 
-        return AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=num_labels).eval()
+        pooling = self.settings.pooling if fresh else None
+        return load_sequence_classifier(str(folder), pooling=pooling, num_labels=num_labels).eval()
 
     def _evaluate(self, model, name: str, seed: int, attack, tokenizer=None) -> dict:
         from ..metrics import evaluate_backdoor
 
-        scores = evaluate_backdoor(model, tokenizer or self.tokenizer, self.splits(name, seed)["test"], attack,
-                                   max_length=self.settings.max_length, disable_progress_bar=self.disable_progress)
+        scores = evaluate_backdoor(model, tokenizer or self.tokenizer, self.splits(name, seed)["evaluation"],
+                                   attack, max_length=self.settings.max_length,
+                                   disable_progress_bar=self.disable_progress, split_name=self.settings.eval_split)
         return {k: scores[k] for k in ("cacc", "asr", "n_clean", "n_triggered")}
 
     def run_cell(self, spec: CellSpec) -> dict:
         """Train and score one cell; returns scores, timings and what the cell reused or trained."""
-        if spec.defense != CLEAN_FLOOR and spec.defense not in DEFENSES:
-            raise ValueError(f"unknown defense {spec.defense!r}; choose from {list(DEFENSES)}.")
+        if spec.defense not in DEFENSES and spec.defense not in FLOORS:
+            raise ValueError(f"unknown defense {spec.defense!r}; choose from {[*DEFENSES, *FLOORS]}.")
         start = time.perf_counter()
-        attack = make_attack(spec.attack, spec.label_mode or "dirty", spec.seed, self.settings)
+        threat = spec.parsed
+        attack = make_attack(threat, spec.seed, self.settings)
         shared: list[dict] = []
         details: dict[str, Any] = {}
         num_labels = self.num_labels(spec.dataset)
@@ -255,10 +306,10 @@ class MatrixContext:
             folder, info = self.clean_model(spec.dataset, spec.seed)
             shared.append(info)
             model = self._load(folder, num_labels)
-        elif spec.defense in ("lora", "musclelora"):
+        elif spec.defense in ("lora", "musclelora", CLEAN_LORA):
             model, details = self._adapter_cell(spec, attack, num_labels)
         else:
-            folder, info = self.suspect(spec.dataset, spec.attack, spec.label_mode, spec.seed)
+            folder, info = self.suspect(spec.dataset, threat, spec.seed)
             shared.append(info)
             if spec.defense == "none":
                 model = self._load(folder, num_labels)
@@ -276,29 +327,31 @@ class MatrixContext:
                 "shared_models": shared, "attack_config": attack.to_dict(), "details": details}
 
     def _adapter_cell(self, spec: CellSpec, attack, num_labels: int):
+        """LoRA or MuScleLoRA on the poisoned training set; ``clean_lora``: LoRA on the clean one."""
         from ..data import tokenize_dataset
-        from ..experiments import CellSettings, train_cell
+        from ..experiments import train_cell
 
         s, splits = self.settings, self.splits(spec.dataset, spec.seed)
-        poisoned_raw = attack.poison(splits["train"])
-        poisoned = tokenize_dataset(poisoned_raw, self.tokenizer, max_length=s.max_length)
+        train_raw = splits["train"] if spec.defense == CLEAN_LORA else attack.poison(splits["train"])
+        train = tokenize_dataset(train_raw, self.tokenizer, max_length=s.max_length)
         reference = tokenize_dataset(splits["reference"], self.tokenizer, max_length=s.max_length)
-        settings = CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
-                                full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=spec.seed)
+        method = "lora" if spec.defense == CLEAN_LORA else spec.defense
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
-            model, info = train_cell(spec.defense, poisoned, self.tokenizer, self.model_path, settings,
+            model, info = train_cell(method, train, self.tokenizer, self.model_path, self._cell_settings(spec.seed),
                                      reference=reference, workdir=scratch, num_labels=num_labels,
                                      disable_tqdm=self.disable_progress)
-        return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
-                       "seconds_per_step": info["seconds_per_step"],
-                       "poisoned_examples": int(sum(poisoned_raw["is_poisoned"]))}
+        details = {"adapter": info["method"], "train_seconds": info["train_seconds"],
+                   "seconds_per_step": info["seconds_per_step"]}
+        if "is_poisoned" in train_raw.column_names:
+            details["poisoned_examples"] = int(sum(train_raw["is_poisoned"]))
+        return model, details
 
     def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int):
         from ..trainers.purification import PurificationTrainingArguments, finetune_clean
 
         s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
         suspect = self._load(suspect_dir, num_labels)
-        pretrained = self._load(self.model_path, num_labels)
+        pretrained = self._load(self.model_path, num_labels, fresh=True)
         t0 = time.perf_counter()
         result = make_purifier(spec.defense, s, spec.seed).purify(suspect, pretrained, clean,
                                                                   tokenizer=self.tokenizer)
@@ -322,6 +375,7 @@ class MatrixContext:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoTokenizer
 
+        from ..models import head_module_names
         from ..trainers.teacher import W2STeacher
         from ..trainers.w2sdefense import W2SDefenseTrainer, W2SDefenseTrainingArguments
 
@@ -335,9 +389,11 @@ class MatrixContext:
         teacher = W2STeacher.from_pretrained(teacher_dir).eval()
         teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
         # target_modules=None: PEFT's default attention projections of the architecture (query/value for BERT).
-        lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=2 * s.w2s_lora_r, lora_dropout=0.05)
+        extra_head = [n for n in head_module_names(s.pooling) if n != "classifier"] or None
+        lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=2 * s.w2s_lora_r, lora_dropout=0.05,
+                          modules_to_save=extra_head)
         student = get_peft_model(student, lora)
-        preset = _W2S_PRESET[spec.attack]
+        preset = _W2S_PRESET[spec.parsed.attack]
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             args = W2SDefenseTrainingArguments(
                 output_dir=scratch, preset=preset, num_train_epochs=s.w2s_epochs, learning_rate=s.w2s_lr,
@@ -349,6 +405,6 @@ class MatrixContext:
             trainer.train()
         student.eval()
         teacher_scores = self._evaluate(teacher, spec.dataset, spec.seed,
-                                        make_attack(spec.attack, "dirty", spec.seed, s), tokenizer=teacher_tok)
+                                        make_attack(spec.parsed, spec.seed, s), tokenizer=teacher_tok)
         return student, {"preset": preset, "teacher_cacc": teacher_scores["cacc"],
                          "teacher_asr": teacher_scores["asr"]}

@@ -1,16 +1,27 @@
-"""What a cell of the defense matrix is, how its key is computed, and the three presets.
+"""What a cell of the defense matrix is, how its key is computed, and the presets.
 
-A *cell* is ``(dataset, attack, label_mode, defense, seed)`` plus the shared :class:`MatrixSettings`. Its
-key is a short SHA-256 of the cell's full JSON configuration, so a result file can be trusted exactly when
-its key matches: change any setting and every affected cell gets a new key (and is trained again).
+A *cell* is ``(dataset, threat, defense, seed)`` plus the shared :class:`MatrixSettings`. Its key is a
+short SHA-256 of the cell's full JSON configuration, so a result file can be trusted exactly when its key
+matches: change any setting and every affected cell gets a new key (and is trained again).
+
+* A **threat** names an attack, its trigger count and its label mode: ``badnets-dirty``,
+  ``badnets4-clean`` (four distinct trigger words per sentence, training and test alike), ``addsent-mixed``
+  (see :func:`parse_threat`).
+* A **dataset** is a corpus name (``rotten_tomatoes``, ``spamassassin``, ``spamassassin@1`` for one
+  collection period, a local folder), or a cross-domain pair ``source->target`` such as
+  ``spamassassin@1->spamassassin@2``: poisoned training on the source, the trusted clean set and the
+  evaluation on the target (see :func:`parse_dataset`).
+* **Floors** are cells without any poison: ``clean_floor`` (full fine-tune on the clean training set; its
+  ASR is the floor every ASR is read against) and ``clean_lora`` (LoRA on the clean set; the CACC reference
+  of the adapters). They depend on the trigger, not on the label mode.
 
 Example:
     >>> from hf_backdoor_defense.matrix.config import CellSpec, MatrixGrid, MatrixSettings, plan_cells
-    >>> grid = MatrixGrid(datasets=["rotten_tomatoes"], attacks=["badnets"], label_modes=["dirty"],
-    ...                   defenses=["none", "lora"], seeds=[0])
+    >>> grid = MatrixGrid(datasets=["rotten_tomatoes"], threats=["badnets-dirty"], defenses=["none", "lora"],
+    ...                   seeds=[0])
     >>> [c.name for c in plan_cells(grid)]
-    ['rotten_tomatoes/badnets/clean_floor/s0', 'rotten_tomatoes/badnets/dirty/none/s0', 'rotten_tomatoes/badnets/dirty/lora/s0']
-    >>> len(CellSpec("rotten_tomatoes", "badnets", "dirty", "none", 0).key(MatrixSettings()))
+    ['rotten_tomatoes/badnets/clean_floor/s0', 'rotten_tomatoes/badnets-dirty/none/s0', 'rotten_tomatoes/badnets-dirty/lora/s0']
+    >>> len(CellSpec("rotten_tomatoes", "badnets-dirty", "none", 0).key(MatrixSettings()))
     12
 """
 
@@ -19,26 +30,36 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = [
     "ATTACKS",
     "CLEAN_FLOOR",
+    "CLEAN_LORA",
     "DEFENSES",
+    "EVAL_SPLITS",
+    "FLOORS",
     "LABEL_MODES",
     "MATRIX_VERSION",
     "PRESETS",
     "RATES",
     "CellSpec",
+    "DatasetSpec",
     "MatrixGrid",
     "MatrixSettings",
+    "Threat",
     "config_hash",
     "estimate_seconds",
+    "parse_dataset",
+    "parse_threat",
     "plan_cells",
 ]
 
-MATRIX_VERSION = 1
-"""Bump when a cell's meaning changes without a settings change: every key changes with it."""
+MATRIX_VERSION = 2
+"""Bump when a cell's meaning changes without a settings change: every key changes with it.
+2: threats (attack x triggers x label mode) replace attacks x label modes; pooling, eval split, cross-domain."""
 
 DEFENSES: dict[str, str] = {
     "none": "none (full FT)",
@@ -52,10 +73,73 @@ DEFENSES: dict[str, str] = {
 """Defense name -> label in the tables. ``none``/``lora``/``musclelora`` train on the poisoned set; the
 other four start from the backdoored full fine-tune (the ``none`` model) and use the trusted clean set."""
 
-ATTACKS: dict[str, str] = {"badnets": "BadNets", "addsent": "AddSent"}
-LABEL_MODES: tuple[str, ...] = ("dirty", "clean")
 CLEAN_FLOOR = "clean_floor"
-"""Pseudo-defense of the floor cells: a full fine-tune on clean data, scored on the triggered test set."""
+"""Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
+CLEAN_LORA = "clean_lora"
+"""Floor cell: LoRA on clean data (the CACC reference of the adapter defenses)."""
+FLOORS: dict[str, str] = {CLEAN_FLOOR: "clean-data floor (full FT)", CLEAN_LORA: "clean-data LoRA"}
+
+ATTACKS: dict[str, str] = {"badnets": "BadNets", "addsent": "AddSent"}
+LABEL_MODES: tuple[str, ...] = ("dirty", "clean", "mixed")
+EVAL_SPLITS: tuple[str, ...] = ("test", "validation")
+_THREAT = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)-(?P<mode>[a-z]+)$")
+_TRIGGER = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)$")
+
+
+class Threat(NamedTuple):
+    """An attack with its trigger count and label mode (parsed from e.g. ``"badnets4-clean"``)."""
+
+    attack: str
+    num_triggers: int
+    label_mode: str | None  # None: a floor's trigger (no poisoned training)
+
+    @property
+    def trigger(self) -> str:
+        """``badnets``, ``badnets4``, ``addsent``: what the test set carries (the floor's column)."""
+        return self.attack + (str(self.num_triggers) if self.num_triggers != 1 else "")
+
+    @property
+    def label(self) -> str:
+        words = ATTACKS[self.attack] + (f" ×{self.num_triggers}" if self.num_triggers != 1 else "")
+        return f"{words}, {self.label_mode}-label" if self.label_mode else words
+
+
+def parse_threat(name: str, *, floor: bool = False) -> Threat:
+    """``"badnets4-clean"`` -> ``Threat("badnets", 4, "clean")``; with ``floor=True`` a trigger (``"badnets4"``).
+
+    Raises a ``ValueError`` naming the attacks and label modes for anything else.
+    """
+    match = (_TRIGGER if floor else _THREAT).match(str(name))
+    form = "<attack>[<triggers>]" if floor else "<attack>[<triggers>]-<label mode>"
+    if not match or match["attack"] not in ATTACKS or (not floor and match["mode"] not in LABEL_MODES):
+        raise ValueError(f"threat {name!r} is not {form}: attacks {list(ATTACKS)}, label modes "
+                         f"{list(LABEL_MODES)}, e.g. 'badnets-dirty', 'badnets4-clean', 'addsent-mixed'.")
+    n = int(match["n"] or 1)
+    if n < 1 or (match["attack"] == "addsent" and n != 1):
+        raise ValueError(f"threat {name!r}: the trigger count must be >= 1 (BadNets only; AddSent inserts one "
+                         "sentence).")
+    return Threat(match["attack"], n, None if floor else match["mode"])
+
+
+class DatasetSpec(NamedTuple):
+    """Where a cell's data come from: ``source`` for the (poisoned) training set, ``target`` for the trusted
+    clean set and the evaluation; equal unless the dataset is a cross-domain pair."""
+
+    source: str
+    target: str
+
+    @property
+    def cross_domain(self) -> bool:
+        return self.source != self.target
+
+
+def parse_dataset(name: str) -> DatasetSpec:
+    """``"rotten_tomatoes"`` -> same source and target; ``"spamassassin@1->spamassassin@2"`` -> the pair."""
+    parts = [p.strip() for p in str(name).split("->")]
+    if len(parts) > 2 or not all(parts):
+        raise ValueError(f"dataset {name!r}: give a corpus name or 'source->target' (e.g. "
+                         "'spamassassin@1->spamassassin@2').")
+    return DatasetSpec(parts[0], parts[-1])
 
 
 @dataclass
@@ -64,11 +148,18 @@ class MatrixSettings:
 
     Args:
         model: Folder or Hub name of the encoder; ``None`` is the offline all-MiniLM-L6-v2 asset.
+        pooling: How every classifier reads the encoder (:data:`hf_backdoor_defense.models.POOLING_MODES`):
+            ``"cls"`` ([CLS] through the checkpoint's pooler), ``"pooler_head"`` (the pooler trained and kept
+            as task head), ``"mean"`` (masked mean over the tokens).
+        eval_split: ``"test"`` for the reported figures; ``"validation"`` for studies that choose settings:
+            the evaluation set is then validation examples outside the trusted clean set (for a
+            cross-domain dataset, the target's validation split), and the test split is never read.
         train_size: Training examples per seed (a seeded subsample of the train split), poisoned per attack.
-        test_size: Test examples (one fixed subsample of the test split) for CACC; its non-target part,
-            triggered, gives the ASR.
+        test_size: Evaluation examples (a fixed subsample of the test split, or of the validation examples
+            outside the clean set) for CACC; its non-target part, triggered, gives the ASR.
         clean_size: Trusted clean examples per seed (from the validation split, never from the training
-            set): the clean fine-tune of the purifiers, the W2SDefense student and teacher.
+            set; from the target's training split for a cross-domain dataset): the clean fine-tune of the
+            purifiers, the W2SDefense student and teacher.
         reference_size: MuScleLoRA's reference set: the first examples of the trusted clean set.
         max_length: Truncation length of every tokenisation.
         trigger_room: Before poisoning, every text (train, clean, test) is cut to the whole words that fit in
@@ -82,7 +173,6 @@ class MatrixSettings:
         adapter_lr: Learning rate of the LoRA and MuScleLoRA cells.
         poison_rate: Share of the whole training set poisoned.
         target_label: Label id the backdoor produces.
-        badnets_num_triggers: BadNets trigger words per poisoned text.
         purify_epochs: Epochs of the clean fine-tune after Fine-mixing, E-PUR and Fine-purifying.
         purify_lr: Learning rate of that clean fine-tune (full model).
         fm_ratio: Fine-mixing: fraction of fine-tuned dimensions reset (random mask).
@@ -99,8 +189,11 @@ class MatrixSettings:
     model: str | None = field(
         default=None, metadata={"help": "Encoder folder or Hub name; default: the offline all-MiniLM-L6-v2."}
     )
+    pooling: str = field(default="cls", metadata={"help": "Encoder setup: 'cls', 'pooler_head' or 'mean'."})
+    eval_split: str = field(default="test", metadata={
+        "help": "'test' (reported figures) or 'validation' (studies: validation examples outside the clean set)."})
     train_size: int = field(default=2000, metadata={"help": "Training examples per seed (poisoned per attack)."})
-    test_size: int = field(default=1000, metadata={"help": "Test examples (fixed subsample) for CACC and ASR."})
+    test_size: int = field(default=1000, metadata={"help": "Evaluation examples (fixed subsample) for CACC and ASR."})
     clean_size: int = field(default=256, metadata={"help": "Trusted clean examples per seed, from validation."})
     reference_size: int = field(default=96, metadata={"help": "MuScleLoRA reference examples (from the clean set)."})
     max_length: int = field(default=64, metadata={"help": "Truncation length of every tokenisation."})
@@ -113,7 +206,6 @@ class MatrixSettings:
     adapter_lr: float = field(default=2e-3, metadata={"help": "Learning rate of the LoRA / MuScleLoRA cells."})
     poison_rate: float = field(default=0.1, metadata={"help": "Share of the whole training set poisoned."})
     target_label: int = field(default=1, metadata={"help": "Label id the backdoor produces."})
-    badnets_num_triggers: int = field(default=1, metadata={"help": "BadNets trigger words per poisoned text."})
     purify_epochs: float = field(default=3.0, metadata={"help": "Epochs of the post-purification clean fine-tune."})
     purify_lr: float = field(default=2e-5, metadata={"help": "Learning rate of the post-purification fine-tune."})
     fm_ratio: float = field(default=0.5, metadata={"help": "Fine-mixing: fraction of dimensions reset."})
@@ -132,11 +224,17 @@ class MatrixSettings:
             if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
         for name in ("train_size", "test_size", "clean_size", "reference_size", "max_length", "batch_size",
-                     "epur_tokens", "w2s_lora_r", "badnets_num_triggers"):
+                     "epur_tokens", "w2s_lora_r"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         from ..data.truncation import check_trigger_room
+        from ..models.pooling import check_pooling
+
+        check_pooling(self.pooling)
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"`eval_split` must be one of {list(EVAL_SPLITS)}, got {self.eval_split!r}: 'test' "
+                             "for reported figures, 'validation' to choose settings.")
 
         check_trigger_room(self.trigger_room, self.max_length)
         if self.reference_size > self.clean_size:
@@ -160,34 +258,60 @@ class MatrixSettings:
 
 @dataclass
 class MatrixGrid:
-    """Which cells to run: every combination of the lists (plus a clean floor per dataset, attack and seed).
+    """Which cells to run: datasets x threats x defenses x seeds, plus the floors of each trigger.
 
     Args:
-        datasets: ``"rotten_tomatoes"``, ``"spamassassin"``, or anything
+        datasets: ``"rotten_tomatoes"``, ``"spamassassin"``, ``"spamassassin@1"`` (one collection period), a
+            cross-domain pair ``"spamassassin@1->spamassassin@2"``, or anything
             :func:`~hf_backdoor_defense.data.load_text_classification` loads (a local folder of CSV files...).
-        attacks: Names from :data:`ATTACKS`.
-        label_modes: ``"dirty"`` and/or ``"clean"``.
-        defenses: Names from :data:`DEFENSES`.
+        threats: Names parsed by :func:`parse_threat`, e.g. ``"badnets-dirty"``, ``"badnets4-clean"``,
+            ``"addsent-mixed"``.
+        defenses: Names from :data:`DEFENSES` (may be empty: floors only).
+        floors: Names from :data:`FLOORS`, run once per dataset, trigger and seed (may be empty).
+        threats_by_dataset: Datasets that run other threats than ``threats`` (e.g. the cross-domain pair
+            runs one column), ``{dataset: [threat, ...]}``.
         seeds: Seeds; each seed draws its own training subsample, clean set, poisoned rows and model init.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["rotten_tomatoes", "spamassassin"],
-                                metadata={"help": "Datasets (built-in names or local paths)."})
-    attacks: list[str] = field(default_factory=lambda: list(ATTACKS), metadata={"help": "Attacks."})
-    label_modes: list[str] = field(default_factory=lambda: list(LABEL_MODES), metadata={"help": "Label modes."})
+                                metadata={"help": "Datasets (built-in names, 'a->b' pairs or local paths)."})
+    threats: list[str] = field(default_factory=lambda: ["badnets-dirty", "badnets4-clean", "addsent-dirty",
+                                                        "addsent-mixed"], metadata={"help": "Threat models."})
     defenses: list[str] = field(default_factory=lambda: list(DEFENSES), metadata={"help": "Defenses."})
+    floors: list[str] = field(default_factory=lambda: [CLEAN_FLOOR], metadata={"help": "Floor cells."})
+    threats_by_dataset: dict[str, list[str]] = field(default_factory=dict, metadata={
+        "help": "Datasets with their own threat list, {dataset: [threat, ...]}."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Seeds."})
 
     def __post_init__(self) -> None:
-        for name, allowed in (("attacks", ATTACKS), ("label_modes", LABEL_MODES), ("defenses", DEFENSES)):
+        for name, allowed in (("defenses", DEFENSES), ("floors", FLOORS)):
             unknown = [v for v in getattr(self, name) if v not in allowed]
             if unknown:
                 raise ValueError(f"`{name}` has unknown entries {unknown}; choose from {list(allowed)}.")
-        for name in ("datasets", "attacks", "label_modes", "defenses", "seeds"):
+        for dataset, threats in self.threats_by_dataset.items():
+            if dataset not in self.datasets:
+                raise ValueError(f"`threats_by_dataset` names {dataset!r}, which is not in `datasets` {self.datasets}.")
+            if not threats:
+                raise ValueError(f"`threats_by_dataset[{dataset!r}]` is empty: give at least one threat.")
+        for threat in [*self.threats, *(t for ts in self.threats_by_dataset.values() for t in ts)]:
+            parse_threat(threat)
+        for dataset in self.datasets:
+            parse_dataset(dataset)
+        for name in ("datasets", "threats", "defenses", "floors", "seeds"):
             values = list(dict.fromkeys(getattr(self, name)))  # drop duplicates, keep the order
-            if not values:
+            if not values and name in ("datasets", "threats", "seeds"):
                 raise ValueError(f"`{name}` is empty: give at least one value.")
             setattr(self, name, values)
+        if not self.defenses and not self.floors:
+            raise ValueError("`defenses` and `floors` are both empty: the grid has no cell to run.")
+
+    def threats_for(self, dataset: str) -> list[str]:
+        """The threats run on ``dataset``."""
+        return list(dict.fromkeys(self.threats_by_dataset.get(dataset, self.threats)))
+
+    def triggers_for(self, dataset: str) -> list[str]:
+        """The distinct triggers of ``dataset``'s threats (one floor column each), in order."""
+        return list(dict.fromkeys(parse_threat(t).trigger for t in self.threats_for(dataset)))
 
     def to_dict(self) -> dict:
         """The grid as a plain dict."""
@@ -202,25 +326,31 @@ def config_hash(config: dict, length: int = 12) -> str:
 
 @dataclass(frozen=True)
 class CellSpec:
-    """One cell: ``label_mode`` is ``None`` for the clean-floor cells (no poisoned training involved)."""
+    """One cell: ``threat`` is a threat (``badnets4-clean``) or, for a floor, a trigger (``badnets4``)."""
 
     dataset: str
-    attack: str
-    label_mode: str | None
+    threat: str
     defense: str
     seed: int
 
     @property
+    def is_floor(self) -> bool:
+        return self.defense in FLOORS
+
+    @property
+    def parsed(self) -> Threat:
+        """The parsed threat (a trigger with ``label_mode=None`` for a floor)."""
+        return parse_threat(self.threat, floor=self.is_floor)
+
+    @property
     def name(self) -> str:
-        """``dataset/attack/label_mode/defense/s<seed>`` (the label mode left out of floor cells)."""
-        parts = [self.dataset, self.attack] + ([self.label_mode] if self.label_mode else [])
-        return "/".join(parts + [self.defense, f"s{self.seed}"])
+        """``dataset/threat/defense/s<seed>``."""
+        return "/".join([self.dataset, self.threat, self.defense, f"s{self.seed}"])
 
     def config(self, settings: MatrixSettings) -> dict:
         """The full JSON configuration the key is computed from."""
-        return {"version": MATRIX_VERSION, "dataset": self.dataset, "attack": self.attack,
-                "label_mode": self.label_mode, "defense": self.defense, "seed": self.seed,
-                "settings": settings.to_dict()}
+        return {"version": MATRIX_VERSION, "dataset": self.dataset, "threat": self.threat,
+                "defense": self.defense, "seed": self.seed, "settings": settings.to_dict()}
 
     def key(self, settings: MatrixSettings) -> str:
         """Short hash of :meth:`config`: the name of the cell's result file."""
@@ -231,51 +361,61 @@ class CellSpec:
 
 
 def plan_cells(grid: MatrixGrid) -> list[CellSpec]:
-    """Every cell of ``grid`` in run order: per dataset and seed, the floors, then attack x label mode x defense.
+    """Every cell of ``grid`` in run order: per dataset and seed, the floors, then threat x defense.
 
-    Defenses reuse one backdoored model per (dataset, attack, label mode, seed), so they run next to each other.
+    Defenses reuse one backdoored model per (dataset, threat, seed), so they run next to each other.
     """
     cells = []
     for dataset in grid.datasets:
         for seed in grid.seeds:
-            cells += [CellSpec(dataset, attack, None, CLEAN_FLOOR, seed) for attack in grid.attacks]
-            for attack in grid.attacks:
-                for mode in grid.label_modes:
-                    cells += [CellSpec(dataset, attack, mode, d, seed) for d in grid.defenses]
+            cells += [CellSpec(dataset, trigger, floor, seed) for trigger in grid.triggers_for(dataset)
+                      for floor in grid.floors]
+            for threat in grid.threats_for(dataset):
+                cells += [CellSpec(dataset, threat, d, seed) for d in grid.defenses]
     return cells
 
 
 # Preset name -> (grid, settings overrides). The wall-time estimates are in benchmarks/run_matrix.py.
 PRESETS: dict[str, tuple[dict, dict]] = {
     "quick": (
-        {"datasets": ["rotten_tomatoes"], "attacks": ["badnets"], "label_modes": ["dirty"], "seeds": [0]},
+        {"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty"], "floors": [CLEAN_FLOOR, CLEAN_LORA],
+         "seeds": [0]},
         {"train_size": 64, "test_size": 48, "clean_size": 32, "reference_size": 16, "max_length": 32,
          "batch_size": 16, "epochs": 1.0, "purify_epochs": 1.0, "w2s_epochs": 1.0, "teacher_epochs": 1.0,
          "epur_tokens": 20},
     ),
-    "reduced": (
-        {"seeds": [0]},
-        # Sized like `make demo` (800 sentences, batch 16, length 32, full FT at 1e-4): at 600 sentences,
-        # batch 32 and 5e-5, every full fine-tune stayed at the majority class (measured 2026-11-22).
-        {"train_size": 800, "test_size": 400, "clean_size": 128, "max_length": 32, "batch_size": 16,
-         "epochs": 2.0, "full_ft_lr": 1e-4, "teacher_lr": 1e-4, "purify_lr": 5e-5, "purify_epochs": 2.0,
-         "w2s_epochs": 3.0, "teacher_epochs": 2.0},
+    # `make demo-minilm` (hf_backdoor_defense/demo.py): the v2 setup at a size that fits about 10 minutes.
+    "demo-minilm": (
+        {"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
+         "defenses": ["none", "lora", "musclelora"], "floors": [CLEAN_FLOOR, CLEAN_LORA], "seeds": [0]},
+        {"train_size": 1000, "test_size": 600, "clean_size": 96, "reference_size": 96, "max_length": 48,
+         "batch_size": 32, "epochs": 2.0, "full_ft_lr": 1e-4},
     ),
-    "full": ({}, {}),
+    # The evidence regime, chosen on validation (benchmarks/studies.py, docs/results.md "How the regime was
+    # chosen"): the clean full fine-tune within 2 points of the full-data reference, every kept threat
+    # planted at >= 90 % ASR before any defense.
+    "v2": (
+        {"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
+         "threats_by_dataset": {"spamassassin@1->spamassassin@2": ["badnets-dirty"]},
+         "floors": [CLEAN_FLOOR, CLEAN_LORA]},
+        {"train_size": 2000, "test_size": 1000, "clean_size": 256, "max_length": 48, "batch_size": 32,
+         "epochs": 3.0, "full_ft_lr": 1e-4},
+    ),
 }
 
 
 RATES: dict[str, float] = {
-    "full": 0.18,        # full fine-tune (also the teacher and the post-purification fine-tune)
-    "lora": 0.15,        # LoRA on the poisoned set
-    "musclelora": 0.36,  # MuScleLoRA: adapter + a reference batch every step
-    "w2s": 0.20,         # W2SDefense student step (LoRA + the teacher's forward)
-    "fisher": 0.10,      # Fine-purifying's empirical Fisher, per clean example
-    "eval": 0.06,        # one forward pass, per test example
-    "cell": 6.0,         # fixed cost of a cell: loading models, building trainers (seconds)
+    "full": 0.040,       # full fine-tune (also the teacher and the post-purification fine-tune)
+    "lora": 0.033,       # LoRA on the poisoned set
+    "musclelora": 0.075, # MuScleLoRA: adapter + a reference batch every step
+    "w2s": 0.045,        # W2SDefense student step (LoRA + the teacher's forward)
+    "fisher": 0.02,      # Fine-purifying's empirical Fisher, per clean example
+    "eval": 0.012,       # one forward pass, per test example
+    "cell": 4.0,         # fixed cost of a cell: loading models, building trainers (seconds)
 }
-"""Seconds per example and epoch at ``max_length`` 64, measured on the project's 2-core machine with 1 torch
-thread while it was shared with another job (see ``benchmarks/run_matrix.py``). Used for estimates only."""
+"""Seconds per example and epoch at ``max_length`` 64 on the project's idle 2-core machine with 2 torch threads
+(scaled from the 30 ms per example and epoch of a MiniLM full fine-tune at length 48). Estimates only: once
+cells of a grid have finished, the runner uses their measured wall times instead."""
 
 
 def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dict[str, float] | None = None) -> float:
@@ -296,14 +436,15 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
         if c.defense == CLEAN_FLOOR:
             shared.append((("clean", c.dataset, c.seed), poisoned_train * r["full"]))
         elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense"):
-            shared.append((("suspect", c.dataset, c.attack, c.label_mode, c.seed), poisoned_train * r["full"]))
+            shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
         if c.defense == "w2sdefense":
             shared.append((("teacher", c.dataset, c.seed), s.clean_size * s.teacher_epochs * scale * r["full"]))
         for key, seconds in shared:
             if key not in seen:
                 seen.add(key)
                 total += seconds + r["cell"]
-        own = {"lora": poisoned_train * r["lora"], "musclelora": poisoned_train * r["musclelora"],
+        own = {"lora": poisoned_train * r["lora"], CLEAN_LORA: poisoned_train * r["lora"],
+               "musclelora": poisoned_train * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],
                "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"]}.get(c.defense, 0.0)

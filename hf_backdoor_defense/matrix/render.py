@@ -1,4 +1,4 @@
-"""Render ``matrix.json`` as the Markdown results page and a CACC-vs-ASR scatter plot.
+"""Render ``matrix.json`` as the Markdown results page and a scatter plot of ASR - floor against CACC - floor.
 
 Everything is computed from the payload alone (the per-cell records it holds), so a page can be rebuilt
 at any time with ``python benchmarks/run_matrix.py --render``.
@@ -17,54 +17,86 @@ import os
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_text_atomic
-from .config import ATTACKS, CLEAN_FLOOR, DEFENSES
+from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, FLOORS, parse_threat
 from .runner import format_duration, summarise_cells
 
-__all__ = ["format_cell", "plot_scatter", "render_markdown", "render_results"]
+__all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "render_markdown", "render_results"]
 
-_ATTACK_COLOURS = {"badnets": "tab:red", "addsent": "tab:blue"}
+PLANTED_ASR = 0.90
+"""A threat counts as planted when the undefended model (``none``) reaches this ASR; below it, no defense
+of that column can be judged and the page says so."""
+_THREAT_COLOURS = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:pink"]
 _DEFENSE_MARKERS = {"none": "o", "lora": "s", "musclelora": "D", "fine_mixing": "^", "e_pur": "v",
-                    "fine_purifying": "P", "w2sdefense": "*", CLEAN_FLOOR: "X"}
-_FLOOR_LABEL = "clean-data floor"
+                    "fine_purifying": "P", "w2sdefense": "*", CLEAN_LORA: "X"}
 
 
 def _n(count: float, noun: str) -> str:
     return f"{count:g} {noun}{'' if count == 1 else 's'}"
 
 
-def _pct(stats: dict, spread: bool = True) -> str:
-    mean = f"{100 * stats['mean']:.1f}"
+def _pct(stats: dict, spread: bool = True, signed: bool = False) -> str:
+    mean = f"{100 * stats['mean']:+.1f}" if signed else f"{100 * stats['mean']:.1f}"
+    mean = mean.replace("-0.0", "0.0").replace("+0.0", "0.0")
     return f"{mean} ± {100 * stats['std']:.1f}" if spread else mean
 
 
-def format_cell(entry: dict | None, expected_seeds: int) -> str:
-    """``"CACC / ASR"`` in percent as mean ± std (the mean alone for a single seed, which has no spread), with
-    ``(n=k)`` when fewer than ``expected_seeds`` seeds finished."""
+def format_cell(entry: dict | None, expected_seeds: int, *, delta: bool = True) -> str:
+    """``"CACC / ASR"`` in percent as mean ± std (the mean alone for one seed), then, with ``delta``, the
+    paired ASR - floor on a second line; ``(n=k)`` when fewer than ``expected_seeds`` seeds finished."""
     if not entry:
         return "–"
     n = len(entry["seeds"])
     suffix = f" (n={n})" if n != expected_seeds else ""
-    return f"{_pct(entry['cacc'], n > 1)} / {_pct(entry['asr'], n > 1)}{suffix}"
+    text = f"{_pct(entry['cacc'], n > 1)} / {_pct(entry['asr'], n > 1)}{suffix}"
+    gap = entry.get("asr_minus_floor") or {}
+    if delta and gap.get("n"):
+        text += f"<br>Δ {_pct(gap, gap['n'] > 1, signed=True)}"
+    return text
 
 
 def _dataset_label(name: str) -> str:
-    return {"rotten_tomatoes": "Rotten Tomatoes", "spamassassin": "SpamAssassin"}.get(name, Path(name).name or name)
+    labels = {"rotten_tomatoes": "Rotten Tomatoes", "spamassassin": "SpamAssassin"}
+
+    def one(part: str) -> str:
+        corpus, _, collection = part.partition("@")
+        label = labels.get(corpus, Path(corpus).name or corpus)
+        return f"{label} (collection {collection})" if collection else label
+
+    parts = name.split("->")
+    return " → ".join(one(p.strip()) for p in parts) + (" (cross-domain)" if len(parts) > 1 else "")
+
+
+def _threats(payload: dict, dataset: str) -> list[str]:
+    grid = payload["grid"]
+    return list((grid.get("threats_by_dataset") or {}).get(dataset, grid["threats"]))
 
 
 def _table(payload: dict, dataset: str, summary: dict) -> list[str]:
     grid = payload["grid"]
     seeds = len(grid["seeds"])
-    columns = [(a, m) for a in grid["attacks"] for m in grid["label_modes"]]
-    header = ["Defense"] + [f"{ATTACKS.get(a, a)}, {m}-label" for a, m in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(columns)) + "|"]
+    threats = _threats(payload, dataset)
+    header = ["Defense"] + [parse_threat(t).label for t in threats]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(threats)) + "|"]
     data = summary.get(dataset, {})
     for defense in grid["defenses"]:
         row = [DEFENSES.get(defense, defense)]
-        row += [format_cell(data.get(f"{a}/{m}", {}).get(defense), seeds) for a, m in columns]
+        row += [format_cell(data.get(t, {}).get(defense), seeds) for t in threats]
         lines.append("| " + " | ".join(row) + " |")
-    floor = [format_cell(data.get(f"{a}/floor", {}).get(CLEAN_FLOOR), seeds) for a, _ in columns]
-    lines.append("| " + " | ".join([f"*{_FLOOR_LABEL}*"] + floor) + " |")
+    for floor in grid.get("floors", [CLEAN_FLOOR]):
+        cells = [format_cell(data.get(parse_threat(t).trigger, {}).get(floor), seeds, delta=floor != CLEAN_FLOOR)
+                 for t in threats]
+        lines.append("| " + " | ".join([f"*{FLOORS[floor]}*"] + cells) + " |")
     return lines
+
+
+def _unplanted(payload: dict, dataset: str, summary: dict) -> list[str]:
+    """Threats of ``dataset`` whose undefended model stayed under :data:`PLANTED_ASR` (seed mean)."""
+    out = []
+    for t in _threats(payload, dataset):
+        entry = summary.get(dataset, {}).get(t, {}).get("none")
+        if entry and entry["asr"]["mean"] is not None and entry["asr"]["mean"] < PLANTED_ASR:
+            out.append(f"{parse_threat(t).label} ({100 * entry['asr']['mean']:.1f} %)")
+    return out
 
 
 def _cost_table(payload: dict) -> list[str]:
@@ -74,13 +106,13 @@ def _cost_table(payload: dict) -> list[str]:
     if not per_defense:
         return []
     lines = ["| Defense | cells | mean wall time per cell | of which the defense itself |", "|---|---:|---:|---:|"]
-    for defense in [*payload["grid"]["defenses"], CLEAN_FLOOR]:
+    for defense in [*payload["grid"]["defenses"], *payload["grid"].get("floors", [CLEAN_FLOOR])]:
         cells = per_defense.get(defense)
         if not cells:
             continue
         total = sum(c["seconds"] for c in cells) / len(cells)
         own = sum(c.get("defense_seconds", c["seconds"]) for c in cells) / len(cells)
-        label = _FLOOR_LABEL if defense == CLEAN_FLOOR else DEFENSES.get(defense, defense)
+        label = FLOORS.get(defense) or DEFENSES.get(defense, defense)
         lines.append(f"| {label} | {len(cells)} | {total:.0f} s | {own:.0f} s |")
     return lines
 
@@ -102,16 +134,28 @@ def _wall_line(payload: dict) -> str:
             f"it); the finished cells' own wall times add up to {format_duration(payload.get('cell_seconds_total'))}.")
 
 
-def render_markdown(payload: dict, *, figure: str | None = None) -> str:
+def _busy_line(payload: dict) -> str | None:
+    busy = [c for c in payload["cells"] if (c.get("machine") or {}).get("busy")]
+    if not busy:
+        return None
+    return (f"- **{len(busy)} of {len(payload['cells'])} cells ran on a busy machine** (another torch process, or a "
+            "load average above half the CPUs): their wall times are not idle figures (see `machine` in their "
+            "records).")
+
+
+def render_markdown(payload: dict, *, figure: str | None = None, title: str | None = None,
+                    extra: list[str] | None = None) -> str:
     """The results page: one table per dataset, the cost table, settings, hardware, command, missing cells.
 
-    ``figure`` is the scatter plot's path relative to the page (left out when ``None``).
+    ``figure`` is the scatter plot's path relative to the page (left out when ``None``); ``extra`` are
+    Markdown lines appended before the provenance (e.g. the validation studies behind the settings).
     """
     grid, settings = payload["grid"], payload["settings"]
     summary = summarise_cells(payload["cells"])
     seeds = len(grid["seeds"])
     smoke = payload.get("preset") == "quick"
-    out = ["# Results: defenses × attacks matrix", ""]
+    split = settings.get("eval_split", "test")
+    out = [f"# {title or 'Results: defenses × attacks matrix'}", ""]
     if smoke:
         out += ['!!! warning "Smoke run"',
                 "    Produced by `--preset quick`: a few dozen examples and one epoch. It proves the pipeline "
@@ -119,17 +163,20 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
     spread = ("mean ± std over seeds" if seeds > 1
               else "one seed per cell, so no spread is shown and differences of a few points may be noise")
     out += [
-        f"CACC / ASR in percent, {spread} "
+        f"CACC / ASR in percent on the {split} split, {spread} "
         f"({seeds} seed{'s' if seeds != 1 else ''} requested; `(n=k)` marks a cell where only k finished). "
-        f"{payload['n_finished']} of {payload['n_cells']} cells finished.",
+        "The second line of a cell, **Δ**, is ASR minus the clean-data floor's ASR, paired per seed (the floor "
+        "is a full fine-tune on the same training sentences without poison, scored on the same triggered "
+        f"sentences): 0 means no backdoor left. {payload['n_finished']} of {payload['n_cells']} cells finished.",
         "",
-        f"Every model starts from `{settings['model'] or 'all-MiniLM-L6-v2'}` with a new classification head. "
-        f"Poisoned training: {settings['train_size']:,} training examples per seed, "
-        f"{100 * settings['poison_rate']:g} % poisoned, target label {settings['target_label']}, "
-        f"{_n(settings['epochs'], 'epoch')}, max length {settings['max_length']}. Test: {settings['test_size']:,} "
-        "examples for CACC; ASR on the triggered non-target ones. The trusted clean set "
-        f"({settings['clean_size']} validation examples per seed, never from the training set) feeds the "
-        f"post-hoc defenses; MuScleLoRA's reference set is its first {settings['reference_size']} examples.",
+        f"Every model starts from `{settings['model'] or 'all-MiniLM-L6-v2'}` with a new classification head "
+        f"(encoder setup `{settings.get('pooling', 'cls')}`). Poisoned training: {settings['train_size']:,} "
+        f"training examples per seed, {100 * settings['poison_rate']:g} % poisoned, target label "
+        f"{settings['target_label']}, {_n(settings['epochs'], 'epoch')}, max length {settings['max_length']}, "
+        f"batch {settings['batch_size']}. Evaluation: up to {settings['test_size']:,} examples for CACC; ASR on "
+        f"the triggered non-target ones. The trusted clean set ({settings['clean_size']} examples per seed from "
+        "the validation split, never from the training set) feeds the post-hoc defenses; MuScleLoRA's reference "
+        f"set is its first {settings['reference_size']} examples.",
         "",
     ]
     if settings.get("trigger_room") is not None:
@@ -142,18 +189,23 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
                 "the command under *Provenance* has run.", ""]
     for dataset in grid["datasets"]:
         out += [f"## {_dataset_label(dataset)}", "", *_table(payload, dataset, summary), ""]
+        weak = _unplanted(payload, dataset, summary)
+        if weak:
+            out += [f"Undefended ASR under {100 * PLANTED_ASR:.0f} % (the backdoor is not fully planted, so "
+                    f"defenses cannot be judged there): {', '.join(weak)}.", ""]
     if figure:
-        out += ["## CACC against ASR", "",
-                f"![CACC against ASR, one marker per defense, colour per attack]({figure})", "",
-                "Mean over seeds with ± std bars; filled markers dirty-label, hollow clean-label, crosses the "
-                "clean-data floor. Up and to the left is better.", ""]
+        out += ["## ASR above the floor against the change in clean accuracy", "",
+                f"![ASR - floor against CACC - floor, one marker per defense, colour per threat]({figure})", "",
+                "Paired per seed with the clean-data floor, mean with ± std bars; one panel per dataset. A defense "
+                "that works sits near x = 0 (no backdoor left) and y = 0 (no clean accuracy lost).", ""]
     out += ["## How the cells are built", "",
             "- **none (full FT)**: the backdoored model: full fine-tune on the poisoned set. Fine-mixing, E-PUR, "
-            "Fine-purifying and W2SDefense start from this same model (trained once per dataset, attack, label "
-            "mode and seed).",
+            "Fine-purifying and W2SDefense start from this same model (trained once per dataset, threat and "
+            "seed).",
             f"- **LoRA** (query/value, r=8) and **MuScleLoRA** (adapter + gradient alignment on the reference "
             f"set) train on the poisoned set at learning rate {settings['adapter_lr']:g}; full fine-tuning at "
-            f"{settings['full_ft_lr']:g}.",
+            f"{settings['full_ft_lr']:g}. **clean-data LoRA** is the same LoRA on the clean set: the CACC the "
+            "adapter defenses should keep.",
             f"- **Fine-mixing** (random mask, {100 * settings['fm_ratio']:g} % of the fine-tuned dimensions reset), "
             f"**E-PUR** ({settings['epur_tokens']} embedding rows reset) and **Fine-purifying** "
             f"({100 * settings['fp_ratio']:g} % of the dimensions reset, empirical Fisher on the clean set) are "
@@ -164,7 +216,10 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
             f"BadNets, sentence preset for AddSent) and a teacher fine-tuned on the same clean set "
             f"({_n(settings['teacher_epochs'], 'epoch')}). {payload['notes']['w2sdefense']}",
             f"- **clean-data floor**: {payload['notes']['floor'].split(': ', 1)[1]}",
-            f"- **Clean-label**: {payload['notes']['clean_label'].split(': ', 1)[1]}",
+            f"- **Label modes**: {payload['notes']['clean_label'].split(': ', 1)[1]} BadNets ×4 inserts four "
+            "distinct trigger words in every poisoned training sentence and every triggered test sentence.",
+            "- **Cross-domain** (`a → b`): the poisoned training set comes from `a`; the trusted clean set (from "
+            "`b`'s training split), the floors' scoring and the evaluation from `b`.",
             ""]
     cost = _cost_table(payload)
     if cost:
@@ -172,15 +227,19 @@ def render_markdown(payload: dict, *, figure: str | None = None) -> str:
                 "Wall time per cell; the first column includes shared models a cell trained (the backdoored "
                 "model, the clean model, the teacher), the second only the defense's own work and the evaluation.",
                 "", *cost, ""]
+    out += list(extra or [])
     out += ["## Provenance", "",
             f"- Hardware: {_hardware_line(payload.get('hardware'))}.",
             _wall_line(payload),
-            f"- Preset: `{payload.get('preset')}`; all settings and every cell's record are in `matrix.json`.",
-            "- Command (every figure on this page comes from it):", "",
+            f"- Preset: `{payload.get('preset')}`; all settings and every cell's record are in the JSON file.",
+            "- Command (every figure in the tables above comes from it):", "",
             "```bash", payload.get("command") or "(not recorded)", "```", ""]
+    busy = _busy_line(payload)
+    if busy:
+        out += [busy, ""]
     variants = payload.get("cell_hardware_variants") or []
     if len(variants) > 1:
-        out += [f"- The cells ran under {len(variants)} different hardware/thread settings (see `matrix.json`).",
+        out += [f"- The cells ran under {len(variants)} different hardware/thread settings (see the JSON file).",
                 ""]
     missing = payload.get("missing") or []
     if missing and not payload["cells"]:
@@ -206,40 +265,46 @@ def _pyplot():
 
 
 def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
-    """CACC against ASR, one panel per dataset; returns the path, or ``None`` when no cell has finished."""
+    """ASR - floor against CACC - floor (paired per seed), one panel per dataset; ``None`` when nothing is paired."""
     summary = summarise_cells(payload["cells"])
-    if not summary:
+    datasets = [d for d in payload["grid"]["datasets"]
+                if any(e.get("asr_minus_floor", {}).get("n") for t, es in summary.get(d, {}).items()
+                       for name, e in es.items() if name != CLEAN_FLOOR)]
+    if not datasets:
         return None
     from matplotlib.lines import Line2D
 
     plt = _pyplot()
-    datasets = [d for d in payload["grid"]["datasets"] if d in summary]
+    threats = list(dict.fromkeys(t for d in datasets for t in _threats(payload, d)))
+    colours = {t: _THREAT_COLOURS[i % len(_THREAT_COLOURS)] for i, t in enumerate(threats)}
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for column, entries in summary[dataset].items():
-            attack, mode = column.split("/")
-            colour = _ATTACK_COLOURS.get(attack, "tab:gray")
+        for threat in _threats(payload, dataset):
+            entries = dict(summary[dataset].get(threat, {}))
+            clean_lora = summary[dataset].get(parse_threat(threat).trigger, {}).get(CLEAN_LORA)
+            if clean_lora:
+                entries[CLEAN_LORA] = clean_lora
             for defense, entry in entries.items():
-                x, y = 100 * entry["asr"]["mean"], 100 * entry["cacc"]["mean"]
-                hollow = mode == "clean"
-                ax.errorbar(x, y, xerr=100 * entry["asr"]["std"], yerr=100 * entry["cacc"]["std"],
-                            marker=_DEFENSE_MARKERS.get(defense, "o"), markersize=8 if defense != "w2sdefense" else 11,
-                            color=colour, markerfacecolor="none" if hollow else colour, linestyle="none",
-                            elinewidth=0.8, capsize=2, alpha=0.9)
+                gap, drop = entry.get("asr_minus_floor") or {}, entry.get("cacc_minus_floor") or {}
+                if not gap.get("n"):
+                    continue
+                ax.errorbar(100 * gap["mean"], 100 * drop["mean"], xerr=100 * gap["std"], yerr=100 * drop["std"],
+                            marker=_DEFENSE_MARKERS.get(defense, "o"),
+                            markersize=8 if defense != "w2sdefense" else 11, color=colours[threat],
+                            linestyle="none", elinewidth=0.8, capsize=2, alpha=0.9)
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_title(_dataset_label(dataset))
-        ax.set_xlabel("ASR (%)")
-        ax.set_ylabel("CACC (%)")
-        ax.set_xlim(-3, 103)
+        ax.set_xlabel("ASR − floor (points)")
+        ax.set_ylabel("CACC − floor (points)")
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], marker=_DEFENSE_MARKERS.get(d, "o"), color="dimgray", linestyle="none",
                       label=DEFENSES.get(d, d)) for d in payload["grid"]["defenses"]]
-    handles.append(Line2D([], [], marker=_DEFENSE_MARKERS[CLEAN_FLOOR], color="dimgray", linestyle="none",
-                          label=_FLOOR_LABEL))
-    handles += [Line2D([], [], marker="o", color=_ATTACK_COLOURS.get(a, "tab:gray"), linestyle="none",
-                       label=ATTACKS.get(a, a)) for a in payload["grid"]["attacks"]]
-    handles += [Line2D([], [], marker="o", color="dimgray", linestyle="none", label="dirty-label"),
-                Line2D([], [], marker="o", color="dimgray", markerfacecolor="none", linestyle="none",
-                       label="clean-label")]
+    if CLEAN_LORA in payload["grid"].get("floors", []):
+        handles.append(Line2D([], [], marker=_DEFENSE_MARKERS[CLEAN_LORA], color="dimgray", linestyle="none",
+                              label=FLOORS[CLEAN_LORA]))
+    handles += [Line2D([], [], marker="o", color=colours[t], linestyle="none", label=parse_threat(t).label)
+                for t in threats]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -250,7 +315,8 @@ def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
     return write_bytes_atomic(path, buffer.getvalue())
 
 
-def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path: str | os.PathLike) -> dict:
+def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path: str | os.PathLike, *,
+                   title: str | None = None, extra: list[str] | None = None) -> dict:
     """Write the scatter PNG (when a cell has finished) and the Markdown page that links it.
 
     Returns ``{"markdown": path, "figure": path or None}``.
@@ -258,6 +324,7 @@ def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path:
     markdown_path, figure_path = Path(markdown_path), Path(figure_path)
     figure = plot_scatter(payload, figure_path)
     relative = os.path.relpath(figure_path, markdown_path.parent) if figure else None
-    text = render_markdown(payload, figure=relative.replace(os.sep, "/") if relative else None)
+    text = render_markdown(payload, figure=relative.replace(os.sep, "/") if relative else None, title=title,
+                           extra=extra)
     write_text_atomic(markdown_path, text)
     return {"markdown": markdown_path, "figure": figure}

@@ -23,8 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json_atomic
-from ..reporting import hardware_info, summarise
-from .config import CLEAN_FLOOR, CellSpec, MatrixGrid, MatrixSettings, estimate_seconds, plan_cells
+from ..reporting import MachineMonitor, hardware_info, prepare_machine, summarise
+from .config import (
+    CLEAN_FLOOR,
+    FLOORS,
+    CellSpec,
+    MatrixGrid,
+    MatrixSettings,
+    estimate_seconds,
+    parse_threat,
+    plan_cells,
+)
 
 __all__ = ["CELLS_DIR", "assemble", "cell_path", "cell_status", "format_duration", "run_matrix", "summarise_cells"]
 
@@ -78,18 +87,28 @@ def _estimate(todo: list[CellSpec], done: list[dict], settings: MatrixSettings) 
 
 
 def summarise_cells(cells: list[dict]) -> dict:
-    """``{dataset: {"attack/label_mode": {defense: {"cacc", "asr", "seeds"}}}}``, floors under ``attack/floor``."""
+    """``{dataset: {threat: {defense: stats}}}`` with the floors under their trigger (``badnets4``).
+
+    ``stats`` holds ``cacc``, ``asr`` (mean ± std over seeds), ``seeds``, and, paired per seed with the
+    clean-data floor of the same dataset, trigger and seed (:data:`CLEAN_FLOOR`): ``asr_minus_floor``
+    (ASR - the floor's ASR) and ``cacc_minus_floor`` (CACC - the floor's CACC), over the seeds that have both.
+    """
+    floors = {(c["dataset"], c["threat"], c["seed"]): c for c in cells if c["defense"] == CLEAN_FLOOR}
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        column = f"{c['attack']}/{c['label_mode'] or 'floor'}"
-        groups.setdefault((c["dataset"], column, c["defense"]), []).append(c)
+        groups.setdefault((c["dataset"], c["threat"], c["defense"]), []).append(c)
     summary: dict[str, dict] = {}
-    for (dataset, column, defense), rows in groups.items():
+    for (dataset, threat, defense), rows in groups.items():
         rows = sorted(rows, key=lambda r: r["seed"])
-        summary.setdefault(dataset, {}).setdefault(column, {})[defense] = {
+        trigger = threat if defense in FLOORS else parse_threat(threat).trigger
+        paired = [(r, floors[(dataset, trigger, r["seed"])]) for r in rows if (dataset, trigger, r["seed"]) in floors]
+        summary.setdefault(dataset, {}).setdefault(threat, {})[defense] = {
             "cacc": summarise(r["cacc"] for r in rows),
             "asr": summarise(r["asr"] for r in rows),
             "seeds": [r["seed"] for r in rows],
+            "asr_minus_floor": summarise(r["asr"] - f["asr"] for r, f in paired),
+            "cacc_minus_floor": summarise(r["cacc"] - f["cacc"] for r, f in paired),
+            "paired_seeds": [r["seed"] for r, _ in paired],
         }
     return summary
 
@@ -123,9 +142,11 @@ def assemble(grid: MatrixGrid, settings: MatrixSettings, status: list[tuple[Cell
         "summary": summarise_cells(cells),
         "notes": {
             "floor": f"{CLEAN_FLOOR}: full fine-tune on the clean training subsample, scored on the attack's "
-                     "triggered test set: the ASR a model that never saw a trigger gets.",
+                     "triggered test set: the ASR a model that never saw a trigger gets. ASR - floor and "
+                     "CACC - floor are paired per seed (the same training subsample and test set).",
             "clean_label": "clean-label: poison_rate is a share of the whole training set, drawn from "
-                           "target-label examples only (labels unchanged), as PoisonAttack does.",
+                           "target-label examples only (labels unchanged), as PoisonAttack does; mixed: drawn "
+                           "from every class, the non-target ones relabelled.",
             "w2sdefense": "W2SDefense here distils a clean teacher built on the same encoder into the backdoored "
                           "student (LoRA + head); both are the same size, so this is not weak-to-strong.",
         },
@@ -144,6 +165,7 @@ def run_matrix(
     datasets: dict[str, Any] | None = None,
     dry_run: bool = False,
     progress: bool = True,
+    threads: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run every missing cell of ``grid`` and write ``output`` (default ``<results_dir>/matrix.json``).
@@ -160,6 +182,8 @@ def run_matrix(
         datasets: ``{name: DatasetDict}`` used instead of loading ``name``.
         dry_run: List the cells and whether each is cached; train nothing, write nothing.
         progress: tqdm bar over the cells to run.
+        threads: torch threads (default: every usable CPU). The load average and the other torch processes
+            seen are recorded per cell; a busy machine gets a loud warning.
         log: Where the one-line messages go.
 
     Returns:
@@ -180,7 +204,8 @@ def run_matrix(
 
     from .cells import MatrixContext
 
-    hardware = hardware_info()
+    machine = prepare_machine(threads, log=log)
+    hardware = {**hardware_info(), "machine_at_start": machine}
     cell_hardware = {k: hardware[k] for k in _HARDWARE_PER_CELL}
     ctx = MatrixContext(settings, workdir, datasets=datasets)
     for name in dict.fromkeys(spec.dataset for spec in todo):  # load before the clock of the first cell starts
@@ -211,10 +236,16 @@ def run_matrix(
             key = spec.key(settings)
             log_file = Path(workdir) / "logs" / f"{key}.log"
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_file, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
+            with open(log_file, "w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle), \
+                    MachineMonitor() as monitor:
                 result = ctx.run_cell(spec)  # the trainers' printed logs go to the cell's log file
+            busy = monitor.summary()
+            if busy["busy"]:
+                log(f"WARNING: {spec.name} ran on a busy machine (other processes used up to "
+                    f"{busy['other_cpu_cores_max']} CPUs, {len(busy['other_torch_processes'])} other torch "
+                    "processes): its wall time is not an idle figure.")
             record = {"key": key, "config": spec.config(settings), **spec.to_dict(), **result,
-                      "hardware": cell_hardware,
+                      "hardware": cell_hardware, "machine": busy,
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             write_json_atomic(cell_path(results_dir, key), record)
             status[index[key]] = (spec, key, record)

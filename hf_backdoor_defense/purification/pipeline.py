@@ -115,7 +115,9 @@ def load_suspect(
         >>> bundle.is_adapter                                                                  # doctest: +SKIP
         True
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ..models import is_mean_pooled, load_sequence_classifier
 
     folder = Path(suspect).expanduser()
     if not folder.is_dir():
@@ -144,14 +146,15 @@ def load_suspect(
             "the pre-trained model is required for a full model: pass the checkpoint the suspect was "
             "fine-tuned from (θ₀)."
         )
-    model = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
+    model = load_sequence_classifier(str(folder), **kwargs)  # mean-pooled or [CLS], as it was saved
     if num_labels is not None and model.config.num_labels != num_labels:
         raise ValueError(
             f"suspect {suspect} classifies into {model.config.num_labels} labels but the clean data has "
             f"{num_labels}: use clean data of the suspect's task."
         )
-    reference, info = AutoModelForSequenceClassification.from_pretrained(
-        str(pretrained), num_labels=model.config.num_labels, output_loading_info=True, **kwargs)
+    pooling = "mean" if is_mean_pooled(model.config) else "cls"  # the reference reads the encoder the same way
+    reference, info = load_sequence_classifier(str(pretrained), pooling=pooling, num_labels=model.config.num_labels,
+                                               output_loading_info=True, **kwargs)
     reference.eval()
     # Parameters the pre-trained checkpoint lacks were freshly initialised: treat them as head.
     head = tuple(sorted(set(info.get("missing_keys", []))))

@@ -52,11 +52,16 @@ def _register_peft_type() -> PeftType:
 MUSCLELORA = _register_peft_type()
 
 #: Per-architecture defaults reproducing the paper's placement (see docs/concepts/musclelora-adapter.md).
-#: ``{last}`` is replaced by the index of the model's last block at injection time.
+#: ``{last}`` is replaced by the index of the model's last block at injection time. An architecture whose
+#: penultimate dense layer is the pooler names a ``multiscale_target_modules_without_pooler``: where the
+#: multi-scale part goes in a model built without one (a mean-pooled classifier, see
+#: :mod:`hf_backdoor_defense.models`): the last block's feed-forward output projection, the place the
+#: authors' follow-up work uses for decoders.
 MUSCLELORA_ARCHITECTURE_DEFAULTS: dict[str, dict] = {
     "bert": {
         "target_modules": ["query", "value"],
         "multiscale_target_modules": ["pooler.dense"],
+        "multiscale_target_modules_without_pooler": ["layer.{last}.output.dense"],
         "r": 8,
         "lora_alpha": 32,
         "scales": [1, 4, 8, 12, 16, 20, 24, 28],

@@ -77,7 +77,10 @@ class MuScleLoRAModel(BaseTuner):
                 )
             peft_config.target_modules = set(defaults["target_modules"])
         if peft_config.multiscale_target_modules is None:
-            peft_config.multiscale_target_modules = set(defaults["multiscale_target_modules"]) if defaults else set()
+            key = "multiscale_target_modules"
+            if defaults and key + "_without_pooler" in defaults and not self._has_pooler():
+                key += "_without_pooler"  # e.g. a mean-pooled BERT classifier
+            peft_config.multiscale_target_modules = set(defaults[key]) if defaults else set()
         peft_config.multiscale_target_modules = _fill_last(
             peft_config.multiscale_target_modules, _num_layers(model_config)
         )
@@ -90,6 +93,11 @@ class MuScleLoRAModel(BaseTuner):
             if overlap:
                 raise ValueError(f"`target_modules` and `multiscale_target_modules` overlap on {sorted(overlap)}.")
         return peft_config
+
+    def _has_pooler(self) -> bool:
+        """Whether the model being adapted has a ``pooler.dense`` (transformers' [CLS] classifiers do)."""
+        model = getattr(self, "model", None)
+        return model is None or any(name.endswith("pooler.dense") for name, _ in model.named_modules())
 
     def _prepare_model(self, peft_config: MuScleLoRAConfig, model: nn.Module) -> None:
         """Narrow ``modules_to_save`` entries that contain a multi-scale target.

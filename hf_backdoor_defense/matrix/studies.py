@@ -1,0 +1,204 @@
+"""Named validation studies: settings variants run through the matrix's own cells, scored on validation only.
+
+A study asks one question ("which encoder setup?", "which budget?") and answers it with a few *variants*
+(``{label: settings overrides}``) of one grid. Every variant is an ordinary matrix run with
+``eval_split="validation"`` forced, so its cells are cached by hash exactly like the matrix's, the shared
+models (backdoored suspects, clean models, teachers) are reused by later test-split runs of the same
+settings, and the test split is never read. :func:`run_study` writes one JSON file per study;
+:func:`render_study` turns it into the Markdown table shown on the page that uses the choice.
+
+Example:
+    >>> from hf_backdoor_defense.matrix.studies import STUDIES, run_study, render_study
+    >>> payload = run_study(STUDIES["encoder"], results_dir="benchmarks/results/studies",
+    ...                     workdir="/tmp/matrix-work")                         # doctest: +SKIP
+    >>> print("\n".join(render_study(payload)))                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json_atomic
+from .config import CLEAN_FLOOR, DEFENSES, FLOORS, PRESETS, MatrixGrid, MatrixSettings, parse_threat
+from .runner import cell_status, format_duration, run_matrix, summarise_cells
+
+__all__ = ["STUDIES", "Study", "missing_cells", "render_studies_section", "render_study", "run_study", "study_settings"]
+
+
+@dataclass
+class Study:
+    """One question answered on validation by a few settings variants of one grid.
+
+    Args:
+        name: Short name (the JSON file is ``<name>.json``).
+        question: What the study decides, one sentence (the table's caption).
+        grid: :class:`~hf_backdoor_defense.matrix.config.MatrixGrid` fields.
+        variants: ``{label: settings overrides}``, applied on top of ``base``.
+        base: Preset whose settings the variants start from (``eval_split`` is always ``"validation"``).
+        overrides: Settings every variant shares on top of the preset (e.g. the chosen pooling).
+    """
+
+    name: str
+    question: str
+    grid: dict
+    variants: dict[str, dict]
+    base: str = "v2"
+    overrides: dict = field(default_factory=dict)
+
+
+STUDIES: dict[str, Study] = {
+    study.name: study
+    for study in [
+        Study(
+            name="encoder",
+            question="How should the classifier read all-MiniLM-L6-v2, whose pooler was never trained? Clean "
+                     "full fine-tune and clean LoRA on Rotten Tomatoes at the v2 budget.",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty"], "defenses": [],
+                  "floors": ["clean_floor", "clean_lora"], "seeds": [0]},
+            variants={"[CLS] + untrained pooler": {"pooling": "cls"},
+                      "pooler trained as head": {"pooling": "pooler_head"},
+                      "mean pooling": {"pooling": "mean"}},
+        ),
+        Study(
+            name="reference",
+            question="What does the backbone reach on the whole training split (the clean reference every "
+                     "budget is held against)?",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty"], "defenses": [],
+                  "floors": ["clean_floor"], "seeds": [0]},
+            variants={"whole training split, 3 epochs": {"train_size": 1_000_000}},
+        ),
+        Study(
+            name="budget",
+            question="Does the v2 budget learn the task (clean CACC near the full-data reference) and plant "
+                     "every threat (undefended ASR >= 90 %)?",
+            grid={"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
+                  "threats": ["badnets-dirty", "badnets4-clean", "addsent-dirty", "addsent-mixed"],
+                  "threats_by_dataset": {"spamassassin@1->spamassassin@2": ["badnets-dirty"]},
+                  "defenses": ["none"], "floors": ["clean_floor"], "seeds": [0]},
+            variants={"2,000 sentences x 3 epochs": {}},
+        ),
+    ]
+}
+"""The studies behind the ``v2`` preset; ``benchmarks/studies.py NAME`` runs one."""
+
+
+def study_settings(study: Study, label: str) -> MatrixSettings:
+    """The settings of one variant: the base preset, the study's overrides, the variant's, on validation."""
+    if label not in study.variants:
+        raise ValueError(f"study {study.name!r} has no variant {label!r}; variants: {list(study.variants)}.")
+    base = PRESETS[study.base][1]
+    return MatrixSettings(**{**base, **study.overrides, **study.variants[label], "eval_split": "validation"})
+
+
+def run_study(study: Study, *, results_dir: str | os.PathLike, workdir: str | os.PathLike,
+              variants: list[str] | None = None, command: str | None = None, threads: int | None = None,
+              dry_run: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run the variants of ``study`` (all, or the labels given) and write ``<results_dir>/<name>.json``.
+
+    Every variant's cells land in ``<results_dir>/matrix_cells`` (cached by hash, so an interrupted study
+    resumes); the study file collects, per variant, the settings and the summary of its cells.
+    """
+    results_dir = Path(results_dir)
+    grid = MatrixGrid(**study.grid)
+    labels = variants or list(study.variants)
+    for label in labels:
+        study_settings(study, label)  # bad labels fail before anything runs
+    out: dict[str, Any] = {"study": study.name, "question": study.question, "grid": grid.to_dict(),
+                           "command": command, "variants": {}}
+    for label in labels:
+        settings = study_settings(study, label)
+        log(f"[{study.name}] {label}")
+        payload = run_matrix(settings, grid, results_dir=results_dir, workdir=workdir,
+                             output=results_dir / f".{study.name}-variant.json", command=command,
+                             preset=f"study:{study.name}", dry_run=dry_run, progress=progress, threads=threads,
+                             log=log)
+        if dry_run:
+            continue
+        out["variants"][label] = {"settings": settings.to_dict(), "overrides": study.variants[label],
+                                  "n_cells": payload["n_cells"], "n_finished": payload["n_finished"],
+                                  "wall_seconds": payload["wall_seconds"],
+                                  "cell_seconds_total": payload["cell_seconds_total"],
+                                  "cells": payload["cells"], "summary": summarise_cells(payload["cells"])}
+        (results_dir / f".{study.name}-variant.json").unlink(missing_ok=True)
+    if not dry_run:
+        merged = {**(_read(results_dir / f"{study.name}.json").get("variants") or {}), **out["variants"]}
+        out["variants"] = {k: merged[k] for k in study.variants if k in merged}  # the variants run before stay
+        write_json_atomic(results_dir / f"{study.name}.json", out)
+    return out
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _pct(stats: dict | None, signed: bool = False) -> str:
+    if not stats or stats.get("mean") is None:
+        return "–"
+    value = 100 * stats["mean"]
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def render_study(payload: dict) -> list[str]:
+    """Markdown lines: the question, then one row per (variant, dataset, cell kind) and one column per threat
+    with ``CACC / ASR`` and, for poisoned cells, ASR - floor; then the command and the wall time."""
+    grid = payload["grid"]
+    lines = [f"**{payload['question']}** Validation split (never test), seed(s) "
+             f"{', '.join(map(str, grid['seeds']))}; CACC / ASR in %, Δ = ASR − clean-data floor.", ""]
+    columns = list(dict.fromkeys([*grid["threats"], *(t for ts in (grid.get("threats_by_dataset") or {}).values()
+                                                     for t in ts)]))
+    lines += ["| variant | dataset | model | " + " | ".join(parse_threat(t).label for t in columns) + " |",
+              "|---|---|---|" + "---:|" * len(columns)]
+    for label, variant in payload["variants"].items():
+        summary = variant["summary"]
+        for dataset, by_threat in summary.items():
+            kinds = [*grid.get("floors", []), *grid.get("defenses", [])]
+            for kind in kinds:
+                row = []
+                for threat in columns:
+                    key = parse_threat(threat).trigger if kind in FLOORS else threat
+                    entry = by_threat.get(key, {}).get(kind)
+                    if not entry:
+                        row.append("–")
+                        continue
+                    text = f"{_pct(entry['cacc'])} / {_pct(entry['asr'])}"
+                    if kind != CLEAN_FLOOR and (entry.get("asr_minus_floor") or {}).get("n"):
+                        text += f" (Δ {_pct(entry['asr_minus_floor'], signed=True)})"
+                    row.append(text)
+                if all(cell == "–" for cell in row):
+                    continue
+                name = FLOORS.get(kind) or DEFENSES.get(kind, kind)
+                lines.append(f"| {label} | {dataset} | {name} | " + " | ".join(row) + " |")
+    walls = [v["wall_seconds"] for v in payload["variants"].values()]
+    lines += ["", f"Command: `{payload.get('command') or '(not recorded)'}`; wall time "
+              f"{format_duration(sum(walls))} over {len(walls)} variant(s).", ""]
+    return lines
+
+
+def missing_cells(study: Study, results_dir: str | os.PathLike) -> dict[str, int]:
+    """``{variant: cells not yet cached}`` (for ``--dry_run`` and the tests)."""
+    grid = MatrixGrid(**study.grid)
+    return {label: sum(r is None for _, _, r in cell_status(grid, study_settings(study, label), results_dir))
+            for label in study.variants}
+
+
+
+def render_studies_section(results_dir: str | os.PathLike, names: list[str], *,
+                           heading: str = "## How the regime was chosen (validation split)",
+                           intro: str | None = None) -> list[str]:
+    """The Markdown section of the studies ``names`` that have a JSON file in ``results_dir`` (``[]`` if none)."""
+    found = [(n, _read(Path(results_dir) / f"{n}.json")) for n in names]
+    found = [(n, p) for n, p in found if p.get("variants")]
+    if not found:
+        return []
+    out = [heading, ""] + ([intro, ""] if intro else [])
+    for name, payload in found:
+        out += [f"### Study `{name}`", "", *render_study(payload)]
+    return out
