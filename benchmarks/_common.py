@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from hf_backdoor_defense.atomic import write_json_atomic
-from hf_backdoor_defense.reporting import hardware_info, summarise
+from hf_backdoor_defense.reporting import hardware_info as _hardware_info
+from hf_backdoor_defense.reporting import prepare_machine, summarise
+
+# Every script that imports this module starts here: torch threads set (every usable CPU), how busy the
+# machine is recorded, and a loud warning when another torch job or other load shares it.
+MACHINE_AT_START = prepare_machine()
+
+
+def hardware_info() -> dict:
+    """The machine (``hf_backdoor_defense.reporting.hardware_info``) plus how busy it was when the script began."""
+    return {**_hardware_info(), "machine_at_start": MACHINE_AT_START}
 
 __all__ = [
     "apply_preset", "hardware_info", "lr_epochs", "previous_results", "read_results", "settings_of", "summarise", "write_json",

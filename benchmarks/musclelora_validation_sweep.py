@@ -24,10 +24,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _common import hardware_info, write_json  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
-from hf_backdoor_defense.atomic import write_json_atomic  # noqa: E402
 from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
 from hf_backdoor_defense.experiments import CellSettings, train_cell  # noqa: E402
@@ -123,9 +123,9 @@ def main(argv=None) -> int:
                 print(f"{attack_name:<8} {s['name']:<26} CACC {scores['cacc']:.3f} ASR {scores['asr']:.3f} "
                       f"modes {({k: round(v, 2) for k, v in row['modes'].items()})} {row['seconds']:.0f}s",
                       flush=True)
-                write_json_atomic(cli.output, {"benchmark": "musclelora_validation_sweep",
-                                               "split_scored": "validation minus the reference examples",
-                                               "rows": rows})
+                write_json(cli.output, {"benchmark": "musclelora_validation_sweep",
+                                        "split_scored": "validation minus the reference examples",
+                                        "hardware": hardware_info(), "rows": rows})
                 del model
     return 0
 

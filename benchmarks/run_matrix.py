@@ -3,9 +3,10 @@
 A thin command line over the experiment engine (:mod:`hf_backdoor_defense.matrix`): it picks a preset,
 lets any setting be overridden, runs the missing cells and renders the page.
 
-Grid (``--preset v2``, the default): Rotten Tomatoes and SpamAssassin × {BadNets dirty-label, BadNets
-clean-label with 4 triggers, AddSent dirty-label, AddSent mixed-label}, plus the cross-domain column
-SpamAssassin collection 1 → 2 (BadNets dirty-label) × none (full FT), LoRA, MuScleLoRA, Fine-mixing, E-PUR,
+Grid (``--preset v2``, the default): Rotten Tomatoes × {BadNets dirty-label, BadNets clean-label with 4
+triggers, AddSent dirty-label, AddSent mixed-label}, SpamAssassin × the same but BadNets ×4 clean-label (not
+planted there: 49.1 % ASR undefended on validation), and the cross-domain column SpamAssassin collection
+1 → 2 (BadNets dirty-label) × none (full FT), LoRA, MuScleLoRA, Fine-mixing, E-PUR,
 Fine-purifying, W2SDefense × seeds 0, 1, 2 on all-MiniLM-L6-v2; plus, per dataset, trigger and seed, the
 clean-data floors (a full fine-tune and a LoRA on clean data, scored on the triggered test set). The
 settings (2,000 training sentences, 3 epochs, length 48, the encoder setup) were chosen on validation by
@@ -72,9 +73,25 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DOCS = HERE.parent / "docs"
 SCRIPT = "python benchmarks/run_matrix.py"
-REGIME_STUDIES = ["reference", "encoder", "budget"]
-REGIME = ("The v2 settings were chosen on the validation split with `python benchmarks/studies.py NAME` (the test "
-          "split is never read there); the tables below are those runs.")
+REGIME_STUDIES = ["reference", "encoder", "clean-budget", "budget"]
+REGIME = "\n".join([
+    "The v2 settings were chosen on the validation split with `python benchmarks/studies.py NAME` (the test split is "
+    "never read there; one seed); the tables below are those runs. The rules: the clean full fine-tune within 2 "
+    "points of what the backbone reaches on the whole training split, and every threat planted (undefended ASR "
+    ">= 90 %) before any defense is judged.",
+    "",
+    "- **reference**: the whole Rotten Tomatoes training split (10,200 sentences, 3 epochs) is the clean accuracy "
+    "the budget is held against.",
+    "- **encoder**: the three ways of reading all-MiniLM-L6-v2 tie on clean accuracy (within a point, i.e. within "
+    "seed noise); mean pooling, the checkpoint's own training objective, is kept because it leaves no untrained "
+    "layer in the classification path ([encoder setup](concepts/encoder-setup.md)).",
+    "- **clean-budget**: 2,000 sentences miss the 2-point rule at every learning rate and epoch count tried; "
+    "3,000 sentences x 3 epochs at lr 1e-4 meet it.",
+    "- **budget**: at that budget every threat is planted (100 % ASR) on Rotten Tomatoes, on SpamAssassin and on "
+    "the cross-domain pair, except BadNets x4 clean-label on SpamAssassin (49.1 %): spam is recognised from its "
+    "content, and triggers added to spam mails only are redundant with it at a 10 % poison rate. That column is "
+    "dropped from SpamAssassin.",
+])
 
 
 def quick_preset(args: argparse.Namespace) -> bool:

@@ -15,6 +15,10 @@ import importlib
 
 __version__ = "0.1.0"
 
+from .quantization import quiet_offline_kernel_warnings  # noqa: E402
+
+quiet_offline_kernel_warnings()  # before anything imports bitsandbytes
+
 # Registration with PEFT happens on import of the tuner package.
 from .tuners.musclelora import (  # noqa: E402
     MuScleLoRAConfig,

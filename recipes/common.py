@@ -679,6 +679,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, task: str, num_labels: 
         )
     if checkpointing and getattr(model.config, "use_cache", False):
         model.config.use_cache = False
+    if quant is not None:
+        from hf_backdoor_defense.quantization import keep_4bit_trainable
+
+        keep_4bit_trainable(model)  # no CPU inference packing: it has no backward, and it rounds absmax to bf16
     return model, tokenizer
 
 

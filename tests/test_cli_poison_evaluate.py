@@ -149,3 +149,39 @@ def test_every_subcommand_has_help(capsys):
             cli.main([name, "--help"])
         assert exc.value.code == 0
         assert "usage: hbd " + name in capsys.readouterr().out
+
+
+def test_evaluate_mean_pooled_model_and_adapter(csv_folder, tmp_path, tiny_bert, bert_tokenizer, capsys):
+    """A mean-pooled classifier is read as saved; its adapter needs --pooling mean (the folder does not say)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from hf_backdoor_defense.commands.evaluate import load_classifier
+    from hf_backdoor_defense.models import AutoModelForMeanPooledSequenceClassification
+
+    tiny_bert.bert.save_pretrained(tmp_path / "encoder")
+    bert_tokenizer.save_pretrained(tmp_path / "encoder")
+    torch.manual_seed(1)
+    mean = AutoModelForMeanPooledSequenceClassification.from_pretrained(tmp_path / "encoder", num_labels=2).eval()
+    mean.save_pretrained(tmp_path / "mean")
+    bert_tokenizer.save_pretrained(tmp_path / "mean")
+    peft_model = get_peft_model(mean, LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query", "value"]))
+    with torch.no_grad():
+        peft_model.base_model.model.classifier.modules_to_save["default"].weight.mul_(40.0)  # a head that matters
+    peft_model.save_pretrained(tmp_path / "mean-adapter")
+    poisoned = tmp_path / "poisoned"
+    assert main(poison_args(csv_folder, poisoned)) == 0
+    test = load_from_disk(str(poisoned))["test"]
+    expected = evaluate_backdoor(peft_model.eval(), bert_tokenizer, test, AddSent(), disable_progress_bar=True)
+    args = ["evaluate", "--dataset", str(poisoned), "--attack", "addsent", "--no-progress"]
+    capsys.readouterr()
+    assert main([*args, "--model", str(tmp_path / "mean")]) == 0
+    assert "CACC" in capsys.readouterr().out
+    assert main([*args, "--model", str(tmp_path / "mean-adapter"), "--pooling", "mean"]) == 0
+    assert f"{100 * expected['cacc']:.2f}" in capsys.readouterr().out
+    batch = bert_tokenizer(GOOD + BAD, padding=True, return_tensors="pt")
+    logits = peft_model(**batch).logits
+    right = load_classifier(tmp_path / "mean-adapter", 2, pooling="mean")[0].eval()
+    wrong = load_classifier(tmp_path / "mean-adapter", 2)[0].eval()  # the default [CLS] base: another model
+    assert torch.allclose(right(**batch).logits, logits, atol=1e-5)
+    assert not torch.allclose(wrong(**batch).logits, logits, atol=1e-2)

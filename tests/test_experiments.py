@@ -30,3 +30,13 @@ def test_train_cell_changes_weights_and_needs_a_reference(tiny_bert_dir, tiny_te
     assert not model.training and info["seconds_per_step"] > 0
     b = [p for n, p in model.named_parameters() if "musclelora_B" in n]
     assert b and any(torch.count_nonzero(p) > 0 for p in b)  # B starts at zero: training moved it
+
+
+def test_trainers_package_exports_every_trainer():
+    import hf_backdoor_defense.trainers as trainers
+
+    for name in trainers.__all__:
+        assert getattr(trainers, name).__name__ == name
+    from hf_backdoor_defense.trainers import MuScleLoRATrainer, W2SDefenseTrainer  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        trainers.Nope  # noqa: B018

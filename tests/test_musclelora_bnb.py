@@ -11,6 +11,7 @@ from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training  # n
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import hf_backdoor_defense  # noqa: E402,F401
+from hf_backdoor_defense.quantization import keep_4bit_trainable  # noqa: E402
 from hf_backdoor_defense.tuners.musclelora import MuScleLoRALayer  # noqa: E402
 from hf_backdoor_defense.tuners.musclelora.bnb import Linear4bit, Linear8bitLt  # noqa: E402
 from hf_backdoor_defense.tuners.musclelora.config import MuScleLoRAConfig  # noqa: E402
@@ -45,6 +46,9 @@ def _inputs():
 def test_quantized_forward_backward_save_load(base_dir, tmp_path, kind):
     base = prepare_model_for_kbit_training(_load(base_dir, kind), use_gradient_checkpointing=False)
     inputs = _inputs()
+    # No CPU inference packing of the 4-bit weights (AVX512-BF16 CPUs): the reference, the adapted model and
+    # the reloaded one then all run the same kernels (packing is covered by the next test).
+    keep_4bit_trainable(base)
     with torch.no_grad():
         ref = base(**inputs).logits
     model = get_peft_model(base, MuScleLoRAConfig(task_type="CAUSAL_LM"))
@@ -93,3 +97,24 @@ def test_quantized_merge_and_unmerge(base_dir, kind):
         assert (merged - adapted).abs().max() < 0.5 * change
         model.unmerge_adapter()
         assert (model(**inputs).logits - adapted).abs().max() < 0.5 * change
+
+
+def test_adapters_train_after_an_evaluation_of_the_4bit_base(base_dir):
+    """bitsandbytes packs 4-bit weights for CPU inference (AVX512-BF16) on an eval-mode forward; the adapter
+    must still receive gradients through every layer afterwards (MuScleLoRAModel undoes the packing)."""
+    base = prepare_model_for_kbit_training(_load(base_dir, "4bit"), use_gradient_checkpointing=False)
+    inputs = _inputs()
+    base.eval()
+    with torch.no_grad():
+        base(**inputs)
+    model = get_peft_model(base, MuScleLoRAConfig(task_type="CAUSAL_LM"))
+    model.eval()
+    with torch.no_grad():
+        model(**inputs)  # and an evaluation of the adapted model before training
+    model.train()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if "musclelora_B" in n}
+    assert len(grads) == 5 and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    packed = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)
+              and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+    assert not packed

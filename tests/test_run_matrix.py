@@ -380,3 +380,12 @@ def test_study_runs_through_the_engine_and_renders(matrix_env, tmp_path, monkeyp
     assert "**Does pooling matter here?**" in lines[0]
     assert sum(line.startswith("| mean | tiny_reviews | none (full FT) |") for line in lines) == 1
     assert studies.missing_cells(study, tmp_path) == {"cls": 0, "mean": 0}
+
+
+def test_cross_domain_cells_run(matrix_env, tmp_path):
+    pair = f"{DATA}->other"
+    data = {**matrix_env["data"], "other": matrix_env["data"][DATA]}
+    grid = MatrixGrid(datasets=[pair], threats=["badnets-dirty"], defenses=["none", "e_pur"], seeds=[0])
+    out = _run(matrix_env, grid=grid, datasets=data, results_dir=tmp_path / "results", output=tmp_path / "m.json")
+    assert out["complete"] and {c["dataset"] for c in out["cells"]} == {pair}
+    assert out["summary"][pair]["badnets-dirty"]["e_pur"]["asr_minus_floor"]["n"] == 1

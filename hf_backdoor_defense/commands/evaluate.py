@@ -32,14 +32,22 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=128, help="Truncation length (default 128).")
     parser.add_argument("--json", default=None, help="Also write the scores to this JSON file.")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.add_argument("--pooling", default="cls", choices=("cls", "mean"),
+                        help="Adapters: how the base classifier reads the encoder, as when the adapter was trained "
+                             "(default cls; mean for a mean-pooled encoder). Full models: read from their config.")
     parser.set_defaults(func=run)
 
 
-def load_classifier(path: str | os.PathLike, num_labels: int):
-    """(model, tokenizer) from a full model folder or a PEFT adapter folder; local files only."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_classifier(path: str | os.PathLike, num_labels: int, pooling: str = "cls"):
+    """(model, tokenizer) from a full model folder or a PEFT adapter folder; local files only.
+
+    A full model is loaded as it was saved (mean-pooled or [CLS]); an adapter's base is built with ``pooling``.
+    """
+    from transformers import AutoTokenizer
 
     import hf_backdoor_defense  # noqa: F401  (registers the MuScleLoRA adapter type with PEFT)
+
+    from ..models import load_sequence_classifier
 
     folder = Path(path)
     if not folder.is_dir():
@@ -52,7 +60,7 @@ def load_classifier(path: str | os.PathLike, num_labels: int):
         if not base_path:
             raise ValueError(f"{folder / 'adapter_config.json'} has no `base_model_name_or_path`; set it.")
         try:
-            base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=num_labels)
+            base = load_sequence_classifier(base_path, pooling=pooling, num_labels=num_labels)
         except OSError as err:
             first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise FileNotFoundError(
@@ -61,8 +69,6 @@ def load_classifier(path: str | os.PathLike, num_labels: int):
         model = PeftModel.from_pretrained(base, str(folder))
         tokenizer_path = folder if (folder / "tokenizer_config.json").is_file() else base_path
     else:
-        from ..models import load_sequence_classifier
-
         model = load_sequence_classifier(str(folder))  # mean-pooled or [CLS], as it was saved
         tokenizer_path = folder
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"split {args.split!r} is poisoned; evaluate on a clean split such as 'test'.")
     feature = test.features.get("label")
     num_labels = feature.num_classes if isinstance(feature, ClassLabel) else len(set(test["label"]))
-    model, tokenizer = load_classifier(args.model, num_labels)
+    model, tokenizer = load_classifier(args.model, num_labels, pooling=args.pooling)
     scores = evaluate_backdoor(
         model,
         tokenizer,

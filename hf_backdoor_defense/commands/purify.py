@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-length", type=int, default=128, help="Truncation length (default 128).")
     parser.add_argument("--seed", type=int, default=0, help="Seed (random mask, fine-tune).")
     parser.add_argument("--load-in-4bit", action="store_true", help="Adapters: load the base model in 4-bit (nf4).")
+    parser.add_argument("--pooling", default="cls", choices=("cls", "mean"),
+                        help="Adapters: how the base classifier reads the encoder, as when the adapter was trained "
+                             "(default cls; mean for a mean-pooled encoder). Full models: read from their config.")
     parser.add_argument("--output", required=True, help="Output folder (new or empty; see --overwrite).")
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty output folder.")
     parser.set_defaults(func=run)
@@ -114,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         from transformers import BitsAndBytesConfig
 
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
-    bundle = load_suspect(args.suspect, args.pretrained, num_labels=num_labels, quantization_config=quantization)
+    bundle = load_suspect(args.suspect, args.pretrained, num_labels=num_labels, quantization_config=quantization,
+                          pooling=args.pooling)
     finetune = None
     if args.finetune_epochs > 0:
         from ..trainers.purification import PurificationTrainingArguments

@@ -118,9 +118,9 @@ class MatrixContext:
             corpus, _, collection = name.partition("@")
             if collection and Path(name).exists():  # a local path that happens to contain '@'
                 corpus, collection = name, ""
-            kwargs = {"collection": int(collection)} if collection else {}
             if collection and not collection.isdigit():
                 raise ValueError(f"dataset {name!r}: after '@' comes a collection number, e.g. 'spamassassin@1'.")
+            kwargs = {"collection": int(collection)} if collection else {}
             self._datasets[name] = load_text_classification(corpus, **kwargs)
         return self._datasets[name]
 

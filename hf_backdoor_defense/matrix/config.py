@@ -149,8 +149,9 @@ class MatrixSettings:
     Args:
         model: Folder or Hub name of the encoder; ``None`` is the offline all-MiniLM-L6-v2 asset.
         pooling: How every classifier reads the encoder (:data:`hf_backdoor_defense.models.POOLING_MODES`):
-            ``"cls"`` ([CLS] through the checkpoint's pooler), ``"pooler_head"`` (the pooler trained and kept
-            as task head), ``"mean"`` (masked mean over the tokens).
+            ``"mean"`` (masked mean over the tokens, the default: the three setups tie on validation accuracy
+            and this one has no untrained pooler in the path, see the ``encoder`` study), ``"cls"`` ([CLS]
+            through the checkpoint's pooler), ``"pooler_head"`` (the pooler trained and kept as task head).
         eval_split: ``"test"`` for the reported figures; ``"validation"`` for studies that choose settings:
             the evaluation set is then validation examples outside the trusted clean set (for a
             cross-domain dataset, the target's validation split), and the test split is never read.
@@ -189,7 +190,7 @@ class MatrixSettings:
     model: str | None = field(
         default=None, metadata={"help": "Encoder folder or Hub name; default: the offline all-MiniLM-L6-v2."}
     )
-    pooling: str = field(default="cls", metadata={"help": "Encoder setup: 'cls', 'pooler_head' or 'mean'."})
+    pooling: str = field(default="mean", metadata={"help": "Encoder setup: 'mean', 'cls' or 'pooler_head'."})
     eval_split: str = field(default="test", metadata={
         "help": "'test' (reported figures) or 'validation' (studies: validation examples outside the clean set)."})
     train_size: int = field(default=2000, metadata={"help": "Training examples per seed (poisoned per attack)."})
@@ -361,13 +362,14 @@ class CellSpec:
 
 
 def plan_cells(grid: MatrixGrid) -> list[CellSpec]:
-    """Every cell of ``grid`` in run order: per dataset and seed, the floors, then threat x defense.
+    """Every cell of ``grid`` in run order: per seed and dataset, the floors, then threat x defense.
 
-    Defenses reuse one backdoored model per (dataset, threat, seed), so they run next to each other.
+    Seeds come first, so an interrupted run has whole seeds of every dataset rather than every seed of a few;
+    defenses reuse one backdoored model per (dataset, threat, seed), so they run next to each other.
     """
     cells = []
-    for dataset in grid.datasets:
-        for seed in grid.seeds:
+    for seed in grid.seeds:
+        for dataset in grid.datasets:
             cells += [CellSpec(dataset, trigger, floor, seed) for trigger in grid.triggers_for(dataset)
                       for floor in grid.floors]
             for threat in grid.threats_for(dataset):
@@ -396,26 +398,30 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # planted at >= 90 % ASR before any defense.
     "v2": (
         {"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
-         "threats_by_dataset": {"spamassassin@1->spamassassin@2": ["badnets-dirty"]},
+         # SpamAssassin drops BadNets x4 clean-label: 49.1 % ASR undefended on validation (the `budget` study),
+         # so no defense could be judged there.
+         "threats_by_dataset": {"spamassassin": ["badnets-dirty", "addsent-dirty", "addsent-mixed"],
+                                "spamassassin@1->spamassassin@2": ["badnets-dirty"]},
          "floors": [CLEAN_FLOOR, CLEAN_LORA]},
-        {"train_size": 2000, "test_size": 1000, "clean_size": 256, "max_length": 48, "batch_size": 32,
+        {"train_size": 3000, "test_size": 1000, "clean_size": 256, "max_length": 48, "batch_size": 32,
          "epochs": 3.0, "full_ft_lr": 1e-4},
     ),
 }
 
 
 RATES: dict[str, float] = {
-    "full": 0.040,       # full fine-tune (also the teacher and the post-purification fine-tune)
-    "lora": 0.033,       # LoRA on the poisoned set
-    "musclelora": 0.075, # MuScleLoRA: adapter + a reference batch every step
-    "w2s": 0.045,        # W2SDefense student step (LoRA + the teacher's forward)
+    "full": 0.032,       # full fine-tune (also the teacher and the post-purification fine-tune)
+    "lora": 0.023,       # LoRA on the poisoned set
+    "musclelora": 0.050, # MuScleLoRA: adapter + a reference batch every step
+    "w2s": 0.035,        # W2SDefense student step (LoRA + the teacher's forward)
     "fisher": 0.02,      # Fine-purifying's empirical Fisher, per clean example
-    "eval": 0.012,       # one forward pass, per test example
-    "cell": 4.0,         # fixed cost of a cell: loading models, building trainers (seconds)
+    "eval": 0.011,       # one forward pass, per test example
+    "cell": 3.0,         # fixed cost of a cell: loading models, building trainers (seconds)
 }
-"""Seconds per example and epoch at ``max_length`` 64 on the project's idle 2-core machine with 2 torch threads
-(scaled from the 30 ms per example and epoch of a MiniLM full fine-tune at length 48). Estimates only: once
-cells of a grid have finished, the runner uses their measured wall times instead."""
+"""Seconds per example and epoch at ``max_length`` 64 on the project's idle 2-core machine with 2 torch threads,
+from the validation studies at length 48 (full fine-tune of all-MiniLM-L6-v2: 215 s for 3,000 sentences x 3
+epochs; LoRA 104 s for 2,000 x 3), scaled linearly. Estimates only: once cells of a grid have finished, the
+runner uses their measured wall times instead."""
 
 
 def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dict[str, float] | None = None) -> float:

@@ -216,7 +216,7 @@ def render_markdown(payload: dict, *, figure: str | None = None, title: str | No
             f"BadNets, sentence preset for AddSent) and a teacher fine-tuned on the same clean set "
             f"({_n(settings['teacher_epochs'], 'epoch')}). {payload['notes']['w2sdefense']}",
             f"- **clean-data floor**: {payload['notes']['floor'].split(': ', 1)[1]}",
-            f"- **Label modes**: {payload['notes']['clean_label'].split(': ', 1)[1]} BadNets ×4 inserts four "
+            f"- **Label modes**: {payload['notes']['label_modes'].split(': ', 1)[1]} BadNets ×4 inserts four "
             "distinct trigger words in every poisoned training sentence and every triggered test sentence.",
             "- **Cross-domain** (`a → b`): the poisoned training set comes from `a`; the trusted clean set (from "
             "`b`'s training split), the floors' scoring and the evaluation from `b`.",

@@ -31,6 +31,7 @@ from .config import (
     MatrixGrid,
     MatrixSettings,
     estimate_seconds,
+    parse_dataset,
     parse_threat,
     plan_cells,
 )
@@ -144,9 +145,10 @@ def assemble(grid: MatrixGrid, settings: MatrixSettings, status: list[tuple[Cell
             "floor": f"{CLEAN_FLOOR}: full fine-tune on the clean training subsample, scored on the attack's "
                      "triggered test set: the ASR a model that never saw a trigger gets. ASR - floor and "
                      "CACC - floor are paired per seed (the same training subsample and test set).",
-            "clean_label": "clean-label: poison_rate is a share of the whole training set, drawn from "
-                           "target-label examples only (labels unchanged), as PoisonAttack does; mixed: drawn "
-                           "from every class, the non-target ones relabelled.",
+            "label_modes": "label modes: poison_rate is a share of the whole training set; dirty-label draws "
+                           "the poisoned examples from the non-target classes and relabels them, clean-label "
+                           "from the target class (labels unchanged), mixed-label from every class (the "
+                           "non-target ones relabelled).",
             "w2sdefense": "W2SDefense here distils a clean teacher built on the same encoder into the backdoored "
                           "student (LoRA + head); both are the same size, so this is not weak-to-strong.",
         },
@@ -208,8 +210,8 @@ def run_matrix(
     hardware = {**hardware_info(), "machine_at_start": machine}
     cell_hardware = {k: hardware[k] for k in _HARDWARE_PER_CELL}
     ctx = MatrixContext(settings, workdir, datasets=datasets)
-    for name in dict.fromkeys(spec.dataset for spec in todo):  # load before the clock of the first cell starts
-        ctx.dataset(name)
+    for name in dict.fromkeys(part for spec in todo for part in parse_dataset(spec.dataset)):
+        ctx.dataset(name)  # load before the clock of the first cell starts
     if todo:
         ctx.tokenizer  # noqa: B018 - loads it
     index = {key: i for i, (_, key, _) in enumerate(status)}

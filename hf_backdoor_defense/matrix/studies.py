@@ -57,12 +57,12 @@ STUDIES: dict[str, Study] = {
         Study(
             name="encoder",
             question="How should the classifier read all-MiniLM-L6-v2, whose pooler was never trained? Clean "
-                     "full fine-tune and clean LoRA on Rotten Tomatoes at the v2 budget.",
+                     "full fine-tune and clean LoRA on Rotten Tomatoes, 2,000 sentences x 3 epochs.",
             grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty"], "defenses": [],
                   "floors": ["clean_floor", "clean_lora"], "seeds": [0]},
-            variants={"[CLS] + untrained pooler": {"pooling": "cls"},
-                      "pooler trained as head": {"pooling": "pooler_head"},
-                      "mean pooling": {"pooling": "mean"}},
+            variants={"[CLS] + untrained pooler": {"pooling": "cls", "train_size": 2000},
+                      "pooler trained as head": {"pooling": "pooler_head", "train_size": 2000},
+                      "mean pooling (chosen)": {"pooling": "mean", "train_size": 2000}},
         ),
         Study(
             name="reference",
@@ -73,6 +73,18 @@ STUDIES: dict[str, Study] = {
             variants={"whole training split, 3 epochs": {"train_size": 1_000_000}},
         ),
         Study(
+            name="clean-budget",
+            question="Which training budget brings the clean full fine-tune within 2 points of the full-data "
+                     "reference, at the lowest cost?",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty"], "defenses": [],
+                  "floors": ["clean_floor"], "seeds": [0]},
+            variants={"2,000 x 3 epochs, lr 1e-4": {"train_size": 2000},
+                      "2,000 x 3 epochs, lr 5e-5": {"train_size": 2000, "full_ft_lr": 5e-5},
+                      "2,000 x 3 epochs, lr 2e-4": {"train_size": 2000, "full_ft_lr": 2e-4},
+                      "2,000 x 4 epochs, lr 1e-4": {"train_size": 2000, "epochs": 4.0},
+                      "3,000 x 3 epochs, lr 1e-4 (chosen)": {"train_size": 3000}},
+        ),
+        Study(
             name="budget",
             question="Does the v2 budget learn the task (clean CACC near the full-data reference) and plant "
                      "every threat (undefended ASR >= 90 %)?",
@@ -80,7 +92,7 @@ STUDIES: dict[str, Study] = {
                   "threats": ["badnets-dirty", "badnets4-clean", "addsent-dirty", "addsent-mixed"],
                   "threats_by_dataset": {"spamassassin@1->spamassassin@2": ["badnets-dirty"]},
                   "defenses": ["none"], "floors": ["clean_floor"], "seeds": [0]},
-            variants={"2,000 sentences x 3 epochs": {}},
+            variants={"3,000 sentences x 3 epochs": {}},
         ),
     ]
 }
@@ -176,9 +188,9 @@ def render_study(payload: dict) -> list[str]:
                     continue
                 name = FLOORS.get(kind) or DEFENSES.get(kind, kind)
                 lines.append(f"| {label} | {dataset} | {name} | " + " | ".join(row) + " |")
-    walls = [v["wall_seconds"] for v in payload["variants"].values()]
-    lines += ["", f"Command: `{payload.get('command') or '(not recorded)'}`; wall time "
-              f"{format_duration(sum(walls))} over {len(walls)} variant(s).", ""]
+    seconds = sum(v["cell_seconds_total"] for v in payload["variants"].values())
+    lines += ["", f"Command: `{payload.get('command') or '(not recorded)'}`; the cells' wall times add up to "
+              f"{format_duration(seconds)} over {len(payload['variants'])} variant(s).", ""]
     return lines
 
 

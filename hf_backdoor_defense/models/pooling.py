@@ -43,6 +43,7 @@ __all__ = [
     "head_module_names",
     "is_mean_pooled",
     "load_sequence_classifier",
+    "masked_mean",
     "mean_pooled_class",
 ]
 
@@ -72,6 +73,14 @@ def head_module_names(pooling: str) -> list[str]:
     return ["classifier", "pooler"] if check_pooling(pooling) == "pooler_head" else ["classifier"]
 
 
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of ``hidden`` ``[B, T, H]`` over the positions where ``attention_mask`` is 1 (all without a mask)."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 class _MeanPooledHead:
     """Forward pass and head of the mean-pooled classifiers; mixed into each architecture's PreTrainedModel."""
 
@@ -91,14 +100,6 @@ class _MeanPooledHead:
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    @staticmethod
-    def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Mean of ``hidden`` ``[B, T, H]`` over the positions where ``attention_mask`` is 1."""
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -117,7 +118,7 @@ class _MeanPooledHead:
                  "output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
         outputs = getattr(self, self.base_model_prefix)(
             **{k: v for k, v in given.items() if v is not None}, return_dict=True)
-        pooled = self.mean_pool(outputs.last_hidden_state, attention_mask)
+        pooled = masked_mean(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
         loss = self._loss(logits, labels) if labels is not None else None
         if return_dict is False:

@@ -29,7 +29,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, num_labels: int | None = None,
                          load_in_4bit: bool = False, quantization_config: Any = None, dtype: Any = None,
-                         is_trainable: bool = False, trust_remote_code: bool = False) -> Any:
+                         is_trainable: bool = False, trust_remote_code: bool = False, pooling: str = "cls") -> Any:
     """Load a PEFT adapter folder onto its base model (``base`` or the config's ``base_model_name_or_path``).
 
     ``import hf_backdoor_defense`` has registered MuScleLoRA with PEFT, so MuScleLoRA adapters load too.
@@ -45,9 +45,13 @@ def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, nu
         is_trainable: Leave the adapter (and its ``modules_to_save`` head copy) trainable, for a clean fine-tune
             of the purified copy; the base stays frozen.
         trust_remote_code: Allow code from the base model's repository.
+        pooling: How a ``SEQ_CLS`` adapter's base reads the encoder, as when the adapter was trained
+            (:data:`hf_backdoor_defense.models.POOLING_MODES`): ``"cls"`` (transformers' classifier, the
+            default) or ``"mean"`` (a mean-pooled encoder, e.g. the benchmarks' all-MiniLM-L6-v2). An adapter
+            folder does not record it.
     """
     from peft import PeftConfig, PeftModel
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     import hf_backdoor_defense  # noqa: F401  (registers MuScleLoRA with PEFT)
 
@@ -66,9 +70,14 @@ def load_adapter_suspect(path: str | Path, base: str | Path | None = None, *, nu
     if task.endswith("SEQ_CLS"):
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
-        model = AutoModelForSequenceClassification.from_pretrained(str(base), **kwargs)
+        from ..models import load_sequence_classifier
+
+        model = load_sequence_classifier(str(base), pooling=pooling, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+    from ..quantization import keep_4bit_trainable
+
+    keep_4bit_trainable(model)  # a 4-bit base is fine-tuned after purification: no CPU inference packing
     return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
 
 

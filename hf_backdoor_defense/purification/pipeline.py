@@ -94,6 +94,7 @@ def load_suspect(
     quantization_config: Any = None,
     dtype: Any = None,
     trust_remote_code: bool = False,
+    pooling: str = "cls",
 ) -> SuspectBundle:
     """Load the model to purify, its reference θ₀ and its tokenizer.
 
@@ -108,6 +109,9 @@ def load_suspect(
             purifiers write θ₀ values into its weights, which quantised weights cannot hold.
         dtype: dtype of the loaded weights (default: the checkpoint's).
         trust_remote_code: Allow code from the model repositories (off by default).
+        pooling: An adapter's base: ``"cls"`` (default) or ``"mean"``, as the adapter was trained (an
+            adapter folder does not record it). A full model is loaded as it was saved (a mean-pooled
+            classifier says so in its config) and its reference θ₀ is built the same way.
 
     Example:
         >>> bundle = load_suspect("./lora-suspect", "meta-llama/Llama-2-7b-hf", num_labels=2,  # doctest: +SKIP
@@ -129,7 +133,7 @@ def load_suspect(
         kwargs["dtype"] = dtype
     has_tokenizer = (folder / "tokenizer_config.json").is_file()
     if is_adapter_dir(folder):
-        model = load_adapter_suspect(folder, pretrained, num_labels=num_labels,
+        model = load_adapter_suspect(folder, pretrained, num_labels=num_labels, pooling=pooling,
                                      quantization_config=quantization_config, is_trainable=True, **kwargs)
         base = pretrained or model.peft_config[model.active_adapter].base_model_name_or_path
         tokenizer = AutoTokenizer.from_pretrained(str(folder if has_tokenizer else base),

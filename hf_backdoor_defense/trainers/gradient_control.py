@@ -30,6 +30,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import write_json_atomic
+from ..quantization import keep_4bit_trainable
 from .layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 __all__ = [
@@ -319,6 +320,7 @@ class GradientControlTrainer(Trainer):
         if len(poison_dataset) == 0:
             raise ValueError("`poison_dataset` is empty: Gradient Control needs poisoned examples.")
         super().__init__(model=model, args=args, train_dataset=train_dataset, **kwargs)
+        keep_4bit_trainable(self.model)  # bitsandbytes' CPU inference packing would cut the gradient
         self.poison_dataset = poison_dataset
 
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:

@@ -28,6 +28,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import OptimizerNames
 
+from ..quantization import keep_4bit_trainable
 from ._reference import ReferenceSampler
 from .gradient_alignment import MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
 from .loss_scaling import use_mean_loss_for_classification
@@ -267,6 +268,7 @@ class GradientAlignmentMixin:
                 "MuScleLoRATrainingArguments (or MuScleLoRASFTConfig) as args."
             )
         use_mean_loss_for_classification(self)
+        keep_4bit_trainable(self.model)  # bitsandbytes' CPU inference packing would cut the gradient
         self.alignment_history: list[dict[str, float]] = []
         self._alignment_log: list[dict[str, float]] = []
         self.reference_dataset = None

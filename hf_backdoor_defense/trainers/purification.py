@@ -19,6 +19,7 @@ from typing import Any
 
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+from ..quantization import keep_4bit_trainable
 from .loss_scaling import use_mean_loss_for_classification
 
 __all__ = ["PurificationTrainer", "PurificationTrainingArguments", "finetune_clean"]
@@ -98,6 +99,7 @@ class PurificationTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, **kwargs)
         use_mean_loss_for_classification(self)
+        keep_4bit_trainable(self.model)  # bitsandbytes' CPU inference packing would cut the gradient
 
 
 def finetune_clean(model: Any, train_dataset: Any, tokenizer: Any,

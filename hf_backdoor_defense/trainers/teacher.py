@@ -166,10 +166,9 @@ class W2STeacher(PreTrainedModel):
             return outputs.pooler_output
         if self.config.pooling == "cls":
             return hidden[:, 0]
-        if attention_mask is None:
-            return hidden.mean(dim=1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        from ..models.pooling import masked_mean
+
+        return masked_mean(hidden, attention_mask)
 
     def forward(
         self,

@@ -35,6 +35,8 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..quantization import keep_4bit_trainable
+
 __all__ = [
     "W2S_PRESETS",
     "W2SDataCollator",
@@ -339,6 +341,7 @@ class W2SDefenseTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        keep_4bit_trainable(self.model)  # bitsandbytes' CPU inference packing would cut the gradient
         # The teacher is not part of self.model: it is never wrapped, optimised or checkpointed.
         teacher.requires_grad_(False)
         teacher.eval()

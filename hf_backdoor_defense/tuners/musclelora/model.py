@@ -9,6 +9,7 @@ from typing import Any
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from torch import nn
 
+from ...quantization import keep_4bit_trainable
 from .config import (
     MUSCLELORA_ARCHITECTURE_DEFAULTS,
     MUSCLELORA_FALLBACK_DEFAULTS,
@@ -108,6 +109,7 @@ class MuScleLoRAModel(BaseTuner):
         with the adapter (it is freshly initialised, so the pre-trained checkpoint lacks it).
         """
         self._fresh_targets = getattr(self, "_fresh_targets", set())
+        keep_4bit_trainable(model)  # a 4-bit base evaluated before on an AVX512-BF16 CPU would pass no gradient
         if not peft_config.modules_to_save or not peft_config.multiscale_target_modules:
             return
         view = _multiscale_view(peft_config)
