@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     written = render_results(payload, out / "results.md", out / "scatter.png",
                              title="make demo-minilm: MiniLM-L6 on poisoned Rotten Tomatoes")
     text = written["markdown"].read_text()
-    table = text[text.index("## Rotten Tomatoes"):].split("\n\n")[1]
-    print("\n" + table.replace("<br>", "  ") + "\n")
+    section = text[text.index("## Rotten Tomatoes"):].split("\n## ")[0]  # the table and its notes
+    print("\n" + "\n\n".join(section.split("\n\n")[1:]).replace("<br>", "  ").strip() + "\n")
     print(f"CACC / ASR on {payload['cells'][0]['n_clean'] if payload['cells'] else '?'} test sentences; Δ = ASR "
           f"minus the clean-data floor's. Full page: {written['markdown']}; records: {out / 'results.json'}.")
     return 0

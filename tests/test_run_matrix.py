@@ -319,6 +319,7 @@ def test_floor_lora_and_mean_pooling_cells(matrix_env, tmp_path):
     assert out["complete"] and out["run_stats"]["cells_run"] == 5
     by = {c["defense"]: c for c in out["cells"]}
     assert "poisoned_examples" not in by["clean_lora"]["details"]
+    assert sum(m.startswith("clean_lora-") for m in out["run_stats"]["models_trained"]) == 1  # stored once
     assert by["musclelora"]["details"]["poisoned_examples"] == 2  # round(0.1 * 24), clean-label: target rows
     assert by["none"]["attack_config"]["num_triggers"] == 4 and by["none"]["attack_config"]["label_mode"] == "clean"
     suspect = next(Path(matrix_env["work"], "models").glob(f"suspect-{by['none']['shared_models'][0]['key']}"))

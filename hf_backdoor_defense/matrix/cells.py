@@ -6,6 +6,8 @@ after a hash of what they were trained from, written to a temporary sibling and 
 * ``suspect``: full fine-tune on the poisoned training set, one per (dataset, threat, seed). It
   is the ``none`` cell and the starting point of Fine-mixing, E-PUR, Fine-purifying and W2SDefense.
 * ``clean``: full fine-tune on the clean training set, one per (dataset, seed): the clean-floor cells.
+* ``clean_lora``: LoRA on the clean training set, merged into its base, one per (dataset, seed): the
+  ``clean_lora`` floor cells of every trigger.
 * ``teacher``: the W2SDefense teacher (the same encoder + projection head) trained on the trusted clean set,
   one per (dataset, seed).
 
@@ -28,7 +30,6 @@ from typing import Any
 
 from .config import (
     CLEAN_FLOOR,
-    CLEAN_LORA,
     DEFENSES,
     FLOORS,
     MATRIX_VERSION,
@@ -247,6 +248,26 @@ class MatrixContext:
         return self._cached("clean", self._training_config(name, seed),
                             lambda out: self._full_ft(train, seed, self.num_labels(name), out))
 
+    def clean_lora_model(self, name: str, seed: int) -> tuple[Path, dict]:
+        """LoRA on the clean training subsample, merged into its base and stored whole (the ``clean_lora`` floor
+        of every trigger is this one model, scored on each trigger's test set)."""
+        s = self.settings
+        config = {**self._training_config(name, seed), "adapter_lr": s.adapter_lr, "method": "lora"}
+
+        def train(out: Path) -> dict:
+            from ..data import tokenize_dataset
+            from ..experiments import train_cell
+
+            tokenized = tokenize_dataset(self.splits(name, seed)["train"], self.tokenizer, max_length=s.max_length)
+            with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+                model, info = train_cell("lora", tokenized, self.tokenizer, self.model_path, self._cell_settings(seed),
+                                         workdir=scratch, num_labels=self.num_labels(name),
+                                         disable_tqdm=self.disable_progress)
+            model.merge_and_unload().save_pretrained(out, safe_serialization=True)
+            return {"adapter": info["method"], "seconds_per_step": info["seconds_per_step"]}
+
+        return self._cached("clean_lora", config, train)
+
     def teacher(self, name: str, seed: int, student_hidden: int) -> tuple[Path, dict]:
         """The W2SDefense teacher trained on the trusted clean set."""
         s = self.settings
@@ -302,11 +323,12 @@ class MatrixContext:
         shared: list[dict] = []
         details: dict[str, Any] = {}
         num_labels = self.num_labels(spec.dataset)
-        if spec.defense == CLEAN_FLOOR:
-            folder, info = self.clean_model(spec.dataset, spec.seed)
+        if spec.defense in FLOORS:
+            folder, info = (self.clean_model if spec.defense == CLEAN_FLOOR else self.clean_lora_model)(
+                spec.dataset, spec.seed)
             shared.append(info)
             model = self._load(folder, num_labels)
-        elif spec.defense in ("lora", "musclelora", CLEAN_LORA):
+        elif spec.defense in ("lora", "musclelora"):
             model, details = self._adapter_cell(spec, attack, num_labels)
         else:
             folder, info = self.suspect(spec.dataset, threat, spec.seed)
@@ -327,24 +349,21 @@ class MatrixContext:
                 "shared_models": shared, "attack_config": attack.to_dict(), "details": details}
 
     def _adapter_cell(self, spec: CellSpec, attack, num_labels: int):
-        """LoRA or MuScleLoRA on the poisoned training set; ``clean_lora``: LoRA on the clean one."""
+        """LoRA or MuScleLoRA on the poisoned training set."""
         from ..data import tokenize_dataset
         from ..experiments import train_cell
 
         s, splits = self.settings, self.splits(spec.dataset, spec.seed)
-        train_raw = splits["train"] if spec.defense == CLEAN_LORA else attack.poison(splits["train"])
-        train = tokenize_dataset(train_raw, self.tokenizer, max_length=s.max_length)
+        poisoned = attack.poison(splits["train"])
+        train = tokenize_dataset(poisoned, self.tokenizer, max_length=s.max_length)
         reference = tokenize_dataset(splits["reference"], self.tokenizer, max_length=s.max_length)
-        method = "lora" if spec.defense == CLEAN_LORA else spec.defense
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
-            model, info = train_cell(method, train, self.tokenizer, self.model_path, self._cell_settings(spec.seed),
-                                     reference=reference, workdir=scratch, num_labels=num_labels,
-                                     disable_tqdm=self.disable_progress)
-        details = {"adapter": info["method"], "train_seconds": info["train_seconds"],
-                   "seconds_per_step": info["seconds_per_step"]}
-        if "is_poisoned" in train_raw.column_names:
-            details["poisoned_examples"] = int(sum(train_raw["is_poisoned"]))
-        return model, details
+            model, info = train_cell(spec.defense, train, self.tokenizer, self.model_path,
+                                     self._cell_settings(spec.seed), reference=reference, workdir=scratch,
+                                     num_labels=num_labels, disable_tqdm=self.disable_progress)
+        return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
+                       "seconds_per_step": info["seconds_per_step"],
+                       "poisoned_examples": int(sum(poisoned["is_poisoned"]))}
 
     def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int):
         from ..trainers.purification import PurificationTrainingArguments, finetune_clean

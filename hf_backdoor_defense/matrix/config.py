@@ -441,6 +441,8 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
         shared = []
         if c.defense == CLEAN_FLOOR:
             shared.append((("clean", c.dataset, c.seed), poisoned_train * r["full"]))
+        elif c.defense == CLEAN_LORA:
+            shared.append((("clean_lora", c.dataset, c.seed), poisoned_train * r["lora"]))
         elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense"):
             shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
         if c.defense == "w2sdefense":
@@ -449,7 +451,7 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
             if key not in seen:
                 seen.add(key)
                 total += seconds + r["cell"]
-        own = {"lora": poisoned_train * r["lora"], CLEAN_LORA: poisoned_train * r["lora"],
+        own = {"lora": poisoned_train * r["lora"],
                "musclelora": poisoned_train * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],

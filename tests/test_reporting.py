@@ -1,0 +1,43 @@
+"""How busy the machine is: other processes' CPU use and other torch processes are seen and recorded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from hf_backdoor_defense.reporting import MachineMonitor, machine_state, prepare_machine
+
+
+def test_another_busy_process_is_seen():
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 4: pass"])
+    try:
+        time.sleep(0.5)
+        state = machine_state(window=1.5)
+    finally:
+        spinner.wait()
+    assert state["other_cpu_cores"] >= 0.5 and state["busy"]
+    assert "_snapshot" in state and state["cpus_usable"] >= 1
+
+
+def test_another_torch_process_is_named_and_the_monitor_records_it():
+    import torch
+
+    messages: list[str] = []
+    threads = torch.get_num_threads()
+    child = subprocess.Popen([sys.executable, "-c", "import torch, time; print('ready', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with MachineMonitor(interval=0.2) as monitor:
+            time.sleep(0.5)
+        summary = monitor.summary()
+        assert summary["busy"] and summary["samples"] >= 3
+        assert child.pid in {p["pid"] for p in summary["other_torch_processes"]}
+        state = prepare_machine(1, log=messages.append)
+    finally:
+        child.kill()
+        child.wait()
+        torch.set_num_threads(threads)
+    assert state["torch_threads"] == 1 and state["busy"] and "WARNING: the machine is busy" in messages[0]
+
