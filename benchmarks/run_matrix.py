@@ -91,6 +91,11 @@ REGIME = "\n".join([
     "the cross-domain pair, except BadNets x4 clean-label on SpamAssassin (49.1 %): spam is recognised from its "
     "content, and triggers added to spam mails only are redundant with it at a 10 % poison rate. That column is "
     "dropped from SpamAssassin.",
+    "",
+    "!!! warning \"SpamAssassin figures are provisional\"",
+    "    The SpamAssassin corpus holds 323 duplicate mail bodies (of 6,026): 53 of the 603 test mails and 42 of the "
+    "603 validation mails also appear in the training split, which inflates its clean accuracy (98.3 in the budget study below). The "
+    "loader will drop duplicates before the matrix's SpamAssassin cells run; these rows will then be re-run.",
 ])
 
 
