@@ -1,8 +1,9 @@
 """Small helpers of every benchmark report: mean ± std over seeds, the machine, and whether it was busy.
 
 Two torch jobs on the project's 2-core machine run each 5-10x slower than one alone, so every benchmark and
-study calls :func:`prepare_machine` first: it sets the torch thread count, records the load average and the
-other processes that have torch loaded (for the provenance) and warns loudly when the machine is busy.
+study calls :func:`prepare_machine` first: it sets the torch thread count, records the CPU time other
+processes use and the other processes that have torch loaded (for the provenance), and warns loudly when the
+machine is busy; :class:`MachineMonitor` keeps recording that while each cell runs.
 
 Example:
     >>> from hf_backdoor_defense.reporting import hardware_info, summarise
@@ -55,19 +56,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _usable_cpus() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def hardware_info() -> dict:
     """Where a benchmark ran: CPU model, cores, torch threads, library versions, load average."""
     import torch
     import transformers
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
+    usable, load = _usable_cpus(), _load_average()
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -144,18 +152,10 @@ def machine_state(window: float = 1.0, since: tuple | None = None) -> dict:
         time.sleep(window)
     end = _cpu_times()
     other = _other_cpu_use(start, end)
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     others = _other_torch_processes()
     busy = bool(others) or (other is not None and other > 0.5)
-    return {"other_cpu_cores": None if other is None else round(other, 2), "load_average_1min": load,
-            "cpus_usable": usable, "other_torch_processes": others, "busy": busy, "_snapshot": end}
+    return {"other_cpu_cores": None if other is None else round(other, 2), "load_average_1min": _load_average(),
+            "cpus_usable": _usable_cpus(), "other_torch_processes": others, "busy": busy, "_snapshot": end}
 
 
 class MachineMonitor:

@@ -138,8 +138,8 @@ def _busy_line(payload: dict) -> str | None:
     busy = [c for c in payload["cells"] if (c.get("machine") or {}).get("busy")]
     if not busy:
         return None
-    return (f"- **{len(busy)} of {len(payload['cells'])} cells ran on a busy machine** (another torch process, or a "
-            "load average above half the CPUs): their wall times are not idle figures (see `machine` in their "
+    return (f"- **{len(busy)} of {len(payload['cells'])} cells ran on a busy machine** (another torch process, or "
+            "other processes using more than half a CPU): their wall times are not idle figures (see `machine` in their "
             "records).")
 
 

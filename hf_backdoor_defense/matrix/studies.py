@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class Study:
         grid: :class:`~hf_backdoor_defense.matrix.config.MatrixGrid` fields.
         variants: ``{label: settings overrides}``, applied on top of ``base``.
         base: Preset whose settings the variants start from (``eval_split`` is always ``"validation"``).
-        overrides: Settings every variant shares on top of the preset (e.g. the chosen pooling).
     """
 
     name: str
@@ -48,7 +47,6 @@ class Study:
     grid: dict
     variants: dict[str, dict]
     base: str = "v2"
-    overrides: dict = field(default_factory=dict)
 
 
 STUDIES: dict[str, Study] = {
@@ -100,11 +98,11 @@ STUDIES: dict[str, Study] = {
 
 
 def study_settings(study: Study, label: str) -> MatrixSettings:
-    """The settings of one variant: the base preset, the study's overrides, the variant's, on validation."""
+    """The settings of one variant: the base preset's, overridden by the variant's, on validation."""
     if label not in study.variants:
         raise ValueError(f"study {study.name!r} has no variant {label!r}; variants: {list(study.variants)}.")
     base = PRESETS[study.base][1]
-    return MatrixSettings(**{**base, **study.overrides, **study.variants[label], "eval_split": "validation"})
+    return MatrixSettings(**{**base, **study.variants[label], "eval_split": "validation"})
 
 
 def run_study(study: Study, *, results_dir: str | os.PathLike, workdir: str | os.PathLike,
@@ -199,7 +197,6 @@ def missing_cells(study: Study, results_dir: str | os.PathLike) -> dict[str, int
     grid = MatrixGrid(**study.grid)
     return {label: sum(r is None for _, _, r in cell_status(grid, study_settings(study, label), results_dir))
             for label in study.variants}
-
 
 
 def render_studies_section(results_dir: str | os.PathLike, names: list[str], *,
