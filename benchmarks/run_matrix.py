@@ -5,15 +5,15 @@ lets any setting be overridden, runs the missing cells and renders the page.
 
 Grid (``--preset v2``, the default): Rotten Tomatoes × {BadNets dirty-label, BadNets clean-label with 4
 triggers, AddSent dirty-label, AddSent mixed-label}, SpamAssassin × the same but BadNets ×4 clean-label (not
-planted there: 49.1 % ASR undefended on validation), and the cross-domain column SpamAssassin collection
+planted there: 43.5 % ASR undefended on validation), and the cross-domain column SpamAssassin collection
 1 → 2 (BadNets dirty-label) × none (full FT), LoRA, MuScleLoRA, Fine-mixing, E-PUR,
 Fine-purifying, W2SDefense × seeds 0, 1, 2 on all-MiniLM-L6-v2; plus, per dataset, trigger and seed, the
 clean-data floors (a full fine-tune and a LoRA on clean data, scored on the triggered test set). The
-settings (2,000 training sentences, 3 epochs, length 48, the encoder setup) were chosen on validation by
+settings (3,000 training sentences, 3 epochs, length 48, the encoder setup) were chosen on validation by
 ``benchmarks/studies.py`` (encoder, reference, budget); their tables are rendered into the same page.
 
 Resumable: every finished cell is cached in ``benchmarks/results/matrix_cells/<hash>.json`` (the hash of
-the cell's full configuration), so running the same command again skips finished cells and an interrupted
+the cell's configuration: the shared settings and its own defense's), so running the same command again skips finished cells and an interrupted
 run continues. The backdoored full fine-tune that Fine-mixing, E-PUR, Fine-purifying and W2SDefense start
 from, the clean models and the W2SDefense teacher are trained once and kept (safetensors) under
 ``--workdir``. Writes ``benchmarks/results/matrix.json`` after every cell and, at the end, renders
@@ -55,7 +55,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hf_backdoor_defense.assets import cache_dir  # noqa: E402
-from hf_backdoor_defense.commands.arguments import int_or_none  # noqa: E402
+from hf_backdoor_defense.commands.arguments import type_of_field  # noqa: E402
 from hf_backdoor_defense.matrix import (  # noqa: E402
     DEFENSES,
     FLOORS,
@@ -88,14 +88,13 @@ REGIME = "\n".join([
     "- **clean-budget**: 2,000 sentences miss the 2-point rule at every learning rate and epoch count tried; "
     "3,000 sentences x 3 epochs at lr 1e-4 meet it.",
     "- **budget**: at that budget every threat is planted (100 % ASR) on Rotten Tomatoes, on SpamAssassin and on "
-    "the cross-domain pair, except BadNets x4 clean-label on SpamAssassin (49.1 %): spam is recognised from its "
-    "content, and triggers added to spam mails only are redundant with it at a 10 % poison rate. That column is "
-    "dropped from SpamAssassin.",
+    "the cross-domain pair, except BadNets x4 clean-label on SpamAssassin (43.5 %, floor 2.2): spam is recognised "
+    "from its content, and triggers added to spam mails only are redundant with it at a 10 % poison rate. That "
+    "column is dropped from SpamAssassin.",
     "",
-    "!!! warning \"SpamAssassin figures are provisional\"",
-    "    The SpamAssassin corpus holds 323 duplicate mail bodies (of 6,026): 53 of the 603 test mails and 42 of the "
-    "603 validation mails also appear in the training split, which inflates its clean accuracy (98.3 in the budget study below). The "
-    "loader will drop duplicates before the matrix's SpamAssassin cells run; these rows will then be re-run.",
+    "SpamAssassin is read without repeated mail bodies (328 of 6,024 mails with a body were copies; before, 53 of "
+    "603 test mails were also training mails and the clean accuracy read 98.3 instead of 96.2). Every SpamAssassin "
+    "figure on this page comes from the de-duplicated corpus (`CORPUS_REVISIONS` in the cells' keys).",
 ])
 
 
@@ -114,12 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--defenses", nargs="*", choices=list(DEFENSES), default=argparse.SUPPRESS)
     grid.add_argument("--floors", nargs="*", choices=list(FLOORS), default=argparse.SUPPRESS)
     grid.add_argument("--seeds", nargs="+", type=int, default=argparse.SUPPRESS)
-    sizes = p.add_argument_group("settings (default: the preset's; part of every cell's key)")
-    for f in dataclasses.fields(MatrixSettings):
-        kind = type(f.default) if f.default is not None else str
-        if "None" in str(f.type) and kind is int:  # e.g. --trigger_room none
-            kind = int_or_none
-        sizes.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, help=f.metadata.get("help"))
+    sizes = p.add_argument_group("settings (default: the preset's; in the key of every cell that reads them)")
+    for f in dataclasses.fields(MatrixSettings):  # e.g. --trigger_room none, --musclelora_best_dev true
+        sizes.add_argument(f"--{f.name}", type=type_of_field(f), default=argparse.SUPPRESS, help=f.metadata.get("help"))
     io = p.add_argument_group("files")
     io.add_argument("--results_dir", type=Path, default=RESULTS, help="holds matrix_cells/ (default %(default)s)")
     io.add_argument("--output", type=Path, default=None,

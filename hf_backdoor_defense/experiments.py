@@ -38,6 +38,8 @@ class CellSettings:
         pooling: Encoder setup, one of :data:`hf_backdoor_defense.models.POOLING_MODES` (``"cls"``,
             ``"pooler_head"``, ``"mean"``).
         extra_args: Further ``MuScleLoRATrainingArguments`` fields.
+        adapter_config: Further ``MuScleLoRAConfig`` fields of the ``musclelora`` cell (e.g.
+            ``{"trainable_head": True, "init_weights": "paper"}``).
     """
 
     epochs: float = 3.0
@@ -49,14 +51,17 @@ class CellSettings:
     seed: int = 0
     pooling: str = "cls"
     extra_args: dict = field(default_factory=dict)
+    adapter_config: dict = field(default_factory=dict)
 
 
-def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling: str = "cls"):
+def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling: str = "cls",
+                     adapter_config: dict | None = None):
     """A fresh classifier from ``model_dir`` prepared for ``method``; returns ``(model, description)``.
 
     ``pooling`` decides the head (:mod:`hf_backdoor_defense.models.pooling`): with ``"pooler_head"`` LoRA also
     trains and saves the pooler (``modules_to_save``); MuScleLoRA's multi-scale part sits on the pooler there
     (as with ``"cls"``) and on the last block's feed-forward output under ``"mean"``, which has no pooler.
+    ``adapter_config`` holds further ``MuScleLoRAConfig`` fields of the ``musclelora`` method.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -75,15 +80,24 @@ def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling
         config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"],
                             modules_to_save=extra_head)
         return get_peft_model(model, config), METHODS[method]
-    return get_peft_model(model, MuScleLoRAConfig(task_type="SEQ_CLS")), METHODS[method]
+    config = MuScleLoRAConfig(task_type="SEQ_CLS", **(adapter_config or {}))
+    return get_peft_model(model, config), METHODS[method]
 
 
-def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings, *, reference=None,
+def _accuracy(prediction) -> dict[str, float]:
+    import numpy as np
+
+    return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+
+
+def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings, *, reference=None, dev=None,
                workdir: str, num_labels: int = 2, disable_tqdm: bool = False):
     """Train one cell on the tokenised ``train`` set; return ``(model in eval mode, info dict)``.
 
     ``musclelora`` needs ``reference`` (tokenised trusted clean examples) for gradient alignment; the
     other methods run through the same trainer with alignment off, so every cell shares one code path.
+    With ``dev`` (tokenised clean examples, disjoint from ``reference``) the accuracy on it is measured after
+    every epoch and the best epoch's weights are kept (``info["dev_accuracy"]`` lists the epochs).
     """
     from transformers import DataCollatorWithPadding
 
@@ -92,7 +106,11 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     align = method == "musclelora"
     if align and reference is None:
         raise ValueError("method 'musclelora' needs a reference set of trusted clean examples (reference=).")
-    model, description = build_classifier(method, model_dir, num_labels, settings.seed, settings.pooling)
+    model, description = build_classifier(method, model_dir, num_labels, settings.seed, settings.pooling,
+                                          adapter_config=settings.adapter_config if align else None)
+    best_dev = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
+                "metric_for_best_model": "accuracy", "save_total_limit": 1, "save_only_model": True,
+                "per_device_eval_batch_size": 64} if dev is not None else {"save_strategy": "no"}
     args = MuScleLoRATrainingArguments(
         output_dir=os.path.join(workdir, f"{method}-{settings.seed}"),
         per_device_train_batch_size=settings.batch_size,
@@ -103,13 +121,14 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
         alignment_preset=settings.alignment_preset,
         report_to=[],
         use_cpu=True,
-        save_strategy="no",
         logging_steps=10,
         disable_tqdm=disable_tqdm,
+        **best_dev,
         **settings.extra_args,
     )
     trainer = MuScleLoRATrainer(
         model=model, args=args, train_dataset=train, reference_dataset=reference if align else None,
+        eval_dataset=dev, compute_metrics=_accuracy if dev is not None else None,
         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
     )
     start = time.perf_counter()
@@ -119,5 +138,8 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     steps = max(1, trainer.state.global_step)
     info = {"method": description, "train_seconds": seconds, "seconds_per_step": seconds / steps,
             "log_history": list(trainer.state.log_history)}
+    if dev is not None:
+        info["dev_accuracy"] = [h["eval_accuracy"] for h in trainer.state.log_history if "eval_accuracy" in h]
+        info["best_checkpoint"] = os.path.basename(trainer.state.best_model_checkpoint or "")
     return model, info
 

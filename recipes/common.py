@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from hf_backdoor_defense.attacks.base import LABEL_MODES
+
 #: Model names the recipes resolve to offline assets instead of the Hub.
 SPECIAL_MODEL_NAMES = ("smollm2", "minilm")
 PEFT_TYPES = ("lora", "musclelora")
@@ -88,6 +90,11 @@ class ModelArguments:
             MuScleLoRA only: alpha of the multi-scale part; `None`: architecture default.
         multiscale_target_modules (`list[str]` or `None`, defaults to `None`):
             MuScleLoRA only: modules with the multi-scale part; `None`: the last block's MLP down projection.
+        trainable_head (`bool`, defaults to `False`):
+            MuScleLoRA classification only: train the task head (PEFT's way) instead of keeping it frozen at
+            its random initialisation (the authors' setting).
+        init_weights (`str`, defaults to `"zero"`):
+            MuScleLoRA only: `"zero"` (every B factor zero) or `"paper"` (multi-scale factors Kaiming-uniform).
     """
 
     model_name_or_path: str = field(
@@ -143,6 +150,13 @@ class ModelArguments:
     multiscale_target_modules: list[str] | None = field(
         default=None, metadata={"help": "MuScleLoRA: modules with the multi-scale part; None: default."}
     )
+    trainable_head: bool = field(
+        default=False, metadata={"help": "MuScleLoRA: train the classification head (default: frozen, paper)."}
+    )
+    init_weights: str = field(
+        default="zero", metadata={"help": "MuScleLoRA: 'zero' (B factors zero) or 'paper' (multi-scale Kaiming).",
+                                  "choices": ["zero", "paper"]}
+    )
 
     def __post_init__(self) -> None:
         if self.load_in_4bit and self.load_in_8bit:
@@ -153,11 +167,14 @@ class ModelArguments:
             raise ValueError(f"lora_r must be positive or None, got {self.lora_r}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
-        if self.peft_type == "lora" and (self.scales or self.multiscale_alpha or self.multiscale_target_modules):
+        if self.peft_type == "lora" and (self.scales or self.multiscale_alpha or self.multiscale_target_modules
+                                         or self.trainable_head or self.init_weights != "zero"):
             raise ValueError(
-                "scales / multiscale_alpha / multiscale_target_modules only apply to peft_type='musclelora'; "
-                "drop them or set --peft_type musclelora."
+                "scales / multiscale_alpha / multiscale_target_modules / trainable_head / init_weights only apply "
+                "to peft_type='musclelora'; drop them or set --peft_type musclelora."
             )
+        if self.init_weights not in ("zero", "paper"):
+            raise ValueError(f"init_weights must be 'zero' or 'paper', got {self.init_weights!r}.")
         for name in ("torch_dtype", "bnb_4bit_quant_storage"):
             value = getattr(self, name)
             if value not in (None, "auto") and value not in _DTYPES:
@@ -308,7 +325,7 @@ class ScriptArguments:
     target_label: int = field(default=1, metadata={"help": "Label the backdoor produces."})
     label_mode: str = field(
         default="dirty",
-        metadata={"help": "'dirty', 'clean' or 'mixed' label poisoning.", "choices": ["dirty", "clean", "mixed"]},
+        metadata={"help": "'dirty', 'clean' or 'mixed' label poisoning.", "choices": list(LABEL_MODES)},
     )
     num_triggers: int = field(default=1, metadata={"help": "BadNets trigger words per poisoned text."})
     attack_seed: int = field(default=0, metadata={"help": "Seed of the poisoning."})
@@ -712,7 +729,9 @@ def build_peft_config(model_args: ModelArguments, model, task: str):
         "multiscale_alpha": model_args.multiscale_alpha,
         "multiscale_target_modules": model_args.multiscale_target_modules,
     }
-    return MuScleLoRAConfig(**common, **{k: v for k, v in overrides.items() if v is not None})
+    return MuScleLoRAConfig(**common, **{k: v for k, v in overrides.items() if v is not None},
+                            trainable_head=model_args.trainable_head,
+                            init_weights="paper" if model_args.init_weights == "paper" else True)
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -185,13 +185,13 @@ def test_defaults_place_both_parts_and_leave_outputs_unchanged(arch, task):
 
 @pytest.mark.parametrize("arch, task", [("bert", "SEQ_CLS"), ("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM")])
 def test_gradients_reach_exactly_the_adapter_parameters(arch, task):
-    model = get_peft_model(_model(arch, task), MuScleLoRAConfig(task_type=task, init_weights="paper"))
+    model = get_peft_model(_model(arch, task), MuScleLoRAConfig(task_type=task, init_weights=False))
     model.train()
     inputs = _inputs()
     out = model(**inputs, labels=torch.tensor([0, 1]) if task == "SEQ_CLS" else inputs["input_ids"])
     out.loss.backward()
     for name, p in model.named_parameters():
-        is_adapter = "musclelora_" in name or "modules_to_save" in name
+        is_adapter = "musclelora_" in name  # the task head stays frozen (trainable_head=False)
         assert p.requires_grad == is_adapter, name
         if is_adapter:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -206,6 +206,61 @@ def test_paper_init_changes_outputs_and_default_does_not():
         ref = base(**inputs).logits
         paper = get_peft_model(copy.deepcopy(base), MuScleLoRAConfig(task_type="SEQ_CLS", init_weights="paper"))
         assert not torch.allclose(paper(**inputs).logits, ref)
+    layers = {n: m for n, m in paper.named_modules() if isinstance(m, MuScleLoRALayer)}
+    multiscale = [m for n, m in layers.items() if n.endswith("pooler.dense")]
+    single = [m for n, m in layers.items() if not n.endswith("pooler.dense")]
+    assert len(multiscale) == 1 and len(single) == 4
+    assert multiscale[0].musclelora_B["default"].weight.abs().sum() > 0  # the authors' Kaiming on both factors
+    assert all(m.musclelora_B["default"].weight.abs().sum() == 0 for m in single)  # q/v start at zero, as LoRA
+
+
+@pytest.mark.parametrize("arch", ENCODERS)
+def test_frozen_head_stays_put_in_training_and_is_saved_with_the_adapter(tmp_path, arch):
+    from hf_backdoor_defense.tuners.musclelora.model import FrozenHeadWrapper
+
+    base = _model(arch)
+    getattr(base, "roberta" if arch == "roberta" else "bert").save_pretrained(tmp_path / "base")  # no head
+    model = get_peft_model(copy.deepcopy(base), MuScleLoRAConfig(task_type="SEQ_CLS", init_weights=False))
+    wrappers = [m for m in model.modules() if type(m).__name__.endswith("ModulesToSaveWrapper")
+                or isinstance(m, FrozenHeadWrapper)]
+    assert wrappers and all(isinstance(m, FrozenHeadWrapper) for m in wrappers)
+    head = {n: p.detach().clone() for n, p in model.named_parameters() if ".classifier." in n and "musclelora_" not in n}
+    assert head and not any(p.requires_grad for n, p in model.named_parameters() if n in head)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    model(**_inputs(), labels=torch.tensor([0, 1])).loss.backward()
+    optimizer.step()
+    model.eval()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[name], value) for name, value in head.items())
+    inputs = _inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    model.save_pretrained(tmp_path / "adapter")
+    torch.manual_seed(321)  # a different random head: only the adapter can restore the frozen one
+    fresh = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=2).eval()
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter", is_trainable=True)
+    assert not any(p.requires_grad for n, p in loaded.named_parameters() if ".classifier." in n
+                   and "musclelora_" not in n)  # reloaded for training, the head is still frozen
+    loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, expected, atol=0, rtol=0)
+        merged = loaded.merge_and_unload()
+        assert not any(isinstance(m, FrozenHeadWrapper) for m in merged.modules())
+        torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_adapters_sharing_a_base_agree_on_the_head_and_a_trainable_head_is_peft_s():
+    model = get_peft_model(_model("bert"), MuScleLoRAConfig(task_type="SEQ_CLS"))
+    model.add_adapter("other", MuScleLoRAConfig(task_type="SEQ_CLS"))  # its own frozen copy
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "modules_to_save" in n)
+    with pytest.raises(ValueError, match="trainable_head=True cannot share"):
+        model.add_adapter("third", MuScleLoRAConfig(task_type="SEQ_CLS", trainable_head=True))
+    trained = get_peft_model(_model("bert"), MuScleLoRAConfig(task_type="SEQ_CLS", trainable_head=True))
+    assert "classifier" in trained.peft_config["default"].modules_to_save
+    assert all(p.requires_grad for n, p in trained.named_parameters() if "modules_to_save.default" in n)
+    with pytest.raises(ValueError, match="trainable_head=False cannot"):
+        trained.add_adapter("frozen", MuScleLoRAConfig(task_type="SEQ_CLS"))
 
 
 def test_multiscale_maths_matches_the_formula():
@@ -325,7 +380,7 @@ def test_load_trainable_and_under_another_name(tmp_path):
 
 
 def test_roberta_head_interplay_narrows_modules_to_save():
-    model = get_peft_model(_model("roberta"), MuScleLoRAConfig(task_type="SEQ_CLS"))
+    model = get_peft_model(_model("roberta"), MuScleLoRAConfig(task_type="SEQ_CLS", trainable_head=True))
     config = model.peft_config["default"]
     assert "classifier" not in config.modules_to_save
     assert "classifier.out_proj" in config.modules_to_save

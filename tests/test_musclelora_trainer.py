@@ -96,6 +96,18 @@ def test_skip_instead_of_raw_when_reference_gradient_vanishes():
         align_gradient(g, torch.ones(2), reference_loss=5.0, vanishing="zero")
 
 
+def test_global_gate_decides_for_every_tensor_at_once():
+    g = torch.tensor([3.0, 4.0])
+    # a tensor whose own reference gradient is zero is projected onto zero when the global gate is open
+    opened = align_gradient(g, torch.zeros(2), reference_loss=1.0, gate_open=True)
+    assert opened.mode == "projection"
+    torch.testing.assert_close(opened.gradient, torch.zeros(2))
+    # a live tensor falls back to the raw gradient when the global gate is closed
+    closed = align_gradient(g, torch.tensor([2.0, 0.0]), reference_loss=1.0, gate_open=False)
+    assert closed.mode == "raw"
+    torch.testing.assert_close(closed.gradient, g)
+
+
 def test_align_keeps_dtype_and_rejects_shape_mismatch():
     g = torch.randn(4, dtype=torch.bfloat16)
     assert (
@@ -193,6 +205,8 @@ def test_presets_fill_only_unset_fields(tmp_path):
         ("alignment_eps", -1.0),
         ("vanishing_reference_gradient", "zero"),
         ("optim", "lomo"),
+        ("alignment_gate", "layer"),
+        ("multiscale_learning_rate", 0.0),
     ],
 )
 def test_invalid_arguments_name_the_field(tmp_path, field, value):
@@ -611,3 +625,81 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
         HfArgumentParser(MuScleLoRATrainingArguments).parse_args_into_dataclasses(
             ["--output_dir", str(tmp_path), "--alignment_preset", "decoder"]
         )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The authors' details: per-part learning rates, the global gate, whole-epoch mixing, best-dev reload
+
+
+def _musclelora_bert(tok):
+    from hf_backdoor_defense.tuners.musclelora import MuScleLoRAConfig
+
+    return get_peft_model(_bert(tok, lora=False), MuScleLoRAConfig(task_type="SEQ_CLS"))
+
+
+def test_multiscale_learning_rate_gets_its_own_optimizer_group(tmp_path, bert_tokenizer, data):
+    from hf_backdoor_defense.tuners.musclelora.model import multiscale_parameters
+
+    train, ref = data
+    model = _musclelora_bert(bert_tokenizer)
+    multiscale = {id(p) for p in multiscale_parameters(model)}
+    assert len(multiscale) == 2  # A and B of pooler.dense
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer = MuScleLoRATrainer(model=model, args=_args(tmp_path, multiscale_learning_rate=1e-5, max_steps=1,
+                                                        max_grad_norm=0.0, lr_scheduler_type="constant"),
+                                train_dataset=train, reference_dataset=ref, processing_class=bert_tokenizer)
+    trainer.train()
+    groups = trainer.optimizer.param_groups
+    own = [g for g in groups if any(id(p) in multiscale for p in g["params"])]
+    assert own and all(g["lr"] == 1e-5 and all(id(p) in multiscale for p in g["params"]) for g in own)
+    assert all(g["lr"] == 1e-2 for g in groups if g not in own and g["params"])
+    # Adam's first step moves every weight with a gradient by about its learning rate (B factors: A's gradient
+    # is zero while B is)
+    for name, p in model.named_parameters():
+        if p.requires_grad and "musclelora_B" in name:
+            step = (p.detach() - before[name]).abs().max().item()
+            assert 0 < step < 2e-5 if id(p) in multiscale else step > 1e-3, (name, step)
+    plain = _bert(bert_tokenizer)  # a LoRA model has no multi-scale factors
+    with pytest.raises(ValueError, match="multiscale_learning_rate"):
+        MuScleLoRATrainer(model=plain, args=_args(tmp_path, multiscale_learning_rate=1e-5), train_dataset=train,
+                          reference_dataset=ref, processing_class=bert_tokenizer).train()
+
+
+def test_global_gate_and_whole_epoch_mixing_in_the_trainer(tmp_path, bert_tokenizer, data):
+    train, ref = data  # 24 examples, batch 4: 6 steps per epoch
+    trainer = MuScleLoRATrainer(
+        model=_bert(bert_tokenizer),
+        args=_args(tmp_path, max_steps=-1, num_train_epochs=3, alignment_gate="global", alignment_eps=1e9,
+                   alignment_start_epoch=1.0, max_raw_gradient_ratio=0.2, mix_by_whole_epochs=True),
+        train_dataset=train, reference_dataset=ref, processing_class=bert_tokenizer)
+    trainer.train()
+    history = trainer.alignment_history
+    assert len(history) == 18
+    # a huge threshold closes the global gate: nothing is projected; mu moves only at epoch boundaries
+    assert all(r["projection_tensors"] == 0 for r in history)
+    mus = [r["mu"] for r in history]
+    assert mus[:12] == [0.0] * 12 and mus[12:] == pytest.approx([0.1] * 6)
+    assert all(r["raw_tensors"] > 0 for r in history[:6]) and all(r["mix_tensors"] > 0 for r in history[12:])
+
+
+def test_best_dev_checkpoint_is_reloaded_at_the_end(tmp_path, bert_tokenizer, data):
+    import numpy as np
+
+    train, ref = data
+    dev = ref.select(range(0, 12, 2))
+
+    def accuracy(prediction):
+        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+    trainer = MuScleLoRATrainer(
+        model=_musclelora_bert(bert_tokenizer),
+        args=_args(tmp_path, max_steps=-1, num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch",
+                   load_best_model_at_end=True, metric_for_best_model="accuracy", save_total_limit=1,
+                   gradient_accumulation_steps=2),
+        train_dataset=train, reference_dataset=ref.select(range(1, 12, 2)), eval_dataset=dev,
+        processing_class=bert_tokenizer, compute_metrics=accuracy)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_accuracy" in h]
+    assert len(evals) == 3 and trainer.state.best_model_checkpoint
+    best = max(h["eval_accuracy"] for h in evals)
+    assert trainer.evaluate()["eval_accuracy"] == pytest.approx(best)

@@ -143,16 +143,37 @@ def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):
     assert len(out["run_stats"]["models_trained"]) == 2  # the suspect and the clean model, both on cut texts
 
 
-def test_changing_a_setting_changes_the_key(matrix_env):
+def test_changing_a_setting_changes_the_keys_of_the_cells_that_read_it(matrix_env):
     spec = CellSpec(DATA, "badnets-dirty", "none", 0)
     base = matrix_env["settings"]
-    changed = MatrixSettings(**{**base.to_dict(), "fp_ratio": 0.4})
-    assert spec.key(base) != spec.key(changed)
+    shared = MatrixSettings(**{**base.to_dict(), "epochs": 2.0})
+    assert spec.key(base) != spec.key(shared)
     assert spec.key(base) == spec.key(MatrixSettings(**base.to_dict()))
     assert spec.key(base) != CellSpec(DATA, "badnets-dirty", "none", 1).key(base)
     assert spec.key(base) != spec.key(MatrixSettings(**{**base.to_dict(), "eval_split": "validation"}))
-    status = cell_status(matrix_env["grid"], changed, matrix_env["results"])
+    status = cell_status(matrix_env["grid"], shared, matrix_env["results"])
     assert all(record is None for _, _, record in status)  # nothing cached under the new settings
+    # a setting of one defense re-runs that defense's cells only
+    own = MatrixSettings(**{**base.to_dict(), "fp_ratio": 0.4, "musclelora_head": "trainable"})
+    for defense, moves in (("fine_purifying", True), ("musclelora", True), ("none", False), ("lora", False),
+                           ("fine_mixing", False), ("w2sdefense", False)):
+        cell = CellSpec(DATA, "badnets-dirty", defense, 0)
+        assert (cell.key(base) != cell.key(own)) is moves, defense
+
+
+def test_a_revised_builtin_corpus_changes_the_keys_of_its_cells_only(matrix_env, monkeypatch):
+    from hf_backdoor_defense.data import corpora
+
+    base = matrix_env["settings"]
+    spam, pair = CellSpec("spamassassin", "badnets-dirty", "none", 0), CellSpec("spamassassin@1->x", "badnets-dirty",
+                                                                               "none", 0)
+    rt = CellSpec("rotten_tomatoes", "badnets-dirty", "none", 0)
+    assert spam.config(base)["corpus_revisions"] == {"spamassassin": corpora.CORPUS_REVISIONS["spamassassin"]}
+    assert "corpus_revisions" not in rt.config(base)  # keys of corpora never revised stay as they were
+    before = [spec.key(base) for spec in (spam, pair, rt)]
+    monkeypatch.setitem(corpora.CORPUS_REVISIONS, "spamassassin", 99)
+    after = [spec.key(base) for spec in (spam, pair, rt)]
+    assert before[0] != after[0] and before[1] != after[1] and before[2] == after[2]
 
 
 def test_render_writes_tables_and_scatter(matrix_env, tmp_path):
@@ -246,6 +267,13 @@ def test_script_reads_none_for_optional_settings():
     assert settings.trigger_room is None
     settings, _, _ = script.resolve(script.build_parser().parse_args(["--preset", "quick", "--trigger_room", "6"]))
     assert settings.trigger_room == 6
+    settings, _, _ = script.resolve(script.build_parser().parse_args(
+        ["--preset", "quick", "--musclelora_lr", "2e-5", "--musclelora_best_dev", "false", "--musclelora_epochs",
+         "none", "--musclelora_head", "trainable"]))
+    assert (settings.musclelora_lr, settings.musclelora_best_dev, settings.musclelora_epochs,
+            settings.musclelora_head) == (2e-5, False, None, "trainable")
+    with pytest.raises(SystemExit):
+        script.build_parser().parse_args(["--musclelora_best_dev", "maybe"])
 
 
 def test_validation_split_never_reads_test_and_is_disjoint_from_the_clean_set(matrix_env):
@@ -329,6 +357,20 @@ def test_floor_lora_and_mean_pooling_cells(matrix_env, tmp_path):
     assert set(summary["badnets4-clean"]) == {"none", "musclelora", "fine_mixing"}
 
 
+def test_musclelora_cell_in_the_authors_setting_keeps_the_best_dev_epoch(matrix_env, tmp_path):
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "musclelora_init": "paper",
+                                 "musclelora_multiscale_lr": 1e-4, "musclelora_epochs": 2.0,
+                                 "musclelora_best_dev": True, "musclelora_alignment": "llm"})
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["musclelora"], floors=[], seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results", output=tmp_path / "m.json")
+    details = out["cells"][0]["details"]
+    assert len(details["dev_accuracy"]) == 2 and details["best_checkpoint"].startswith("checkpoint-")
+    with pytest.raises(ValueError, match="musclelora_best_dev"):
+        MatrixSettings(**{**settings.to_dict(), "reference_size": 8})
+    with pytest.raises(ValueError, match="musclelora_head"):
+        MatrixSettings(musclelora_head="open")
+
+
 def test_every_preset_and_study_builds():
     from hf_backdoor_defense.matrix import PRESETS, plan_cells
     from hf_backdoor_defense.matrix.config import estimate_seconds
@@ -343,6 +385,16 @@ def test_every_preset_and_study_builds():
         MatrixGrid(**study.grid)
     with pytest.raises(ValueError, match="no variant"):
         study_settings(STUDIES["encoder"], "max pooling")
+
+
+def test_estimate_follows_musclelora_epochs():
+    from hf_backdoor_defense.matrix import plan_cells
+    from hf_backdoor_defense.matrix.config import estimate_seconds
+
+    cells = [c for c in plan_cells(MatrixGrid(defenses=["musclelora"], floors=[], seeds=[0]))
+             if c.defense == "musclelora"]
+    short, long = (estimate_seconds(cells, MatrixSettings(musclelora_epochs=e)) for e in (1.0, 10.0))
+    assert long > 5 * short
 
 
 @pytest.mark.slow

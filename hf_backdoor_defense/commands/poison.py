@@ -18,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..attacks.base import LABEL_MODES
+
 
 def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("attack")
@@ -29,7 +31,7 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
         "--poison-rate", type=float, default=0.1, help="Share of the training set to poison (default 0.1)."
     )
     group.add_argument(
-        "--label-mode", choices=["dirty", "clean", "mixed"], default="dirty",
+        "--label-mode", choices=list(LABEL_MODES), default="dirty",
         help="dirty: relabel triggered non-target examples; clean: trigger target examples only; mixed: trigger every class.",
     )
     group.add_argument(

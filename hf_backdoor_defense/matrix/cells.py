@@ -220,19 +220,30 @@ class MatrixContext:
         """What decides the texts a shared model is trained on (part of its cache key)."""
         s = self.settings
         cut = {} if s.trigger_room is None else {"trigger_room": s.trigger_room}  # uncut keys stay as they were
-        return {"dataset": name, "seed": seed, "max_length": s.max_length, **cut}
+        revisions = parse_dataset(name).corpus_revisions
+        revised = {"corpus_revisions": revisions} if revisions else {}
+        return {"dataset": name, "seed": seed, "max_length": s.max_length, **cut, **revised}
 
     def _training_config(self, name: str, seed: int) -> dict:
         s = self.settings
         return {**self._data_config(name, seed), "train_size": s.train_size, "batch_size": s.batch_size,
                 "epochs": s.epochs, "full_ft_lr": s.full_ft_lr, "pooling": s.pooling}
 
-    def _cell_settings(self, seed: int):
+    def _cell_settings(self, seed: int, method: str = "full_ft"):
         from ..experiments import CellSettings
 
         s = self.settings
-        return CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
-                            full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=seed, pooling=s.pooling)
+        settings = CellSettings(epochs=s.epochs, batch_size=s.batch_size, max_length=s.max_length,
+                                full_ft_lr=s.full_ft_lr, adapter_lr=s.adapter_lr, seed=seed, pooling=s.pooling)
+        if method == "musclelora":
+            settings.epochs = s.musclelora_epochs or s.epochs
+            settings.adapter_lr = s.musclelora_lr or s.adapter_lr
+            settings.alignment_preset = s.musclelora_alignment
+            settings.adapter_config = {"trainable_head": s.musclelora_head == "trainable",
+                                       "init_weights": "paper" if s.musclelora_init == "paper" else True}
+            if s.musclelora_multiscale_lr is not None:
+                settings.extra_args = {"multiscale_learning_rate": s.musclelora_multiscale_lr}
+        return settings
 
     def suspect(self, name: str, threat: Threat, seed: int) -> tuple[Path, dict]:
         """The backdoored full fine-tune of a (dataset, threat, seed)."""
@@ -357,13 +368,19 @@ class MatrixContext:
         poisoned = attack.poison(splits["train"])
         train = tokenize_dataset(poisoned, self.tokenizer, max_length=s.max_length)
         reference = tokenize_dataset(splits["reference"], self.tokenizer, max_length=s.max_length)
+        dev = None
+        if spec.defense == "musclelora" and s.musclelora_best_dev:  # the clean examples outside the reference
+            clean = splits["clean"]
+            dev = tokenize_dataset(clean.select(range(len(splits["reference"]), len(clean))), self.tokenizer,
+                                   max_length=s.max_length)
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             model, info = train_cell(spec.defense, train, self.tokenizer, self.model_path,
-                                     self._cell_settings(spec.seed), reference=reference, workdir=scratch,
-                                     num_labels=num_labels, disable_tqdm=self.disable_progress)
-        return model, {"adapter": info["method"], "train_seconds": info["train_seconds"],
-                       "seconds_per_step": info["seconds_per_step"],
-                       "poisoned_examples": int(sum(poisoned["is_poisoned"]))}
+                                     self._cell_settings(spec.seed, spec.defense), reference=reference, dev=dev,
+                                     workdir=scratch, num_labels=num_labels, disable_tqdm=self.disable_progress)
+        details = {"adapter": info["method"], "train_seconds": info["train_seconds"],
+                   "seconds_per_step": info["seconds_per_step"],
+                   "poisoned_examples": int(sum(poisoned["is_poisoned"]))}
+        return model, {**details, **{k: info[k] for k in ("dev_accuracy", "best_checkpoint") if k in info}}
 
     def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int):
         from ..trainers.purification import PurificationTrainingArguments, finetune_clean

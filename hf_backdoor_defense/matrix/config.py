@@ -34,6 +34,8 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..attacks.base import LABEL_MODES
+
 __all__ = [
     "ATTACKS",
     "CLEAN_FLOOR",
@@ -73,6 +75,21 @@ DEFENSES: dict[str, str] = {
 """Defense name -> label in the tables. ``none``/``lora``/``musclelora`` train on the poisoned set; the
 other four start from the backdoored full fine-tune (the ``none`` model) and use the trusted clean set."""
 
+_MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
+                        "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev")
+_PURIFY_SETTINGS = ("purify_epochs", "purify_lr")
+DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "lora": ("adapter_lr",),
+    "clean_lora": ("adapter_lr",),
+    "musclelora": ("adapter_lr", "reference_size", *_MUSCLELORA_SETTINGS),
+    "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio"),
+    "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
+    "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio"),
+    "w2sdefense": ("w2s_epochs", "w2s_lr", "w2s_lora_r", "teacher_epochs", "teacher_lr"),
+}
+"""The :class:`MatrixSettings` fields only some cells read; every other field is shared by all cells."""
+_DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names}
+
 CLEAN_FLOOR = "clean_floor"
 """Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
 CLEAN_LORA = "clean_lora"
@@ -80,7 +97,6 @@ CLEAN_LORA = "clean_lora"
 FLOORS: dict[str, str] = {CLEAN_FLOOR: "clean-data floor (full FT)", CLEAN_LORA: "clean-data LoRA"}
 
 ATTACKS: dict[str, str] = {"badnets": "BadNets", "addsent": "AddSent"}
-LABEL_MODES: tuple[str, ...] = ("dirty", "clean", "mixed")
 EVAL_SPLITS: tuple[str, ...] = ("test", "validation")
 _THREAT = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)-(?P<mode>[a-z]+)$")
 _TRIGGER = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)$")
@@ -132,6 +148,14 @@ class DatasetSpec(NamedTuple):
     def cross_domain(self) -> bool:
         return self.source != self.target
 
+    @property
+    def corpus_revisions(self) -> dict[str, int]:
+        """Revisions of the revised built-in corpora this dataset reads (``{}`` for any other corpus)."""
+        from ..data.corpora import CORPUS_REVISIONS
+
+        names = sorted({name.split("@")[0] for name in (self.source, self.target)})
+        return {name: CORPUS_REVISIONS[name] for name in names if name in CORPUS_REVISIONS}
+
 
 def parse_dataset(name: str) -> DatasetSpec:
     """``"rotten_tomatoes"`` -> same source and target; ``"spamassassin@1->spamassassin@2"`` -> the pair."""
@@ -144,7 +168,8 @@ def parse_dataset(name: str) -> DatasetSpec:
 
 @dataclass
 class MatrixSettings:
-    """Settings shared by every cell of the matrix (part of every cell's key).
+    """Settings of the matrix's cells. A cell's key holds the shared ones and those of its own defense
+    (:data:`DEFENSE_SETTINGS`, :meth:`for_cell`), so a change re-runs only the cells that read the setting.
 
     Args:
         model: Folder or Hub name of the encoder; ``None`` is the offline all-MiniLM-L6-v2 asset.
@@ -184,6 +209,18 @@ class MatrixSettings:
         w2s_lora_r: W2SDefense: LoRA rank of the student.
         teacher_epochs: W2SDefense: epochs of the clean teacher's full fine-tune.
         teacher_lr: W2SDefense: learning rate of the teacher.
+        musclelora_head: MuScleLoRA: ``"frozen"`` (the task head stays at its random initialisation, the
+            authors' setting) or ``"trainable"`` (trained and saved, PEFT's SEQ_CLS behaviour).
+        musclelora_init: MuScleLoRA: ``"zero"`` (every B factor starts at zero, outputs unchanged at creation)
+            or ``"paper"`` (both multi-scale factors Kaiming-uniform, the authors' initialisation).
+        musclelora_alignment: MuScleLoRA: gradient-alignment preset, ``"encoder"`` (project while the
+            reference loss is above 0.4, then mix in up to 10 % raw gradient) or ``"llm"`` (pure projection).
+        musclelora_lr: MuScleLoRA: learning rate of the adapter; ``None``: ``adapter_lr``.
+        musclelora_multiscale_lr: MuScleLoRA: learning rate of the multi-scale factors; ``None``: the
+            adapter's.
+        musclelora_epochs: MuScleLoRA: training epochs; ``None``: ``epochs``.
+        musclelora_best_dev: MuScleLoRA: score the clean examples outside the reference set after every
+            epoch and keep the best epoch (the authors keep the best-dev checkpoint).
         test_seed: Seed of the fixed test subsample.
     """
 
@@ -217,6 +254,19 @@ class MatrixSettings:
     w2s_lora_r: int = field(default=8, metadata={"help": "W2SDefense: LoRA rank of the student."})
     teacher_epochs: float = field(default=3.0, metadata={"help": "W2SDefense: epochs of the clean teacher."})
     teacher_lr: float = field(default=5e-5, metadata={"help": "W2SDefense: learning rate of the teacher."})
+    musclelora_head: str = field(default="frozen", metadata={
+        "help": "MuScleLoRA task head: 'frozen' (authors) or 'trainable'."})
+    musclelora_init: str = field(default="zero", metadata={
+        "help": "MuScleLoRA init: 'zero' (B factors zero) or 'paper' (multi-scale factors Kaiming)."})
+    musclelora_alignment: str = field(default="encoder", metadata={
+        "help": "MuScleLoRA alignment preset: 'encoder' or 'llm' (pure projection)."})
+    musclelora_lr: float | None = field(default=None, metadata={
+        "help": "MuScleLoRA learning rate; None: adapter_lr."})
+    musclelora_multiscale_lr: float | None = field(default=None, metadata={
+        "help": "MuScleLoRA multi-scale factors' learning rate; None: the adapter's."})
+    musclelora_epochs: float | None = field(default=None, metadata={"help": "MuScleLoRA epochs; None: epochs."})
+    musclelora_best_dev: bool = field(default=False, metadata={
+        "help": "MuScleLoRA: keep the epoch best on the clean examples outside the reference set."})
     test_seed: int = field(default=1234, metadata={"help": "Seed of the fixed test subsample."})
 
     def __post_init__(self) -> None:
@@ -251,10 +301,29 @@ class MatrixSettings:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {getattr(self, name)}.")
         if not 0.0 < self.poison_rate <= 1.0:
             raise ValueError(f"`poison_rate` must be in (0, 1], got {self.poison_rate}.")
+        for name, allowed in (("musclelora_head", ("frozen", "trainable")), ("musclelora_init", ("zero", "paper")),
+                              ("musclelora_alignment", ("encoder", "llm"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        for name in ("musclelora_lr", "musclelora_multiscale_lr", "musclelora_epochs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise ValueError(f"`{name}` must be > 0 or None, got {value!r}.")
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+        if self.musclelora_best_dev and self.reference_size >= self.clean_size:
+            raise ValueError("`musclelora_best_dev` scores the clean examples outside the reference set: make "
+                             f"`reference_size` ({self.reference_size}) smaller than `clean_size` ({self.clean_size}).")
 
     def to_dict(self) -> dict:
         """The settings as a plain dict (the order of the fields)."""
         return dataclasses.asdict(self)
+
+    def for_cell(self, defense: str) -> dict:
+        """The settings a ``defense`` (or floor) cell reads: the shared ones plus its own
+        (:data:`DEFENSE_SETTINGS`), so changing one defense's setting re-runs only that defense's cells."""
+        own = set(DEFENSE_SETTINGS.get(defense, ()))
+        return {k: v for k, v in self.to_dict().items() if k in own or k not in _DEFENSE_ONLY}
 
 
 @dataclass
@@ -350,8 +419,10 @@ class CellSpec:
 
     def config(self, settings: MatrixSettings) -> dict:
         """The full JSON configuration the key is computed from."""
+        revisions = parse_dataset(self.dataset).corpus_revisions  # {} keeps the keys of unrevised corpora
         return {"version": MATRIX_VERSION, "dataset": self.dataset, "threat": self.threat,
-                "defense": self.defense, "seed": self.seed, "settings": settings.to_dict()}
+                "defense": self.defense, "seed": self.seed, "settings": settings.for_cell(self.defense),
+                **({"corpus_revisions": revisions} if revisions else {})}
 
     def key(self, settings: MatrixSettings) -> str:
         """Short hash of :meth:`config`: the name of the cell's result file."""
@@ -452,7 +523,7 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
                 seen.add(key)
                 total += seconds + r["cell"]
         own = {"lora": poisoned_train * r["lora"],
-               "musclelora": poisoned_train * r["musclelora"],
+               "musclelora": s.train_size * (s.musclelora_epochs or s.epochs) * scale * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],
                "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"]}.get(c.defense, 0.0)

@@ -173,7 +173,7 @@ def run_matrix(
     """Run every missing cell of ``grid`` and write ``output`` (default ``<results_dir>/matrix.json``).
 
     Args:
-        settings: Shared settings (part of every cell's key).
+        settings: The settings (each cell's key holds those it reads: :meth:`MatrixSettings.for_cell`).
         grid: Datasets, attacks, label modes, defenses and seeds.
         results_dir: Holds ``matrix_cells/<key>.json`` (the cache of finished cells).
         workdir: Holds the shared models (backdoored, clean, teacher), the trainers' scratch output and one

@@ -92,6 +92,26 @@ STUDIES: dict[str, Study] = {
                   "defenses": ["none"], "floors": ["clean_floor"], "seeds": [0]},
             variants={"3,000 sentences x 3 epochs": {}},
         ),
+        Study(
+            name="musclelora",
+            question="Which MuScleLoRA setting removes the backdoor at the v2 budget: the task head frozen as the "
+                     "authors keep it or trained, the multi-scale part initialised at zero or as the authors do, "
+                     "the encoder preset (project, then mix) or pure projection, one learning rate or a smaller "
+                     "one for the multi-scale factors, or the authors' own learning rate and epochs? Rotten "
+                     "Tomatoes, 3,000 sentences x 3 epochs, lr 2e-3 unless the variant says otherwise.",
+            grid={"datasets": ["rotten_tomatoes"],
+                  "threats": ["badnets-dirty", "badnets4-clean", "addsent-dirty", "addsent-mixed"],
+                  "defenses": ["musclelora"], "floors": ["clean_floor", "clean_lora"], "seeds": [0]},
+            variants={"head trained (before)": {"musclelora_head": "trainable"},
+                      "head frozen": {},
+                      "head frozen, paper init": {"musclelora_init": "paper"},
+                      "head frozen, paper init, multi-scale lr 2e-4": {"musclelora_init": "paper",
+                                                                      "musclelora_multiscale_lr": 2e-4},
+                      "head frozen, pure projection": {"musclelora_alignment": "llm"},
+                      "the authors' regime: head frozen, paper init, lr 2e-5 x 10 epochs, best dev": {
+                          "musclelora_init": "paper", "musclelora_lr": 2e-5, "musclelora_epochs": 10.0,
+                          "musclelora_best_dev": True}},
+        ),
     ]
 }
 """The studies behind the ``v2`` preset; ``benchmarks/studies.py NAME`` runs one."""

@@ -31,6 +31,7 @@ import torch
 
 MODES = ("projection", "mix", "raw", "skip")
 VANISHING_CHOICES = ("raw", "skip")
+GATES = ("tensor", "global")
 
 
 @dataclass
@@ -75,6 +76,7 @@ def align_gradient(
     mu: float = 0.0,
     eps: float = 1e-12,
     vanishing: str = "raw",
+    gate_open: bool | None = None,
 ) -> AlignmentResult:
     """Align one training gradient with the clean reference gradient (see the module docstring).
 
@@ -91,6 +93,9 @@ def align_gradient(
         eps: a reference gradient norm at or below this counts as zero.
         vanishing: ``"raw"`` (the paper) keeps ``g`` for a tensor whose reference gradient vanished and that
             is not mixed; ``"skip"`` gives it a zero gradient instead.
+        gate_open: ``None`` decides "vanished" from this tensor's norm (``||g_c|| <= eps``); ``True`` /
+            ``False`` is the decision taken for all tensors at once (the global gate). With ``True`` a tensor
+            whose own ``g_c`` is zero is projected onto zero.
 
     Example:
         >>> import torch
@@ -112,7 +117,8 @@ def align_gradient(
     denom = (g.norm() * gc_norm).item()
     cosine = dot.item() / denom if denom > 0 else 0.0
 
-    if gc_norm.item() > eps:
+    alive = gc_norm.item() > eps if gate_open is None else bool(gate_open)
+    if alive and gc_norm_sq.item() > 0:
         projected = (dot.abs() / gc_norm_sq) * gc
     else:
         projected = torch.zeros_like(gc)
@@ -120,11 +126,11 @@ def align_gradient(
     # A fitted reference batch can have a float32 loss of exactly 0 while its gradient is still non-zero; with
     # min_reference_loss == 0 ("pure projection") that must not fall back to the raw gradient.
     loss_allows_projection = reference_loss > min_reference_loss or min_reference_loss <= 0
-    if gc_norm.item() > eps and loss_allows_projection:
+    if alive and loss_allows_projection:
         new, mode = projected, "projection"
     elif mu > 0:
         new, mode = (1.0 - mu) * projected + mu * g, "mix"
-    elif vanishing == "skip" and gc_norm.item() <= eps:
+    elif vanishing == "skip" and not alive:
         new, mode = torch.zeros_like(g), "skip"
     else:
         new, mode = g, "raw"

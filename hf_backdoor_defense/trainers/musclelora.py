@@ -29,8 +29,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import OptimizerNames
 
 from ..quantization import keep_4bit_trainable
+from ..tuners.musclelora import multiscale_parameters
 from ._reference import ReferenceSampler
-from .gradient_alignment import MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
+from .gradient_alignment import GATES, MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
 from .loss_scaling import use_mean_loss_for_classification
 
 __all__ = [
@@ -97,6 +98,21 @@ class GradientAlignmentArguments:
             What a tensor gets when its reference gradient counts as zero and no mix applies: `"raw"` (the
             paper's rule: the unaligned training gradient) or `"skip"` (no update of that tensor this step;
             our option, see docs/concepts/gradient-alignment.md).
+        alignment_gate (`str`, defaults to `"tensor"`):
+            Where "the reference gradient counts as zero" is decided: `"tensor"`, each tensor's norm against
+            `alignment_eps`; `"global"`, the mean norm over all trainable tensors against `alignment_eps`,
+            projecting every tensor or none (the authors' code does this, with a threshold of 5e-7).
+        mix_by_whole_epochs (`bool`, defaults to `False`):
+            Compute `mu` from the whole epochs completed (the authors' code) instead of the fractional epoch.
+
+    Parameters that control the optimizer:
+
+    Args:
+        multiscale_learning_rate (`float` or `None`, defaults to `None`):
+            Learning rate of MuScleLoRA's multi-scale factors (the `musclelora_A`/`musclelora_B` of layers with
+            several scales); every other trainable parameter keeps `learning_rate`. `None`: one rate for all.
+            The branch multiplies its update by up to `multiscale_alpha / rank_per_scale * max(scales)`, so it
+            may need a smaller rate than the single-branch part.
     """
 
     gradient_alignment: bool = field(
@@ -150,6 +166,22 @@ class GradientAlignmentArguments:
         },
     )
 
+    alignment_gate: str = field(
+        default="tensor",
+        metadata={
+            "help": "Zero reference gradient judged per 'tensor' or on the 'global' mean norm (authors' code).",
+            "choices": list(GATES),
+        },
+    )
+    mix_by_whole_epochs: bool = field(
+        default=False,
+        metadata={"help": "Compute mu from whole epochs completed (authors' code) instead of the fractional epoch."},
+    )
+    multiscale_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the multi-scale MuScleLoRA factors; None: learning_rate for all."},
+    )
+
     def _resolve_alignment_arguments(self) -> None:
         if self.alignment_preset is not None and self.alignment_preset not in ALIGNMENT_PRESETS:
             raise ValueError(
@@ -180,6 +212,12 @@ class GradientAlignmentArguments:
             raise ValueError(
                 f"vanishing_reference_gradient={self.vanishing_reference_gradient!r} is unknown: use one of "
                 f"{list(VANISHING_CHOICES)}."
+            )
+        if self.alignment_gate not in GATES:
+            raise ValueError(f"alignment_gate={self.alignment_gate!r} is unknown: use one of {list(GATES)}.")
+        if self.multiscale_learning_rate is not None and self.multiscale_learning_rate <= 0:
+            raise ValueError(
+                f"multiscale_learning_rate must be positive or None, got {self.multiscale_learning_rate}."
             )
         if not self.gradient_alignment:
             return
@@ -230,6 +268,22 @@ class MuScleLoRATrainingArguments(TrainingArguments, GradientAlignmentArguments)
     def __post_init__(self):
         super().__post_init__()
         self._resolve_alignment_arguments()
+
+
+def _give_own_rate(optimizer: torch.optim.Optimizer, params: list, rate: float) -> None:
+    """Move ``params`` out of their optimizer groups into copies of those groups whose learning rate is ``rate``."""
+    if not params:
+        raise ValueError(
+            "multiscale_learning_rate is set but the model has no trainable multi-scale MuScleLoRA factors: unset "
+            "it, or train a MuScleLoRA adapter whose multiscale_target_modules match."
+        )
+    chosen = {id(p) for p in params}
+    for group in list(optimizer.param_groups):
+        moved = [p for p in group["params"] if id(p) in chosen]
+        if moved:
+            group["params"] = [p for p in group["params"] if id(p) not in chosen]
+            optimizer.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved,
+                                       "lr": rate})
 
 
 def _unwrap_config(model) -> Any:
@@ -409,12 +463,18 @@ class GradientAlignmentMixin:
         ref_value = self.accelerator.reduce(ref_loss.detach().float().reshape(1), reduction="mean").item()
 
         epoch = float(self.state.epoch or 0.0)
+        if self.args.mix_by_whole_epochs:
+            epoch = math.floor(epoch + 1e-9)  # the state's epoch is a float sum of 1/steps_per_epoch
         num_epochs = float(self.state.num_train_epochs or self.args.num_train_epochs)
         mu = mixing_ratio(
             epoch, num_epochs, self.args.alignment_start_epoch, self.args.max_raw_gradient_ratio
         )
         counts = dict.fromkeys(MODES, 0)
         cosines = []
+        gate_open = None  # per tensor
+        if self.args.alignment_gate == "global":
+            norms = [p.grad.float().norm() for p, g in zip(params, saved) if g is not None and p.grad is not None]
+            gate_open = bool(norms) and torch.stack(norms).mean().item() > self.args.alignment_eps
         with torch.no_grad():
             for p, g in zip(params, saved):
                 if g is None:
@@ -428,6 +488,7 @@ class GradientAlignmentMixin:
                     mu=mu,
                     eps=self.args.alignment_eps,
                     vanishing=self.args.vanishing_reference_gradient,
+                    gate_open=gate_open,
                 )
                 p.grad.copy_(result.gradient)
                 counts[result.mode] += 1
@@ -455,6 +516,16 @@ class GradientAlignmentMixin:
                 )
             self._alignment_log = []
         super().log(logs, *args, **kwargs)
+
+    # ----- optimizer --------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        rate = getattr(self.args, "multiscale_learning_rate", None)
+        if fresh and rate is not None:
+            _give_own_rate(optimizer, multiscale_parameters(self.model if model is None else model), rate)
+        return optimizer
 
     # ----- checkpoints ------------------------------------------------------------------------------------
 

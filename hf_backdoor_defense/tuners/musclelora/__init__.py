@@ -23,7 +23,7 @@ from .config import (
     MuScleLoRAConfig,
 )
 from .layer import Linear, MuScleLoRALayer
-from .model import MuScleLoRAModel
+from .model import MuScleLoRAModel, multiscale_parameters
 
 __all__ = [
     "MUSCLELORA_ARCHITECTURE_DEFAULTS",
@@ -32,6 +32,7 @@ __all__ = [
     "MuScleLoRAConfig",
     "MuScleLoRALayer",
     "MuScleLoRAModel",
+    "multiscale_parameters",
 ]
 
 if PEFT_TYPE_TO_CONFIG_MAPPING.get(PeftType.MUSCLELORA) is not MuScleLoRAConfig:

@@ -142,9 +142,16 @@ class MuScleLoRAConfig(PeftConfig):
             `classifier.dense`, GPT-2 last block `mlp.c_proj`, Llama/Mistral/Qwen2 last block
             `mlp.down_proj`. An empty list disables the multi-scale part.
         init_weights (`bool` or `"paper"`):
-            `True`: A Kaiming-uniform, B zero, so outputs are unchanged at creation. `"paper"`: both
-            factors Kaiming-uniform (the authors' initialisation for a freshly initialised head).
-            `False`: both random (for tests only).
+            `True`: A Kaiming-uniform, B zero on both parts, so outputs are unchanged at creation.
+            `"paper"`: the authors' initialisation: both factors of the multi-scale part Kaiming-uniform
+            (so it acts from the first step), the single-branch part as with `True`. `False`: every factor
+            random (for tests only).
+        trainable_head (`bool`):
+            For `task_type="SEQ_CLS"` / `"TOKEN_CLS"`, whether the task head PEFT adds to `modules_to_save`
+            (`classifier` / `score`) is trained. `False` (the authors' setting, the default): the head stays
+            frozen at its random initialisation, so every change of the logits passes through the adapter;
+            PEFT still saves it with the adapter (a reload gives the same logits) and a merged model keeps it. `True`: PEFT's behaviour, the head is trained and saved fully. A frozen head is part
+            of the base model: load at most one such adapter per base model.
         fan_in_fan_out (`bool`):
             Set to True if the target stores its weight as (in, out), like GPT-2's `Conv1D`
             (detected and set automatically for `Conv1D`).
@@ -200,7 +207,11 @@ class MuScleLoRAConfig(PeftConfig):
     )
     init_weights: bool | Literal["paper"] = field(
         default=True,
-        metadata={"help": "True: B zero (outputs unchanged); 'paper': both factors Kaiming-uniform; False: random."},
+        metadata={"help": "True: B zero (outputs unchanged); 'paper': multi-scale factors Kaiming; False: random."},
+    )
+    trainable_head: bool = field(
+        default=False,
+        metadata={"help": "Train the SEQ_CLS/TOKEN_CLS head (PEFT's way); False: frozen random head (paper)."},
     )
     fan_in_fan_out: bool = field(
         default=False, metadata={"help": "Target weight stored as (in, out), like GPT-2 Conv1D (auto-detected)."}
@@ -256,6 +267,8 @@ class MuScleLoRAConfig(PeftConfig):
                 raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
         if self.init_weights not in (True, False, "paper"):
             raise ValueError(f"`init_weights` must be True, False or 'paper', got {self.init_weights!r}.")
+        if not isinstance(self.trainable_head, bool):
+            raise ValueError(f"`trainable_head` must be True or False, got {self.trainable_head!r}.")
         if self.bias not in ("none", "all", "musclelora_only"):
             raise ValueError(f"`bias` must be 'none', 'all' or 'musclelora_only', got {self.bias!r}.")
         if self.target_parameters:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from ...quantization import keep_4bit_trainable
@@ -40,6 +41,32 @@ def _fill_last(targets, num_layers: int | None):
     return set(targets)
 
 
+#: The task heads PEFT adds to ``modules_to_save`` for SEQ_CLS / TOKEN_CLS, frozen unless ``trainable_head``.
+HEAD_MODULE_NAMES = ("classifier", "score")
+_HEAD_TASKS = ("SEQ_CLS", "TOKEN_CLS")
+
+
+class FrozenHeadWrapper(ModulesToSaveWrapper):
+    """A task head handled by PEFT like a ``modules_to_save`` entry (one copy per adapter, saved with the
+    adapter, restored on load, kept by ``merge_and_unload``), except that no copy is ever trained."""
+
+    def _freeze(self) -> None:
+        for module in self.modules_to_save.values():
+            module.requires_grad_(False)
+
+    def update(self, adapter_name, tied_module=None, **kwargs):
+        super().update(adapter_name, tied_module=tied_module, **kwargs)
+        self._freeze()
+
+    def enable_adapters(self, enabled: bool):
+        super().enable_adapters(enabled)
+        self._freeze()
+
+    def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        self._freeze()
+
+
 def _multiscale_view(config: MuScleLoRAConfig) -> MuScleLoRAConfig:
     """A shallow copy of ``config`` whose ``target_modules`` are the multi-scale targets."""
     view = copy.copy(config)
@@ -47,6 +74,21 @@ def _multiscale_view(config: MuScleLoRAConfig) -> MuScleLoRAConfig:
     view.layers_to_transform = None
     view.layers_pattern = None
     return view
+
+
+def multiscale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The multi-scale factors (``musclelora_A`` / ``musclelora_B`` on ``multiscale_target_modules``) of every
+    MuScleLoRA adapter in ``model`` (a ``PeftModel`` or its tuner), e.g. to give them their own learning rate."""
+    configs = getattr(model, "peft_config", {}) or {}
+    found: list[nn.Parameter] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, MuScleLoRALayer):
+            continue
+        for adapter in module.musclelora_A:
+            config = configs.get(adapter)
+            if isinstance(config, MuScleLoRAConfig) and MuScleLoRAModel._is_multiscale_target(config, name):
+                found += [module.musclelora_A[adapter].weight, module.musclelora_B[adapter].weight]
+    return found
 
 
 class MuScleLoRAModel(BaseTuner):
@@ -101,6 +143,17 @@ class MuScleLoRAModel(BaseTuner):
         return model is None or any(name.endswith("pooler.dense") for name, _ in model.named_modules())
 
     def _prepare_model(self, peft_config: MuScleLoRAConfig, model: nn.Module) -> None:
+        """Narrow ``modules_to_save`` around multi-scale targets, then freeze the task head unless trained."""
+        self._fresh_targets = getattr(self, "_fresh_targets", set())
+        keep_4bit_trainable(model)  # a 4-bit base evaluated before on an AVX512-BF16 CPU would pass no gradient
+        self._narrow_modules_to_save(peft_config, model)
+        if not peft_config.trainable_head:
+            self._freeze_head(peft_config, model)
+        elif any(isinstance(m, FrozenHeadWrapper) for m in model.modules()):
+            raise ValueError("this model's head is frozen by another MuScleLoRA adapter (trainable_head=False): an "
+                             "adapter with trainable_head=True cannot share it; load it into a fresh base model.")
+
+    def _narrow_modules_to_save(self, peft_config: MuScleLoRAConfig, model: nn.Module) -> None:
         """Narrow ``modules_to_save`` entries that contain a multi-scale target.
 
         PEFT trains and saves the whole task head for SEQ_CLS (``classifier``). When the multi-scale
@@ -108,8 +161,6 @@ class MuScleLoRAModel(BaseTuner):
         untargeted children (``classifier.out_proj``) and the target's frozen base weight is saved
         with the adapter (it is freshly initialised, so the pre-trained checkpoint lacks it).
         """
-        self._fresh_targets = getattr(self, "_fresh_targets", set())
-        keep_4bit_trainable(model)  # a 4-bit base evaluated before on an AVX512-BF16 CPU would pass no gradient
         if not peft_config.modules_to_save or not peft_config.multiscale_target_modules:
             return
         view = _multiscale_view(peft_config)
@@ -131,6 +182,30 @@ class MuScleLoRAModel(BaseTuner):
             self._fresh_targets.update(inner)
         deduped = list(dict.fromkeys(new_entries))
         peft_config.modules_to_save[:] = deduped
+
+    def _freeze_head(self, peft_config: MuScleLoRAConfig, model: nn.Module) -> None:
+        """Wrap the SEQ_CLS / TOKEN_CLS head in a :class:`FrozenHeadWrapper` before PEFT wraps it.
+
+        PEFT then finds the head already wrapped, adds this adapter's copy to it and saves that copy with the
+        adapter as for any ``modules_to_save`` entry; the wrapper keeps every copy frozen at its initial values.
+        """
+        if peft_config.task_type not in _HEAD_TASKS or not peft_config.modules_to_save:
+            return
+        adapter_name = next(name for name, config in self.peft_config.items() if config is peft_config)
+        entries = [e for e in peft_config.modules_to_save if e.split(".")[0] in HEAD_MODULE_NAMES]
+        for name, module in list(model.named_modules()):
+            if not any(name == e or name.endswith("." + e) for e in entries):
+                continue
+            if isinstance(module, ModulesToSaveWrapper):
+                if not isinstance(module, FrozenHeadWrapper):
+                    raise ValueError(
+                        f"{name!r} is a trained head of another adapter: an adapter with trainable_head=False cannot "
+                        "share it; load this adapter into a fresh base model, or use the same trainable_head for both."
+                    )
+                continue
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, FrozenHeadWrapper(module, adapter_name))
 
     @staticmethod
     def _untargeted_children(model: nn.Module, holder: str, entry: str, inner: list[str]) -> list[str]:
@@ -185,7 +260,8 @@ class MuScleLoRAModel(BaseTuner):
             "rank": config.rank_per_scale if multiscale else config.r,
             "alpha": config.multiscale_alpha if multiscale else config.lora_alpha,
             "dropout": config.multiscale_dropout if multiscale else config.lora_dropout,
-            "init_weights": config.init_weights,
+            # "paper" randomises both factors of the multi-scale part only; the single-branch part starts at zero
+            "init_weights": True if config.init_weights == "paper" and not multiscale else config.init_weights,
         }
         save_base = current_key in getattr(self, "_fresh_targets", set())
         if isinstance(target, MuScleLoRALayer):
