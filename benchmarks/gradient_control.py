@@ -275,8 +275,9 @@ def main(argv=None) -> int:
                         num_train_epochs=args.purify_finetune_epochs, learning_rate=settings["learning_rate"],
                         per_device_train_batch_size=settings["batch_size"], max_length=settings["max_length"],
                         seed=seed, disable_tqdm=True)
-                    purifiers = {"fine-mixing": FineMixing(ratio=0.5, seed=seed),
-                                 "fine-purifying": FinePurifying(ratio=0.5, show_progress=False)}
+                    purifiers = {"fine-mixing": FineMixing(ratio=0.5, ratio_of="all", seed=seed),
+                                 "fine-purifying": FinePurifying(ratio=0.5, ratio_of="all", embeddings="include",
+                                                                 estimator="batch", show_progress=False)}
                     for name, purifier in purifiers.items():
                         defenses[name] = purifier_defense(purifier, num_clean=n)
                         if args.purify_finetune_epochs > 0:

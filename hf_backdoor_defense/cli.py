@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Sub-command modules (hf_backdoor_defense/commands/<name>.py), in the order `hbd --help` lists them.
-COMMANDS = ["assets", "poison", "train", "purify", "evaluate", "scenario", "analyze_frequency", "push"]
+COMMANDS = ["assets", "poison", "train", "purify", "evaluate", "scan", "scenario", "analyze_frequency", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,6 +40,8 @@ class FineMixingArguments:
         ratio (`float`, defaults to `0.5`):
             Fraction of the fine-tuned dimensions reset to θ₀ (the paper's `1 − ρ`); replaced by the search's
             choice with `--ratio_search true`.
+        ratio_of (`str`, defaults to `"moved"`):
+            What the ratio counts: the dimensions fine-tuning moved (`"moved"`) or all of them (`"all"`).
         mask (`str`, defaults to `"random"`):
             `"random"` (seeded, the paper's main method) or `"magnitude"` (keep the dimensions that moved most).
         scope (`str`, defaults to `"global"`):
@@ -53,6 +55,7 @@ class FineMixingArguments:
     """
 
     ratio: float = field(default=0.5, metadata={"help": "Fraction of fine-tuned dimensions reset (paper: 1 - rho)."})
+    ratio_of: str = field(default="moved", metadata={"help": "What the ratio counts.", "choices": ["moved", "all"]})
     mask: str = field(default="random", metadata={"help": "Mixing mask.", "choices": list(MASKS)})
     scope: str = field(default="global", metadata={"help": "Ranking scope (magnitude mask).", "choices": list(SCOPES)})
     mixing_seed: int = field(default=0, metadata={"help": "Seed of the random mask."})
@@ -74,7 +77,8 @@ def build_purifier(method_args: FineMixingArguments, purify_args, script_args, t
     """`FineMixing`, preceded by `EmbeddingPurification` with ``--epur true``."""
     from hf_backdoor_defense.purification import EmbeddingPurification, FineMixing, compose
 
-    mixing = FineMixing(ratio=method_args.ratio, mask=method_args.mask, scope=method_args.scope,
+    mixing = FineMixing(ratio=method_args.ratio, ratio_of=method_args.ratio_of, mask=method_args.mask,
+                        scope=method_args.scope,
                         head=purify_args.head, seed=method_args.mixing_seed)
     if not method_args.epur:
         return mixing

@@ -112,9 +112,10 @@ class PurificationArguments:
     Parameters that control the ratio:
 
     Args:
-        ratio_search (`bool`, defaults to `False`):
+        ratio_search (`bool`, defaults to `True`):
             Choose the ratio among `--ratios`: each candidate is purified and fine-tuned, and the most aggressive
             one whose dev accuracy stays within `--budget` of the suspect's is kept. Never uses the test split.
+            `--ratio_search false` purifies at `--ratio`.
         ratios (`list[float]`, defaults to `[0.1, 0.3, 0.5, 0.7, 0.9]`):
             Candidate ratios of the search.
         budget (`float`, defaults to `0.02`):
@@ -146,7 +147,8 @@ class PurificationArguments:
         default=256, metadata={"help": "Ratio search: size of the clean dev set (disjoint from the clean set)."}
     )
     ratio_search: bool = field(
-        default=False, metadata={"help": "Choose the ratio on the dev set under the --budget accuracy drop."}
+        default=True, metadata={"help": "Choose the ratio on the dev set under the --budget accuracy drop "
+                                        "(false: purify at --ratio)."}
     )
     ratios: list[float] = field(
         default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9], metadata={"help": "Candidate ratios of the search."}
@@ -310,7 +312,8 @@ def clean_and_dev(reference, purify_args, seed: int):
     n_dev = min(purify_args.dev_samples, len(pool) - n_clean)
     if n_dev < 1:
         raise ValueError(f"ratio_search: the reference split has {len(pool)} examples, all used by clean_samples="
-                         f"{purify_args.clean_samples}; lower clean_samples to leave a dev set.")
+                         f"{purify_args.clean_samples}; lower clean_samples to leave a dev set, or pass "
+                         "--ratio_search false to purify at --ratio.")
     return clean, pool.select(range(n_clean, n_clean + n_dev))
 
 
@@ -358,7 +361,8 @@ def _scores(model, tokenizer, test, attack, script_args) -> dict:
 
 
 def _summary(report: dict) -> dict:
-    keep = ("method", "mode", "ratio", "dims_reset_total", "dims_total", "finetune", "ratio_search")
+    keep = ("method", "mode", "ratio", "ratio_of", "dims_reset_total", "dims_moved", "dims_total", "finetune",
+            "ratio_search")
     out = {k: report[k] for k in keep if k in report}
     tokens = report.get("tokens_reset") or []
     out["tokens_reset"] = [t.get("token") for t in tokens[:50]]

@@ -42,6 +42,12 @@ def folders(tmp_path_factory, bert_tokenizer):
     return root
 
 
+def _train_size(root) -> int:
+    from hf_backdoor_defense.data import load_text_classification
+
+    return len(load_text_classification(str(root / "clean.csv"))["train"])  # a single file: splits are carved
+
+
 def _base_args(root, method, out):
     return ["--method", method, "--suspect", str(root / "suspect"), "--pretrained", str(root / "pretrained"),
             "--clean-data", str(root / "clean.csv"), "--output", str(out)]
@@ -54,6 +60,7 @@ def test_purify_writes_model_report_and_card(folders, tmp_path):
     assert (out / "tokenizer_config.json").is_file()
     report = json.loads((out / "purification_report.json").read_text())
     assert report["method"] == "fine-purifying" and report["ratio"] == 0.3 and report["finetune"]["epochs"] == 1
+    assert "ratio_search" not in report and report["inputs"]["num_clean"] == _train_size(folders)  # no dev set
     # The pooler and classifier are missing from the pre-trained checkpoint: head, kept.
     assert any(n.startswith("classifier") for n in report["head"]["parameters"])
     card = (out / "README.md").read_text()
@@ -86,6 +93,32 @@ def test_purify_never_writes_into_inputs(folders, where):
     with pytest.raises(ValueError, match="overlaps"):
         _run(_base_args(folders, "fine-mixing", out) + ["--overwrite"])
     assert sorted(p.name for p in (folders / "suspect").iterdir()) == before
+
+
+def test_purify_searches_the_ratio_on_held_out_dev_examples(folders, tmp_path, capsys):
+    out = tmp_path / "searched"
+    assert _run(_base_args(folders, "fine-mixing", out) + ["--ratios", "0.5", "0.1", "--budget", "1.0"]) == 0
+    report = json.loads((out / "purification_report.json").read_text())
+    search = report["ratio_search"]
+    assert [row["ratio"] for row in search["table"]] == [0.1, 0.5] and search["chosen"] == 0.5 == report["ratio"]
+    n = _train_size(folders)  # the dev set is the last half of the clean split, held out of the clean set
+    assert search["within_budget"] and report["inputs"]["num_dev"] == n // 2
+    assert report["inputs"]["num_clean"] == n - n // 2
+    printed = capsys.readouterr().out
+    assert "| ratio | dev accuracy |" in printed and "Chosen ratio: 0.5" in printed
+    # A negative budget is refused before anything loads.
+    with pytest.raises(ValueError, match="--budget"):
+        _run(_base_args(folders, "fine-mixing", tmp_path / "b") + ["--budget", "-0.01"])
+
+
+def test_purify_search_never_reads_test(folders, tmp_path):
+    with pytest.raises(ValueError, match="never read the test"):
+        _run(_base_args(folders, "fine-purifying", tmp_path / "t") + ["--dev-split", "test"])
+    with pytest.raises(ValueError, match="--dev-split 'dev2' is not a split"):
+        _run(_base_args(folders, "fine-purifying", tmp_path / "t") + ["--dev-split", "dev2"])
+    with pytest.raises(ValueError, match="equals --clean-split"):
+        _run(_base_args(folders, "fine-purifying", tmp_path / "t") + ["--dev-split", "train"])
+    assert not (tmp_path / "t").exists()
 
 
 def test_purify_bad_ratio_and_missing_pretrained(folders, tmp_path):

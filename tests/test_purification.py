@@ -108,8 +108,13 @@ def test_fine_mixing_random_resets_fraction_and_leaves_inputs_alone(pair):
     assert (_fingerprint(suspect), _fingerprint(reference)) == before
     assert result.model is not suspect
     report = result.report
-    assert report["method"] == "fine-mixing" and report["mode"] == "full"
-    assert abs(report["dims_reset_total"] / report["dims_total"] - 0.3) < 0.01
+    assert report["method"] == "fine-mixing" and report["mode"] == "full" and report["ratio_of"] == "moved"
+    assert report["dims_moved"] < report["dims_total"]  # unseen token rows never moved
+    assert abs(report["dims_reset_total"] / report["dims_moved"] - 0.3) < 0.01
+    # Counting every dimension resets the same weights (resetting an unmoved one changes nothing).
+    legacy = FineMixing(ratio=0.3, ratio_of="all", seed=0).purify(suspect, reference)
+    assert _fingerprint(legacy.model) == _fingerprint(result.model)
+    assert abs(legacy.report["dims_reset_total"] / report["dims_total"] - 0.3) < 0.01
     s, r, o = (dict(m.named_parameters()) for m in (suspect, reference, result.model))
     w = "bert.encoder.layer.0.attention.self.query.weight"
     at_ref, at_sus = (o[w] == r[w]), (o[w] == s[w])
@@ -137,7 +142,7 @@ def test_fine_mixing_head_reinit_and_extremes(pair):
 
 def test_fine_mixing_magnitude_keeps_the_largest_moves(pair):
     suspect, reference = pair
-    result = FineMixing(ratio=0.6, mask="magnitude").purify(suspect, reference)
+    result = FineMixing(ratio=0.6, mask="magnitude", ratio_of="all").purify(suspect, reference)
     s, r, o = (dict(m.named_parameters()) for m in (suspect, reference, result.model))
     reset_max, kept_min = 0.0, float("inf")
     for name in result.report["dims_reset"]:
@@ -150,6 +155,11 @@ def test_fine_mixing_magnitude_keeps_the_largest_moves(pair):
             kept_min = min(kept_min, float(delta[kept].detach().min()))
     assert reset_max <= kept_min
     assert result.report["dims_reset_total"] == round(0.6 * result.report["dims_total"])
+    # Over the moved dimensions: the 60 % that moved least among those that moved at all.
+    moved = FineMixing(ratio=0.6, mask="magnitude").purify(suspect, reference)
+    o = dict(moved.model.named_parameters())
+    changed = sum(int(((o[n] != s[n]) & (s[n] != r[n])).sum()) for n in moved.report["dims_reset"])
+    assert changed == moved.report["dims_reset_total"] == round(0.6 * moved.report["dims_moved"])
 
 
 def _reference_fisher(model, names, dataset, tokenizer, batch_size):
@@ -193,7 +203,8 @@ def test_empirical_fisher_matches_a_plain_loop_and_restores_the_model(pair, bert
 def test_fine_purifying_resets_the_top_scores(pair, bert_tokenizer, tiny_text_dataset):
     suspect, reference = pair
     before = (_fingerprint(suspect), _fingerprint(reference))
-    purifier = FinePurifying(ratio=0.2, batch_size=6, show_progress=False)
+    purifier = FinePurifying(ratio=0.2, ratio_of="all", embeddings="include", estimator="batch", batch_size=6,
+                             show_progress=False)
     result = purifier.purify(suspect, reference, tiny_text_dataset, tokenizer=bert_tokenizer)
     assert (_fingerprint(suspect), _fingerprint(reference)) == before
     rep = result.report
@@ -216,10 +227,58 @@ def test_fine_purifying_resets_the_top_scores(pair, bert_tokenizer, tiny_text_da
             kept_max = max(kept_max, float(score[kept].max()))
     assert reset_min >= kept_max * (1 - 1e-3)
     assert torch.equal(o["classifier.weight"], s["classifier.weight"])
-    per = FinePurifying(ratio=0.2, scope="per_tensor", batch_size=6, show_progress=False).purify(
+    per = FinePurifying(ratio=0.2, ratio_of="all", scope="per_tensor", batch_size=6, show_progress=False).purify(
         suspect, reference, tiny_text_dataset, tokenizer=bert_tokenizer)
     for n, count in per.report["dims_reset"].items():
         assert count == round(0.2 * s[n].numel())
+
+
+def test_select_top_among_eligible_dimensions():
+    scores = {"a": torch.tensor([9.0, 1.0, 2.0, 3.0]), "b": torch.tensor([[8.0, 0.5], [4.0, 0.0]])}
+    eligible = {"a": torch.tensor([False, True, True, True]), "b": torch.tensor([[False, True], [True, True]])}
+    masks = select_top({n: v.clone() for n, v in scores.items()}, 0.5, eligible=eligible)  # 3 of 6 eligible
+    assert masks["a"].tolist() == [False, False, True, True] and masks["b"].tolist() == [[False, False], [True, False]]
+    everything = select_top({n: v.clone() for n, v in scores.items()}, 1.0, eligible=eligible)
+    assert all(torch.equal(everything[n], eligible[n]) for n in scores)
+    per = select_top({n: v.clone() for n, v in scores.items()}, 0.34, "per_tensor", eligible)
+    assert per["a"].tolist() == [False, False, False, True] and per["b"].tolist() == [[False, False], [True, False]]
+    with pytest.raises(ValueError, match="eligible"):
+        select_top(scores, 0.5, eligible={"a": eligible["a"]})
+
+
+def test_fine_purifying_counts_moved_dimensions_and_leaves_embeddings_out(pair, bert_tokenizer, tiny_text_dataset):
+    suspect, reference = pair
+    emb = "bert.embeddings.word_embeddings.weight"
+    result = FinePurifying(ratio=0.3, batch_size=6, show_progress=False).purify(
+        suspect, reference, tiny_text_dataset, tokenizer=bert_tokenizer)
+    rep = result.report
+    assert rep["config"]["estimator"] == "example" and rep["excluded"] == [emb] and emb not in rep["dims_reset"]
+    assert torch.equal(result.model.bert.embeddings.word_embeddings.weight, suspect.bert.embeddings.word_embeddings.weight)
+    assert rep["dims_reset_total"] == round(0.3 * rep["dims_moved"]) and rep["dims_moved"] <= rep["dims_total"]
+    s, r, o = (dict(m.named_parameters()) for m in (suspect, reference, result.model))
+    assert not any(bool(((o[n] != s[n]) & (s[n] == r[n])).any()) for n in rep["dims_reset"])  # only moved ones
+    included = FinePurifying(ratio=0.3, embeddings="include", batch_size=6, show_progress=False).purify(
+        suspect, reference, tiny_text_dataset, tokenizer=bert_tokenizer)
+    assert emb in included.report["dims_reset"] and included.report["excluded"] == []
+
+
+def test_fine_purifying_alpha_zero_ranks_by_drift(pair, bert_tokenizer, tiny_text_dataset):
+    suspect, reference = pair
+    result = FinePurifying(ratio=0.25, alpha=0.0, batch_size=6, show_progress=False).purify(
+        suspect, reference, tiny_text_dataset, tokenizer=bert_tokenizer)
+    s, r, o = (dict(m.named_parameters()) for m in (suspect, reference, result.model))
+    reset_min, kept_max = float("inf"), 0.0
+    for n in result.report["dims_reset"]:
+        drift = (s[n] - r[n]).abs().detach()
+        reset, kept = (o[n] == r[n]) & (drift > 0), o[n] == s[n]
+        if reset.any():
+            reset_min = min(reset_min, float(drift[reset].min()))
+        if (kept & (drift > 0)).any():
+            kept_max = max(kept_max, float(drift[kept & (drift > 0)].max()))
+    assert reset_min >= kept_max  # (H + eps)^0 = 1: the largest drifts go
+    for bad in ({"alpha": -1.0}, {"ratio_of": "some"}, {"embeddings": "maybe"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FinePurifying(**bad)
 
 
 def test_epur_resets_the_trigger_row(pair, bert_tokenizer, tiny_text_dataset):

@@ -80,7 +80,8 @@ def purified_full(tmp_path_factory, tiny_bert_dir, tiny_data):
     results = fine_purifying.main([
         "--poison_first", "true", "--base_model_name_or_path", str(tiny_bert_dir),
         "--dataset", str(tiny_data / "attacker"), "--poison_rate", "0.2", "--poison_max_steps", "4",
-        "--poison_learning_rate", "1e-3", "--clean_samples", "16", "--ratio", "0.3", "--hessian_max_batches", "2",
+        "--poison_learning_rate", "1e-3", "--clean_samples", "16", "--ratio", "0.3", "--ratio_search", "false",
+        "--hessian_max_batches", "2",
         "--num_train_epochs", "0", "--output_dir", str(out), *FAST,
     ])
     return out, results
@@ -104,7 +105,8 @@ def test_fine_purifying_full_model_resets_to_pretrained(purified_full, tiny_bert
         assert scores["n_clean"] == 12 and scores["n_triggered"] > 0
     summary = results["purification"]
     assert summary["method"] == "fine-purifying" and summary["mode"] == "full" and summary["ratio"] == 0.3
-    assert abs(summary["dims_reset_total"] - 0.3 * summary["dims_total"]) <= 1
+    # The ratio counts the dimensions that moved (the word embeddings are left to E-PUR by default).
+    assert summary["ratio_of"] == "moved" and abs(summary["dims_reset_total"] - 0.3 * summary["dims_moved"]) <= 1
     assert "finetune" not in summary  # --num_train_epochs 0: no clean fine-tune
 
     purified = load_file(out / "model.safetensors")
@@ -120,8 +122,10 @@ def test_fine_purifying_full_model_resets_to_pretrained(purified_full, tiny_bert
         # Every changed entry went back to its pre-trained value.
         assert torch.equal(purified[name][changed], pretrained[name][changed]), name
         changed_total += int(changed.sum())
-    # Dimensions that never moved (e.g. unused embedding rows) count as reset without changing.
-    assert 0 < changed_total <= summary["dims_reset_total"]
+    # Only dimensions that moved are reset, so every reset one changed.
+    assert changed_total == summary["dims_reset_total"] > 0
+    assert torch.equal(purified["bert.embeddings.word_embeddings.weight"],
+                       suspect["bert.embeddings.word_embeddings.weight"])
     card = (out / "README.md").read_text()
     assert "fine-purifying" in card and "library_name: transformers" in card and "ASR (attack success rate)" in card
     report = json.loads((out / "purification_report.json").read_text())
@@ -159,6 +163,7 @@ def test_fine_purifying_4bit_adapter(tiny_checkpoints, tiny_data, tmp_path):  # 
         "--poison_first", "true", "--poison_finetune", "adapter", "--load_in_4bit", "true",
         "--base_model_name_or_path", str(tiny_checkpoints["llama"]), "--dataset", str(tiny_data / "attacker"),
         "--poison_max_steps", "3", "--poison_learning_rate", "5e-3", "--clean_samples", "12", "--ratio", "0.5",
+        "--ratio_search", "false",
         "--num_train_epochs", "0", "--output_dir", str(out), *FAST,
     ])
     assert results["suspect_type"] == "adapter" and results["quantization"] == "4bit"
@@ -186,7 +191,7 @@ def test_purify_recipe_pushes_with_defense_card(purified_full, tiny_bert_dir, ti
     results = fine_mixing.main([
         "--model_name_or_path", str(purified_full[0] / "suspect"), "--base_model_name_or_path", str(tiny_bert_dir),
         "--dataset", str(tiny_data / "attacker"), "--clean_samples", "8", "--num_train_epochs", "0",
-        "--output_dir", str(tmp_path / "out"), "--push_to_hub", "true", "--hub_model_id", "me/tiny-mixed", *FAST,
+        "--ratio_search", "false", "--output_dir", str(tmp_path / "out"), "--push_to_hub", "true", "--hub_model_id", "me/tiny-mixed", *FAST,
     ])
     (upload,) = fake_hub["upload"]
     assert upload["repo_id"] == "me/tiny-mixed" and "model.safetensors" in upload["files"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -133,6 +134,40 @@ def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     by_defense = {c["defense"]: c for c in out["cells"]}
     assert by_defense["fine_purifying"]["details"]["dims_reset"] > 0
     assert len(by_defense["e_pur"]["details"]["tokens_reset"]) == 5
+
+
+def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix_env, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_backdoor_defense.assets import smollm2_path
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    settings = dataclasses.replace(matrix_env["settings"], onion_model=str(tmp_path / "lm"), strip_frr=0.25)
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none", "onion", "strip", "rap", "bki", "cube"],
+                      seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, output=tmp_path / "baselines.json")
+    assert out["run_stats"]["models_trained"] == []  # the backdoored model of the first grid
+    cells = {c["defense"]: c for c in out["cells"]}
+    assert out["run_stats"]["cells_run"] == 5 and cells["none"]["key"] == next(
+        c["key"] for c in matrix_env["first"]["cells"] if c["defense"] == "none")
+    for detector in ("strip", "rap"):
+        details = cells[detector]["details"]
+        assert 0.0 <= details["frr"] <= 1.0 and 0.0 <= details["far"] <= 1.0 and "threshold" in details
+        assert cells[detector]["cacc"] <= cells["none"]["cacc"] + 1e-9  # rejections only lose clean predictions
+        assert cells[detector]["asr"] <= cells["none"]["asr"] + 1e-9
+    onion = cells["onion"]["details"]
+    assert onion["words_removed_per_clean_input"] >= 0 and onion["words_removed_per_triggered_input"] >= 0
+    assert 0.0 <= cells["onion"]["asr"] <= 1.0
+    bki = cells["bki"]["details"]
+    assert len(bki["keywords"]) == 1 and bki["removed"] + bki["kept"] == SETTINGS["train_size"]
+    assert bki["recall"] is None or 0.0 <= bki["recall"] <= 1.0
+    cube = cells["cube"]["details"]
+    assert cube["removed"] + cube["kept"] == SETTINGS["train_size"] and cube["noise"] >= 0
 
 
 def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):

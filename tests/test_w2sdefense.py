@@ -530,3 +530,51 @@ def test_musclelora_student_trains(tmp_path, student_tokenizer, bert_tokenizer, 
     changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert any("musclelora" in n.lower() for n in changed), changed
     assert {"loss_ce", "loss_kd", "loss_feature"} <= set(trainer.state.log_history[0])
+
+
+def test_authors_feature_alignment_pulls_every_token_to_the_last_teacher_feature(
+    tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset
+):
+    student_tokenizer.padding_side = "right"
+    weights = dict(preset=None, alpha_ce=1.0, beta_kd=0.5, gamma_feature=0.1, temperature=2.0)
+    trainer = _trainer(tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset,
+                       feature_alignment="authors", **weights)
+    batch = trainer.data_collator([tiny_text_dataset[i] for i in (0, 3, 7, 11, 2)])
+    student.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(student, dict(batch))
+        _, ce, kd, _ = _hand_loss(student, teacher, batch, 1.0, 0.5, 0.1, 2.0)
+        out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        tokens = out.hidden_states[-1]  # [B, L, H], padding included
+        phi_t = teacher(input_ids=batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"],
+                        token_type_ids=batch["teacher_token_type_ids"]).features
+    feat = (tokens - phi_t[-1]).pow(2).sum(-1).mean()
+    torch.testing.assert_close(loss, ce + 0.5 * kd + 0.1 * feat, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="squared_l2"):
+        _args(tmp_path, feature_alignment="authors", feature_distance="cosine")
+    with pytest.raises(ValueError, match="feature_alignment"):
+        _args(tmp_path, feature_alignment="tokens")
+
+
+def test_gradient_shares_are_logged_and_sum_to_one(
+    tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset
+):
+    trainer = _trainer(tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset,
+                       gradient_shares=True, max_steps=2, logging_steps=1)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "grad_share_ce" in h]
+    assert len(logged) == 2
+    for entry in logged:
+        shares = [entry[f"grad_share_{k}"] for k in ("ce", "kd", "feature")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-6) and all(0 <= x <= 1 for x in shares)
+        assert entry["grad_share_ce"] > entry["grad_share_kd"]  # word preset: a = 5 against b = 0.001
+
+
+def test_authors_arguments_are_the_authors_schedule(tmp_path):
+    from hf_backdoor_defense.trainers.w2sdefense import authors_arguments
+
+    args = authors_arguments(str(tmp_path / "out"), use_cpu=True)
+    assert (args.per_device_train_batch_size, args.num_train_epochs, args.learning_rate) == (32, 5, 2e-4)
+    assert args.weight_decay == 0.01 and args.max_grad_norm == 0.0 and args.load_best_model_at_end
+    assert (args.alpha_ce, args.beta_kd, args.gamma_feature) == (5.0, 0.001, 0.001)
+    assert authors_arguments(str(tmp_path / "o"), num_train_epochs=3, use_cpu=True).num_train_epochs == 3

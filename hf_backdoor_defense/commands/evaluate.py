@@ -38,10 +38,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load_classifier(path: str | os.PathLike, num_labels: int, pooling: str = "cls"):
+def load_classifier(path: str | os.PathLike, num_labels: int, pooling: str = "cls", base: str | None = None):
     """(model, tokenizer) from a full model folder or a PEFT adapter folder; local files only.
 
-    A full model is loaded as it was saved (mean-pooled or [CLS]); an adapter's base is built with ``pooling``.
+    A full model is loaded as it was saved (mean-pooled or [CLS]); an adapter's base is built with ``pooling``,
+    from ``base`` when given, else from the adapter config's ``base_model_name_or_path``.
     """
     from transformers import AutoTokenizer
 
@@ -56,7 +57,7 @@ def load_classifier(path: str | os.PathLike, num_labels: int, pooling: str = "cl
         from peft import PeftConfig, PeftModel
 
         config = PeftConfig.from_pretrained(str(folder))
-        base_path = config.base_model_name_or_path
+        base_path = base or config.base_model_name_or_path
         if not base_path:
             raise ValueError(f"{folder / 'adapter_config.json'} has no `base_model_name_or_path`; set it.")
         try:

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    BASELINES,
     CLEAN_FLOOR,
+    DATA_FILTERS,
     DEFENSES,
     FLOORS,
     MATRIX_VERSION,
@@ -63,13 +65,16 @@ def make_purifier(defense: str, settings: MatrixSettings, seed: int):
     from ..purification import EmbeddingPurification, FineMixing, FinePurifying
 
     head_names = tuple(n for n in head_module_names(settings.pooling) if n != "classifier")
+    # The engine's purifier cells keep the ranking they were measured with (ratio over all dimensions,
+    # embeddings ranked, batch Fisher) until the purification study chooses the library's newer options.
     if defense == "fine_mixing":
-        return FineMixing(ratio=settings.fm_ratio, mask="random", seed=seed, head_names=head_names)
+        return FineMixing(ratio=settings.fm_ratio, ratio_of="all", mask="random", seed=seed, head_names=head_names)
     if defense == "e_pur":
         return EmbeddingPurification(num_tokens=settings.epur_tokens, head_names=head_names)
     if defense == "fine_purifying":
-        return FinePurifying(ratio=settings.fp_ratio, batch_size=16, max_length=settings.max_length,
-                             show_progress=False, head_names=head_names)
+        return FinePurifying(ratio=settings.fp_ratio, ratio_of="all", embeddings="include", estimator="batch",
+                             batch_size=16, max_length=settings.max_length, show_progress=False,
+                             head_names=head_names)
     raise ValueError(f"{defense!r} is not a purifier; purifiers: fine_mixing, e_pur, fine_purifying.")
 
 
@@ -348,9 +353,16 @@ class MatrixContext:
                 model = self._load(folder, num_labels)
             elif spec.defense == "w2sdefense":
                 model, details = self._w2s_cell(spec, folder, num_labels, shared)
+            elif spec.defense in BASELINES:
+                model = self._load(folder, num_labels)
+            elif spec.defense in DATA_FILTERS:
+                model, details = self._filter_cell(spec, folder, num_labels, attack)
             else:
                 model, details = self._purifier_cell(spec, folder, num_labels)
-        scores = self._evaluate(model, spec.dataset, spec.seed, attack)
+        if spec.defense in BASELINES:
+            scores, details = self._baseline_scores(spec, model, attack)
+        else:
+            scores = self._evaluate(model, spec.dataset, spec.seed, attack)
         seconds = time.perf_counter() - start
         shared_seconds = sum(i["train_seconds"] for i in shared if i["trained_here"])
         for info in shared:
@@ -405,6 +417,100 @@ class MatrixContext:
         if report.get("tokens_reset"):
             details["tokens_reset"] = [t["token"] for t in report["tokens_reset"]][:20]
         return model, details
+
+    def _baseline_scores(self, spec: CellSpec, model, attack) -> tuple[dict, dict]:
+        """CACC and ASR of the backdoored model behind ONION (inputs corrected), STRIP or RAP (inputs rejected:
+        a rejected input counts as a lost prediction, see :mod:`hf_backdoor_defense.baselines.metrics`)."""
+        import numpy as np
+
+        from ..baselines import ONION, RAP, STRIP, ONIONConfig, RAPConfig, STRIPConfig, scores_after_rejection
+        from ..metrics import attack_success_rate, clean_accuracy, predict
+
+        s, splits = self.settings, self.splits(spec.dataset, spec.seed)
+        clean_test = splits["evaluation"]
+        triggered = attack.triggered_test_set(clean_test)
+        text, label = attack.text_column, attack.label_column
+        common = {"max_length": s.max_length, "text_column": text, "disable_progress_bar": self.disable_progress}
+        start = time.perf_counter()
+        if spec.defense == "onion":
+            onion = ONION(ONIONConfig(threshold=s.onion_threshold, show_progress=not self.disable_progress),
+                          **self._onion_lm())
+            corrected = [onion.filter_dataset(d, text_column=text) for d in (clean_test, triggered)]
+            clean_preds, triggered_preds = (predict(model, self.tokenizer, d, **common) for d in corrected)
+            scores = {"cacc": clean_accuracy(clean_preds, clean_test[label]),
+                      "asr": attack_success_rate(triggered_preds, triggered["original_label"], attack.target_label)}
+            removed = [sum(len(a.split()) - len(b.split()) for a, b in zip(d[text], c[text])) / max(len(d), 1)
+                       for d, c in zip((clean_test, triggered), corrected)]
+            details = {"words_removed_per_clean_input": removed[0], "words_removed_per_triggered_input": removed[1]}
+        else:
+            if spec.defense == "strip":
+                detector = STRIP(model, self.tokenizer, STRIPConfig(
+                    num_copies=s.strip_copies, swap_ratio=s.strip_swap_ratio, frr=s.strip_frr, seed=spec.seed,
+                    max_length=s.max_length, show_progress=not self.disable_progress))
+            else:
+                if s.rap_word in getattr(attack, "triggers", ()):
+                    raise ValueError(f"`rap_word` {s.rap_word!r} is one of the attack's triggers "
+                                     f"{list(attack.triggers)}: RAP needs another rare word.")
+                detector = RAP(model, self.tokenizer, RAPConfig(
+                    word=s.rap_word, target_label=attack.target_label, frr=s.rap_frr, max_length=s.max_length,
+                    show_progress=not self.disable_progress))
+            detector.fit(splits["clean"], text)
+            rejected = [detector.detect(d, text) for d in (clean_test, triggered)]
+            clean_preds, triggered_preds = (predict(model, self.tokenizer, d, **common) for d in (clean_test, triggered))
+            scores = scores_after_rejection(clean_preds=clean_preds, clean_labels=clean_test[label],
+                                            clean_rejected=rejected[0], triggered_preds=triggered_preds,
+                                            target_label=attack.target_label, triggered_rejected=rejected[1])
+            threshold = detector.threshold if np.isfinite(detector.threshold) else None  # None: rejects nothing
+            details = {"frr": scores.pop("frr"), "far": scores.pop("far"), "threshold": threshold}
+        details["defense_seconds"] = time.perf_counter() - start
+        return {**scores, "n_clean": len(clean_test), "n_triggered": len(triggered)}, details
+
+    def _filter_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int, attack):
+        """BKI or CUBE: the backdoored model finds the poison in its own training set; a full fine-tune on the
+        rows kept (same settings as the suspect) is the cell's model."""
+        import numpy as np
+
+        from ..baselines import BKI, CUBE, BKIConfig, CUBEConfig, filter_quality
+
+        s = self.settings
+        poisoned = attack.poison(self.splits(spec.dataset, spec.seed)["train"])
+        suspect = self._load(suspect_dir, num_labels)
+        progress = not self.disable_progress
+        start = time.perf_counter()
+        if spec.defense == "bki":
+            found = BKI(suspect, self.tokenizer, BKIConfig(num_keywords=s.bki_keywords, max_length=s.max_length,
+                                                           show_progress=progress)).fit(poisoned, attack.text_column)
+            extra = {"keywords": found.keywords}
+        else:
+            found = CUBE(suspect, self.tokenizer, CUBEConfig(min_samples=s.cube_min_samples, max_length=s.max_length,
+                                                             seed=spec.seed, show_progress=progress))
+            found.fit(poisoned, attack.text_column, attack.label_column)
+            extra = {"clusters": int(len(set(found.clusters.tolist()) - {-1})),
+                     "noise": int((found.clusters == -1).sum())}
+        filter_seconds = time.perf_counter() - start
+        del suspect
+        kept = poisoned.select(np.flatnonzero(~found.flagged))
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            info = self._full_ft(kept, spec.seed, num_labels, Path(scratch))
+            model = self._load(scratch, num_labels)
+        details = {**extra, "filter_seconds": filter_seconds, "kept": len(kept),
+                   **filter_quality(found.flagged, poisoned["is_poisoned"]),
+                   "seconds_per_step": info["seconds_per_step"]}
+        return model, details
+
+    def _onion_lm(self) -> dict:
+        """ONION's language model and tokenizer, loaded once per context (``"smollm2"``: the offline asset)."""
+        if getattr(self, "_onion_cache", None) is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            source = self.settings.onion_model
+            if source == "smollm2":
+                from ..assets import smollm2_path
+
+                source = str(smollm2_path())
+            self._onion_cache = {"model": AutoModelForCausalLM.from_pretrained(source).eval(),
+                                 "tokenizer": AutoTokenizer.from_pretrained(source)}
+        return self._onion_cache
 
     def _w2s_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int, shared: list[dict]):
         import torch

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -38,6 +39,8 @@ from ..attacks.base import LABEL_MODES
 
 __all__ = [
     "ATTACKS",
+    "BASELINES",
+    "DATA_FILTERS",
     "CLEAN_FLOOR",
     "CLEAN_LORA",
     "DEFENSES",
@@ -71,9 +74,17 @@ DEFENSES: dict[str, str] = {
     "e_pur": "E-PUR",
     "fine_purifying": "Fine-purifying",
     "w2sdefense": "W2SDefense",
+    "onion": "ONION (baseline)",
+    "strip": "STRIP (baseline)",
+    "rap": "RAP (baseline)",
+    "bki": "BKI (baseline)",
+    "cube": "CUBE (baseline)",
 }
 """Defense name -> label in the tables. ``none``/``lora``/``musclelora`` train on the poisoned set; the
-other four start from the backdoored full fine-tune (the ``none`` model) and use the trusted clean set."""
+purifiers and W2SDefense start from the backdoored full fine-tune (the ``none`` model) and use the trusted
+clean set; the baselines ONION, STRIP and RAP act at inference time on the ``none`` model (STRIP's and RAP's
+thresholds come from the trusted clean set); BKI and CUBE filter the poisoned training set with the ``none``
+model and retrain on what they keep."""
 
 _MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
                         "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev")
@@ -86,9 +97,19 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
     "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio"),
     "w2sdefense": ("w2s_epochs", "w2s_lr", "w2s_lora_r", "teacher_epochs", "teacher_lr"),
+    "onion": ("onion_model", "onion_threshold"),
+    "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
+    "rap": ("rap_word", "rap_frr"),
+    "bki": ("bki_keywords",),
+    "cube": ("cube_min_samples",),
 }
 """The :class:`MatrixSettings` fields only some cells read; every other field is shared by all cells."""
 _DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names}
+
+BASELINES = ("onion", "strip", "rap")
+"""The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
+DATA_FILTERS = ("bki", "cube")
+"""The field's training-data filters: the backdoored ``none`` model finds the poison, the model is retrained."""
 
 CLEAN_FLOOR = "clean_floor"
 """Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
@@ -221,6 +242,16 @@ class MatrixSettings:
         musclelora_epochs: MuScleLoRA: training epochs; ``None``: ``epochs``.
         musclelora_best_dev: MuScleLoRA: score the clean examples outside the reference set after every
             epoch and keep the best epoch (the authors keep the best-dev checkpoint).
+        onion_model: ONION: causal LM scoring fluency (``"smollm2"``: the offline SmolLM2-135M; or a Hub id
+            or folder).
+        onion_threshold: ONION: remove the words whose deletion lowers the perplexity by more than this.
+        strip_copies: STRIP: perturbed copies per input.
+        strip_swap_ratio: STRIP: fraction of an input's words replaced in each copy.
+        strip_frr: STRIP: clean inputs rejected (sets the threshold on the trusted clean set).
+        rap_word: RAP: the rare word whose embedding is learned (not one of the attack's triggers).
+        rap_frr: RAP: clean target-class inputs rejected (sets the threshold on the trusted clean set).
+        bki_keywords: BKI: backdoor keywords whose sentences are removed before retraining.
+        cube_min_samples: CUBE: HDBSCAN's ``min_samples`` (the authors' toolkit uses 100).
         test_seed: Seed of the fixed test subsample.
     """
 
@@ -267,6 +298,16 @@ class MatrixSettings:
     musclelora_epochs: float | None = field(default=None, metadata={"help": "MuScleLoRA epochs; None: epochs."})
     musclelora_best_dev: bool = field(default=False, metadata={
         "help": "MuScleLoRA: keep the epoch best on the clean examples outside the reference set."})
+    onion_model: str = field(default="smollm2", metadata={
+        "help": "ONION language model: 'smollm2' (offline) or a Hub id / folder."})
+    onion_threshold: float = field(default=0.0, metadata={"help": "ONION: suspicion threshold (perplexity drop)."})
+    strip_copies: int = field(default=5, metadata={"help": "STRIP: perturbed copies per input."})
+    strip_swap_ratio: float = field(default=0.5, metadata={"help": "STRIP: fraction of words replaced per copy."})
+    strip_frr: float = field(default=0.01, metadata={"help": "STRIP: clean inputs rejected (sets the threshold)."})
+    rap_word: str = field(default="mb", metadata={"help": "RAP: rare word whose embedding is learned."})
+    rap_frr: float = field(default=0.01, metadata={"help": "RAP: clean target-class inputs rejected."})
+    bki_keywords: int = field(default=1, metadata={"help": "BKI: keywords whose sentences are removed."})
+    cube_min_samples: int = field(default=100, metadata={"help": "CUBE: HDBSCAN min_samples."})
     test_seed: int = field(default=1234, metadata={"help": "Seed of the fixed test subsample."})
 
     def __post_init__(self) -> None:
@@ -275,7 +316,8 @@ class MatrixSettings:
             if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
         for name in ("train_size", "test_size", "clean_size", "reference_size", "max_length", "batch_size",
-                     "epur_tokens", "w2s_lora_r"):
+                     "epur_tokens", "w2s_lora_r", "strip_copies", "bki_keywords",
+                     "cube_min_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
@@ -301,6 +343,13 @@ class MatrixSettings:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {getattr(self, name)}.")
         if not 0.0 < self.poison_rate <= 1.0:
             raise ValueError(f"`poison_rate` must be in (0, 1], got {self.poison_rate}.")
+        if not 0.0 < self.strip_swap_ratio <= 1.0:
+            raise ValueError(f"`strip_swap_ratio` must be in (0, 1], got {self.strip_swap_ratio}.")
+        for name in ("strip_frr", "rap_frr"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1) (the clean inputs rejected), got {getattr(self, name)}.")
+        if not math.isfinite(self.onion_threshold):
+            raise ValueError(f"`onion_threshold` must be a finite number, got {self.onion_threshold}.")
         for name, allowed in (("musclelora_head", ("frozen", "trainable")), ("musclelora_init", ("zero", "paper")),
                               ("musclelora_alignment", ("encoder", "llm"))):
             if getattr(self, name) not in allowed:
@@ -487,6 +536,7 @@ RATES: dict[str, float] = {
     "w2s": 0.035,        # W2SDefense student step (LoRA + the teacher's forward)
     "fisher": 0.02,      # Fine-purifying's empirical Fisher, per clean example
     "eval": 0.011,       # one forward pass, per test example
+    "onion": 0.25,       # ONION: SmolLM2 perplexities of a sentence and of each deletion, per test example (guess)
     "cell": 3.0,         # fixed cost of a cell: loading models, building trainers (seconds)
 }
 """Seconds per example and epoch at ``max_length`` 64 on the project's idle 2-core machine with 2 torch threads,
@@ -514,7 +564,8 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
             shared.append((("clean", c.dataset, c.seed), poisoned_train * r["full"]))
         elif c.defense == CLEAN_LORA:
             shared.append((("clean_lora", c.dataset, c.seed), poisoned_train * r["lora"]))
-        elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense"):
+        elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense", *BASELINES,
+                           *DATA_FILTERS):
             shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
         if c.defense == "w2sdefense":
             shared.append((("teacher", c.dataset, c.seed), s.clean_size * s.teacher_epochs * scale * r["full"]))
@@ -526,6 +577,11 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
                "musclelora": s.train_size * (s.musclelora_epochs or s.epochs) * scale * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],
-               "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"]}.get(c.defense, 0.0)
+               "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"],
+               "onion": 1.5 * s.test_size * scale * r["onion"],
+               "strip": (1.5 * s.test_size + s.clean_size) * s.strip_copies * r["eval"] * scale,
+               "rap": (3 * s.test_size + 5 * 3 * s.clean_size) * r["eval"] * scale,
+               "bki": poisoned_train * r["full"] + s.train_size * 20 * r["eval"] * scale,
+               "cube": poisoned_train * r["full"] + s.train_size * r["eval"] * scale + 30.0}.get(c.defense, 0.0)
         total += own + evaluate + r["cell"]
     return total

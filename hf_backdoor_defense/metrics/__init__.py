@@ -21,7 +21,7 @@ from .backdoor import (
     sentiment_of,
 )
 from .callback import BackdoorEvalCallback
-from .evaluation import evaluate_backdoor, predict
+from .evaluation import evaluate_backdoor, predict, predict_proba
 
 __all__ = [
     "BEHAVIOURS",
@@ -37,5 +37,6 @@ __all__ = [
     "label_flip_rate",
     "make_compute_metrics",
     "predict",
+    "predict_proba",
     "sentiment_of",
 ]

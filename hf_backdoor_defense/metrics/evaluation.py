@@ -23,7 +23,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(
+def predict_proba(
     model: torch.nn.Module,
     tokenizer,
     dataset: Dataset,
@@ -34,7 +34,8 @@ def predict(
     desc: str | None = None,
     disable_progress_bar: bool = False,
 ) -> np.ndarray:
-    """Predicted label ids of a sequence classifier on ``dataset[text_column]``.
+    """Class probabilities (softmax of the logits, float32, one row per example) of a sequence classifier on
+    ``dataset[text_column]``.
 
     Runs on the model's device, in eval mode and without gradients; the model's previous
     train/eval mode is restored afterwards. Works with plain models and PEFT models.
@@ -53,7 +54,7 @@ def predict(
     device = _device_of(model)
     was_training = model.training
     model.eval()
-    predictions: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
     try:
         with torch.no_grad():
             for start in tqdm(
@@ -68,10 +69,17 @@ def predict(
                 ).to(device)
                 outputs = model(**inputs)
                 logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-                predictions.append(logits.argmax(-1).cpu().numpy())
+                rows.append(logits.float().softmax(-1).cpu().numpy())
     finally:
         model.train(was_training)
-    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict(model: torch.nn.Module, tokenizer, dataset: Dataset, **kwargs) -> np.ndarray:
+    """Predicted label ids of a sequence classifier on ``dataset[text_column]`` (the argmax of
+    :func:`predict_proba`, which takes the same keyword arguments)."""
+    probabilities = predict_proba(model, tokenizer, dataset, **kwargs)
+    return probabilities.argmax(-1) if len(probabilities) else np.zeros(0, dtype=np.int64)
 
 
 def evaluate_backdoor(

@@ -35,6 +35,7 @@ from torch import nn
 
 __all__ = [
     "HEAD_MODES",
+    "RATIO_BASES",
     "SCOPES",
     "ParameterPlan",
     "PurificationResult",
@@ -44,11 +45,18 @@ __all__ = [
     "build_plan",
     "check_ratio",
     "compose",
+    "input_embedding_names",
+    "moved_masks",
     "select_top",
 ]
 
 HEAD_MODES = ("keep", "reinit", "purify")
 SCOPES = ("global", "per_tensor")
+RATIO_BASES = ("moved", "all")
+"""What a ``ratio`` is a fraction of: the ranked dimensions that fine-tuning changed (``δ ≠ 0``), or all of them.
+Resetting a dimension that never moved changes nothing, and fine-tuning leaves many unchanged (the embedding
+rows of tokens it never saw, without weight decay), so ``"all"`` makes the same ratio mean less and less the
+more of the model stayed put."""
 _CHUNK = 1 << 18  # elements per chunk of the in-place passes (bounds temporary memory)
 
 
@@ -273,32 +281,73 @@ def _kth_largest_threshold(scores: Mapping[str, torch.Tensor], k: int, sample_si
     return _bisect_threshold(scores, k)
 
 
+def moved_masks(plan: ParameterPlan, names: list[str]) -> dict[str, torch.Tensor]:
+    """``δ ≠ 0`` for each of ``names``: the dimensions fine-tuning changed (one byte per dimension)."""
+    return {n: plan.delta(n) != 0 for n in names}
+
+
+def input_embedding_names(plan: ParameterPlan) -> list[str]:
+    """The body parameter holding the suspect's input (word) embeddings, if it is ranked (full models)."""
+    getter = getattr(_owner_of(plan), "get_input_embeddings", None)
+    try:
+        weight = getattr(getter(), "weight", None) if getter is not None else None
+    except (AttributeError, NotImplementedError):
+        weight = None
+    return [n for n in plan.body if weight is not None and plan.suspect_params[n] is weight]
+
+
+def _sink(scores: Mapping[str, torch.Tensor], eligible: Mapping[str, torch.Tensor]) -> None:
+    """Overwrite, in place, the scores of ineligible dimensions with a value below every eligible score."""
+    lows = [float(s[eligible[n]].min()) for n, s in scores.items() if bool(eligible[n].any())]
+    if not lows:
+        return
+    low = min(lows)
+    sink = low - max(1.0, abs(low))
+    for n, s in scores.items():
+        s.masked_fill_(~eligible[n].to(s.device), sink)
+
+
 def select_top(
-    scores: Mapping[str, torch.Tensor], ratio: float, scope: str = "global"
+    scores: Mapping[str, torch.Tensor], ratio: float, scope: str = "global",
+    eligible: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Boolean masks of the ``ratio`` fraction of dimensions with the largest scores.
 
-    Exactly ``round(ratio * n)`` dimensions are selected (ties broken in tensor order). ``scope="global"``
-    ranks all tensors together; ``"per_tensor"`` selects ``ratio`` of each tensor.
+    Exactly ``round(ratio * n)`` dimensions are selected (ties broken in tensor order), where ``n`` counts
+    every dimension, or with ``eligible`` (boolean masks of the scores' shapes) only the eligible ones: then
+    only eligible dimensions are selected, and the scores of the others are overwritten in place.
+    ``scope="global"`` ranks all tensors together; ``"per_tensor"`` selects ``ratio`` of each tensor.
 
     Example:
         >>> import torch
         >>> masks = select_top({"w": torch.tensor([0.1, 3.0, 2.0, 0.5])}, 0.5)
         >>> masks["w"].tolist()
         [False, True, True, False]
+        >>> select_top({"w": torch.tensor([0.1, 3.0, 2.0, 0.5])}, 0.5,
+        ...            eligible={"w": torch.tensor([True, False, True, True])})["w"].tolist()
+        [False, False, True, True]
     """
     check_ratio(ratio)
     check_choice(scope, "scope", SCOPES)
+    if eligible is not None:
+        missing = [n for n in scores if n not in eligible or tuple(eligible[n].shape) != tuple(scores[n].shape)]
+        if missing:
+            raise ValueError(f"`eligible` needs a mask of each score's shape; missing or mis-shaped: {missing[:5]}")
     if scope == "per_tensor":
         out = {}
         for name, s in scores.items():
-            out.update(select_top({name: s}, ratio, "global"))
+            out.update(select_top({name: s}, ratio, "global", None if eligible is None else {name: eligible[name]}))
         return out
-    total = sum(s.numel() for s in scores.values())
+    numel = sum(s.numel() for s in scores.values())
+    total = numel if eligible is None else sum(int(e.sum()) for e in eligible.values())
     k = int(round(ratio * total))
     if k == 0:
         return {n: torch.zeros_like(s, dtype=torch.bool) for n, s in scores.items()}
-    if k >= total:
+    if eligible is not None:
+        if k >= total:
+            return {n: eligible[n].to(s.device, torch.bool).clone() for n, s in scores.items()}
+        _sink(scores, eligible)  # the k largest are now eligible, and a tie at the threshold is too
+    elif k >= total:
         return {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
     t = _kth_largest_threshold(scores, k)
     masks = {n: s > t for n, s in scores.items()}

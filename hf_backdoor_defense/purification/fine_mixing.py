@@ -22,6 +22,7 @@ import torch
 
 from .base import (
     HEAD_MODES,
+    RATIO_BASES,
     SCOPES,
     ParameterPlan,
     Purifier,
@@ -29,6 +30,7 @@ from .base import (
     check_choice,
     check_ratio,
     head_report,
+    moved_masks,
     select_top,
 )
 
@@ -43,6 +45,9 @@ class FineMixing(Purifier):
 
     Args:
         ratio: Fraction of the ranked dimensions reset to the reference, in [0, 1] (paper: 1 − ρ).
+        ratio_of: ``"moved"`` (the ratio counts the dimensions with ``δ ≠ 0``: resetting the others changes
+            nothing) or ``"all"``. A random mask resets the same weights either way; only the count it
+            reports differs. A magnitude mask ranks only the moved dimensions with ``"moved"``.
         mask: ``"random"`` (the paper's main method: a seeded Bernoulli(ratio) mask) or ``"magnitude"``
             (the selective variant: keep the ``1 − ratio`` dimensions with the largest ``|θ_B − θ₀|``,
             reset the rest).
@@ -56,6 +61,7 @@ class FineMixing(Purifier):
     """
 
     ratio: float = field(default=0.5, metadata={"help": "Fraction of dimensions reset to the pre-trained value (paper: 1 - rho)."})
+    ratio_of: str = field(default="moved", metadata={"help": "The ratio counts the dimensions that 'moved' or 'all'."})
     mask: str = field(default="random", metadata={"help": "'random' (seeded) or 'magnitude' (keep the largest |delta|)."})
     scope: str = field(default="global", metadata={"help": "'global' or 'per_tensor' ranking (magnitude mask)."})
     head: str = field(default="keep", metadata={"help": "Head treatment: 'keep', 'reinit' or 'purify'."})
@@ -67,6 +73,7 @@ class FineMixing(Purifier):
     def __post_init__(self) -> None:
         self.ratio = check_ratio(self.ratio)
         check_choice(self.mask, "mask", MASKS)
+        check_choice(self.ratio_of, "ratio_of", RATIO_BASES)
         check_choice(self.scope, "scope", SCOPES)
         check_choice(self.head, "head", HEAD_MODES)
         self.head_names = tuple(self.head_names)
@@ -75,14 +82,20 @@ class FineMixing(Purifier):
         t0 = time.perf_counter()
         names = plan.body + (plan.head if self.head == "purify" else [])
         names = [n for n in names if n in plan.body or plan.reference_value(n) is not None]
+        moved = moved_masks(plan, names)
+        dims_moved = sum(int(m.sum()) for m in moved.values())
+        eligible = moved if self.ratio_of == "moved" else None
         if self.mask == "random":
             gen = torch.Generator().manual_seed(self.seed)
             masks = {n: torch.rand(plan.suspect_params[n].shape, generator=gen) < self.ratio for n in names}
+            if eligible is not None:
+                masks = {n: m & eligible[n].to(m.device) for n, m in masks.items()}
         else:
             # Reset the dimensions that moved least: rank by -|delta| (largest = smallest move).
             scores = {n: plan.delta(n).abs_().neg_() for n in names}
-            masks = select_top(scores, self.ratio, self.scope)
+            masks = select_top(scores, self.ratio, self.scope, eligible)
             del scores
+        del moved, eligible
         t1 = time.perf_counter()
         model, counts = apply_masks(plan, masks, self.head)
         total = sum(plan.suspect_params[n].numel() for n in names)
@@ -92,6 +105,8 @@ class FineMixing(Purifier):
             "dims_reset": counts,
             "dims_reset_total": sum(counts.values()),
             "dims_total": total,
+            "dims_moved": dims_moved,
+            "ratio_of": self.ratio_of,
             "tokens_reset": [],
             "head": head_report(plan, self.head),
             "timings": {"score_s": round(t1 - t0, 4), "apply_s": round(time.perf_counter() - t1, 4)},

@@ -5,9 +5,25 @@ Models Caused by Backdoor or Bias" (Findings of ACL 2023): ``r_i = δ_i² / (H_i
 ``δ = θ_B − θ₀`` and ``H`` the diagonal of the clean-loss Hessian; the ``ratio`` fraction with the largest
 ``r_i`` is reset to ``θ₀``, then the model is fine-tuned on the clean set.
 
+Choices this implementation makes, each an option:
+
+* The ratio counts the dimensions that moved (``ratio_of="moved"``); ``"all"`` counts every ranked dimension.
+* The word embeddings are not ranked (``embeddings="exclude"``): a row of a token absent from the clean set
+  has ``H = 0`` and, if it moved, a score of ``δ²/ε`` that puts it ahead of everything else, so ranking the
+  embeddings spends the budget on rows the clean set says nothing about. E-PUR ranks those rows by their
+  frequency instead; ``compose(EmbeddingPurification(...), FinePurifying(...))`` does both. Any other
+  dimension the clean set never exercises (``H = 0``) is ranked that way on purpose: it moved, and the clean
+  loss does not need it.
+* ``H`` is the per-example empirical Fisher (``estimator="example"``), the mean of squared per-example
+  gradients that the diffusion argument is about; ``"batch"`` squares batch means (faster, but adds the squared
+  mean gradient, which dominates when the suspect fits the clean set poorly).
+* ``alpha`` generalises the score to ``δ² / (H + ε)^α``: the paper's rule is ``α = 1``; a smaller ``α`` leans
+  on the drift. It exists for suspects trained with Adam, which moves every weight by about one learning rate
+  per step whatever its curvature, so that ``δ²`` alone carries little signal and ``1/H`` decides the ranking.
+
 Example:
     >>> from hf_backdoor_defense.purification import FinePurifying
-    >>> purifier = FinePurifying(ratio=0.3, scope="global", estimator="batch", batch_size=8)
+    >>> purifier = FinePurifying(ratio=0.3, scope="global", estimator="example", batch_size=8)
     >>> # result = purifier.purify(suspect, pretrained, clean_dataset, tokenizer=tokenizer)
 """
 
@@ -21,6 +37,7 @@ import torch
 
 from .base import (
     HEAD_MODES,
+    RATIO_BASES,
     SCOPES,
     ParameterPlan,
     Purifier,
@@ -28,6 +45,7 @@ from .base import (
     check_choice,
     check_ratio,
     head_report,
+    input_embedding_names,
     select_top,
 )
 from .hessian import check_clean_dataset, empirical_fisher
@@ -35,6 +53,7 @@ from .hessian import check_clean_dataset, empirical_fisher
 __all__ = ["FinePurifying"]
 
 ESTIMATORS = ("batch", "example")
+EMBEDDING_MODES = ("exclude", "include")
 
 
 @dataclass
@@ -43,9 +62,13 @@ class FinePurifying(Purifier):
 
     Args:
         ratio: Fraction of the ranked dimensions reset to the reference (largest ``r_i`` first), in [0, 1].
+        ratio_of: ``"moved"`` (the ratio counts the ranked dimensions with ``δ ≠ 0``) or ``"all"``.
+        embeddings: ``"exclude"`` (the input embeddings are not ranked; see the module docstring) or
+            ``"include"``.
+        alpha: Exponent of the curvature in ``δ² / (H + ε)^α`` (1: the paper; 0: drift alone).
         scope: ``"global"`` ranks all tensors together; ``"per_tensor"`` resets ``ratio`` of each tensor.
-        estimator: ``"batch"`` squares the mean gradient of each batch; ``"example"`` squares each
-            example's gradient (one backward per example: slower, the textbook empirical Fisher).
+        estimator: ``"example"`` squares each example's gradient (one backward per example, the empirical
+            Fisher of the theory); ``"batch"`` squares the mean gradient of each batch (faster).
         epsilon: Added to ``H_ii``, in units of the mean of ``H`` over the ranked dimensions (scale-free;
             ``ε_abs = epsilon · mean(H)``).
         batch_size: Examples per batch of the Hessian estimate.
@@ -58,8 +81,11 @@ class FinePurifying(Purifier):
     """
 
     ratio: float = field(default=0.5, metadata={"help": "Fraction of dimensions with the largest r_i reset to the pre-trained value."})
+    ratio_of: str = field(default="moved", metadata={"help": "The ratio counts the dimensions that 'moved' or 'all'."})
+    embeddings: str = field(default="exclude", metadata={"help": "'exclude' or 'include' the input embeddings."})
+    alpha: float = field(default=1.0, metadata={"help": "Exponent of H + eps in the score (1: the paper)."})
     scope: str = field(default="global", metadata={"help": "'global' or 'per_tensor' ranking."})
-    estimator: str = field(default="batch", metadata={"help": "Empirical Fisher from per-'batch' or per-'example' gradients."})
+    estimator: str = field(default="example", metadata={"help": "Empirical Fisher from per-'example' or per-'batch' gradients."})
     epsilon: float = field(default=1e-3, metadata={"help": "Damping added to H_ii, relative to mean(H)."})
     batch_size: int = field(default=8, metadata={"help": "Batch size of the Hessian estimate."})
     max_batches: int | None = field(default=None, metadata={"help": "At most this many batches (None: all)."})
@@ -75,6 +101,10 @@ class FinePurifying(Purifier):
         self.ratio = check_ratio(self.ratio)
         check_choice(self.scope, "scope", SCOPES)
         check_choice(self.estimator, "estimator", ESTIMATORS)
+        check_choice(self.ratio_of, "ratio_of", RATIO_BASES)
+        check_choice(self.embeddings, "embeddings", EMBEDDING_MODES)
+        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
+            raise ValueError(f"`alpha` must be a number >= 0 (1 is the paper's score), got {self.alpha!r}.")
         check_choice(self.head, "head", HEAD_MODES)
         if not self.epsilon >= 0:
             raise ValueError(f"`epsilon` must be >= 0, got {self.epsilon}.")
@@ -87,6 +117,8 @@ class FinePurifying(Purifier):
     def _purify(self, plan: ParameterPlan, clean_dataset: Any, tokenizer: Any) -> tuple[torch.nn.Module, dict]:
         check_clean_dataset(clean_dataset)
         names = plan.body + [n for n in plan.head if self.head == "purify" and plan.reference_value(n) is not None]
+        excluded = input_embedding_names(plan) if self.embeddings == "exclude" else []
+        names = [n for n in names if n not in excluded]
         t0 = time.perf_counter()
         scores = empirical_fisher(
             plan._owner, names, clean_dataset, tokenizer,  # type: ignore[attr-defined]
@@ -98,13 +130,19 @@ class FinePurifying(Purifier):
         mean_h = sum(float(s.sum(dtype=torch.float64)) for s in scores.values()) / max(total, 1)
         eps = self.epsilon * mean_h if mean_h > 0 else max(self.epsilon, 1e-30)
         hessian_bytes = sum(s.numel() * s.element_size() for s in scores.values())
+        moved = {}
         for n, buf in scores.items():  # in place: the Hessian buffer becomes the score buffer
-            delta_sq = plan.delta(n).pow_(2)
+            delta_sq = plan.delta(n)
+            moved[n] = delta_sq != 0
+            delta_sq.pow_(2)
             buf.add_(eps)
+            if self.alpha != 1:
+                buf.pow_(self.alpha)
             torch.div(delta_sq, buf, out=buf)
             del delta_sq
-        masks = select_top(scores, self.ratio, self.scope)
-        del scores
+        dims_moved = sum(int(m.sum()) for m in moved.values())
+        masks = select_top(scores, self.ratio, self.scope, moved if self.ratio_of == "moved" else None)
+        del scores, moved
         t2 = time.perf_counter()
         model, counts = apply_masks(plan, masks, self.head)
         param_bytes = sum(plan.suspect_params[n].numel() * plan.suspect_params[n].element_size() for n in names)
@@ -114,6 +152,9 @@ class FinePurifying(Purifier):
             "dims_reset": counts,
             "dims_reset_total": sum(counts.values()),
             "dims_total": total,
+            "dims_moved": dims_moved,
+            "ratio_of": self.ratio_of,
+            "excluded": excluded,
             "tokens_reset": [],
             "head": head_report(plan, self.head),
             "hessian": {"mean": mean_h, "epsilon_abs": eps, "buffer_bytes": hessian_bytes, "ranked_param_bytes": param_bytes},

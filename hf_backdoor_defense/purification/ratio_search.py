@@ -25,7 +25,10 @@ from torch import nn
 from .base import PurificationResult, Purifier, check_ratio
 from .hessian import check_clean_dataset
 
-__all__ = ["RatioSearchResult", "dev_accuracy", "ratio_search"]
+__all__ = ["DEFAULT_RATIOS", "RatioSearchResult", "dev_accuracy", "ratio_search"]
+
+DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
+"""The ratios tried when none are given."""
 
 
 @dataclass
@@ -64,7 +67,7 @@ def ratio_search(
     clean_train: Any,
     dev: Any,
     budget: float,
-    ratios: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    ratios: Sequence[float] = DEFAULT_RATIOS,
     *,
     tokenizer: Any,
     finetune: Any = None,

@@ -38,10 +38,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ..quantization import keep_4bit_trainable
 
 __all__ = [
+    "FEATURE_ALIGNMENTS",
     "W2S_PRESETS",
     "W2SDataCollator",
     "W2SDefenseTrainer",
     "W2SDefenseTrainingArguments",
+    "authors_arguments",
     "last_token_pool",
     "w2s_loss",
 ]
@@ -53,6 +55,7 @@ W2S_PRESETS: dict[str, tuple[float, float, float]] = {
     "syntactic": (1.0, 0.035, 0.002),
 }
 FEATURE_DISTANCES = ("squared_l2", "cosine")
+FEATURE_ALIGNMENTS = ("per_example", "authors")
 TEACHER_PREFIX = "teacher_"
 
 
@@ -80,6 +83,17 @@ class W2SDefenseTrainingArguments(TrainingArguments):
             ``"cosine"`` (``1 - cos(phi_t, phi_s)``, in [0, 2]) is this library's opt-in variant: it ignores the
             two features' scales, which differ by an order of magnitude when the student's final norm fixes
             ``||phi_s||`` (as in SmolLM2 / Llama). Weights tuned for one distance do not carry over.
+        feature_alignment (`str`, defaults to `"per_example"`):
+            Which student features meet which teacher features. ``"per_example"`` (the paper's description):
+            each example's pooled student feature against its own teacher feature. ``"authors"`` (what the
+            authors' code computes, opt-in): every student token of the batch, padding included, against the
+            teacher feature of the batch's last example, averaged over batch x length: a pull of all tokens
+            towards one point, with ``"squared_l2"`` only.
+        gradient_shares (`bool`, defaults to `False`):
+            At every logging step, measure how much of the update each weighted term makes: the norms of the
+            gradients of ``a*CE``, ``b*KL`` and ``c*feature`` with respect to the trainable parameters, logged as
+            shares ``grad_share_ce`` / ``grad_share_kd`` / ``grad_share_feature`` (sum 1). Three extra backward
+            passes per logging step; not under multi-process training.
 
     Parameters that control the data:
 
@@ -116,6 +130,14 @@ class W2SDefenseTrainingArguments(TrainingArguments):
             "choices": list(FEATURE_DISTANCES),
         },
     )
+    feature_alignment: str = field(
+        default="per_example",
+        metadata={"help": "'per_example' (the paper) or 'authors' (every student token vs the batch's last teacher "
+                          "feature, as the authors' code does).", "choices": list(FEATURE_ALIGNMENTS)},
+    )
+    gradient_shares: bool = field(
+        default=False, metadata={"help": "Log each loss term's share of the gradient norm at every logging step."}
+    )
     text_column: str = field(default="text", metadata={"help": "Dataset column with the raw text."})
     label_column: str = field(default="label", metadata={"help": "Dataset column with the integer labels."})
     max_length: int = field(default=128, metadata={"help": "Student tokenizer truncation length."})
@@ -151,6 +173,13 @@ class W2SDefenseTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"`feature_distance` must be one of {list(FEATURE_DISTANCES)}, got {self.feature_distance!r}."
             )
+        if self.feature_alignment not in FEATURE_ALIGNMENTS:
+            raise ValueError(
+                f"`feature_alignment` must be one of {list(FEATURE_ALIGNMENTS)}, got {self.feature_alignment!r}."
+            )
+        if self.feature_alignment == "authors" and self.feature_distance != "squared_l2":
+            raise ValueError("feature_alignment='authors' compares squared distances as the authors' code does: "
+                             "use feature_distance='squared_l2'.")
         if self.max_length < 1 or self.teacher_max_length < 1:
             raise ValueError("`max_length` and `teacher_max_length` must be >= 1.")
         super().__post_init__()
@@ -415,15 +444,19 @@ class W2SDefenseTrainer(Trainer):
                 return head.register_forward_pre_hook(hook, with_kwargs=True)
         return None  # fall back to output_hidden_states
 
-    def _student_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]):
+    def _student_forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], tokens: bool = False):
+        """Logits and the student feature: pooled per example, or with ``tokens=True`` the last hidden layer at
+        every position (``[B, L, H]``, after the final norm)."""
         self._feature_cache.clear()
-        use_hidden_states = self._feature_hook is None
+        use_hidden_states = self._feature_hook is None or tokens
         outputs = model(
             input_ids=inputs["input_ids"],
             attention_mask=inputs.get("attention_mask"),
             output_hidden_states=use_hidden_states,
         )
         hidden = outputs.hidden_states[-1] if use_hidden_states else self._feature_cache.pop("hidden")
+        if tokens:
+            return outputs.logits, hidden
         if hidden.dim() == 2:  # a head fed an already pooled vector
             return outputs.logits, hidden
         return outputs.logits, last_token_pool(hidden, inputs.get("attention_mask"))
@@ -445,21 +478,30 @@ class W2SDefenseTrainer(Trainer):
             k[len(TEACHER_PREFIX) :]: v for k, v in inputs.items() if k.startswith(TEACHER_PREFIX)
         }
         labels = inputs["labels"]
-        student_logits, student_features = self._student_forward(model, inputs)
+        authors = args.feature_alignment == "authors"
+        student_logits, student_features = self._student_forward(model, inputs, tokens=authors)
         with torch.no_grad():
             teacher_out = self.teacher(**teacher_inputs)
+        teacher_features = teacher_out.features.to(student_features.device)
+        if authors:  # every token of every example against the batch's last teacher feature
+            token_features = student_features
+            student_features = teacher_features[-1:].expand(len(labels), -1)  # the KL/CE terms ignore it
         terms = w2s_loss(
             student_logits,
             teacher_out.logits,
             student_features,
-            teacher_out.features.to(student_features.device),
+            teacher_features,
             labels,
             temperature=args.temperature,
             feature_distance=args.feature_distance,
         )
-        per_example = (
-            args.alpha_ce * terms["ce"] + args.beta_kd * terms["kd"] + args.gamma_feature * terms["feature"]
-        )
+        if authors:
+            terms["feature"] = (token_features.float() - teacher_features[-1].float()).pow(2).sum(-1).mean(-1)
+        weighted = {"ce": args.alpha_ce * terms["ce"], "kd": args.beta_kd * terms["kd"],
+                    "feature": args.gamma_feature * terms["feature"]}
+        per_example = weighted["ce"] + weighted["kd"] + weighted["feature"]
+        if args.gradient_shares and model.training and self._measure_shares_now():
+            self._log_gradient_shares(model, weighted)
         if num_items_in_batch is not None and model.training:
             loss = per_example.sum() / num_items_in_batch
             if args.average_tokens_across_devices and args.world_size > 1:
@@ -479,6 +521,34 @@ class W2SDefenseTrainer(Trainer):
             return loss, SequenceClassifierOutput(loss=loss.detach(), logits=student_logits)
         return loss
 
+    def _measure_shares_now(self) -> bool:
+        """At logging steps only, once per optimizer step, never under multi-process training."""
+        if self.args.world_size > 1:
+            if not getattr(self, "_warned_shares", False):
+                warnings.warn("gradient_shares is skipped under multi-process training.", stacklevel=3)
+                self._warned_shares = True
+            return False
+        step = self.state.global_step
+        every = self.args.logging_steps
+        steps = int(every) if every >= 1 else max(1, round(self.state.max_steps * every))
+        if step % steps != 0 or getattr(self, "_shares_step", None) == step:
+            return False
+        self._shares_step = step
+        return True
+
+    def _log_gradient_shares(self, model: nn.Module, weighted: dict[str, torch.Tensor]) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in weighted.items():
+            if not term.requires_grad:
+                norms[name] = 0.0
+                continue
+            grads = torch.autograd.grad(term.mean(), params, retain_graph=True, allow_unused=True)
+            norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        total = sum(norms.values()) or 1.0
+        for name, value in norms.items():
+            self._metrics["train"][f"grad_share_{name}"].append(value / total)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if "loss" in logs else "eval"
         metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
@@ -487,3 +557,25 @@ class W2SDefenseTrainer(Trainer):
         logs.update(metrics)  # in place: `evaluate()` returns this same dict
         self._metrics[mode].clear()
         super().log(logs, start_time)
+
+
+def authors_arguments(output_dir: str, **overrides: Any) -> W2SDefenseTrainingArguments:
+    """The schedule of the authors' code as :class:`W2SDefenseTrainingArguments`: batch 32, 5 epochs, lr 2e-4,
+    AdamW with weight decay 0.01, no gradient clipping, a linear schedule without warmup, the word preset's
+    weights (5, 0.001, 0.001) at temperature 2, and the best dev epoch kept (evaluated and saved every epoch;
+    pass an ``eval_dataset`` and ``compute_metrics`` returning ``accuracy``). ``overrides`` replace any of them.
+
+    Their LoRA is ``r = lora_alpha = 512`` with dropout 0.1 on the student's attention and score head; on small
+    students an r of 64-192 with ``lora_alpha = r`` keeps the same scale.
+
+    Example:
+        >>> args = authors_arguments("out", per_device_train_batch_size=16)   # doctest: +SKIP
+    """
+    settings: dict[str, Any] = dict(
+        output_dir=output_dir, per_device_train_batch_size=32, num_train_epochs=5, learning_rate=2e-4,
+        weight_decay=0.01, max_grad_norm=0.0, lr_scheduler_type="linear", warmup_steps=0, preset="word",
+        temperature=2.0, eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+        metric_for_best_model="accuracy", greater_is_better=True, save_total_limit=1, report_to="none",
+    )
+    settings.update(overrides)
+    return W2SDefenseTrainingArguments(**settings)
