@@ -41,6 +41,7 @@ __all__ = [
     "ATTACKS",
     "BASELINES",
     "DATA_FILTERS",
+    "OUR_DEFENSES",
     "CLEAN_FLOOR",
     "CLEAN_LORA",
     "DEFENSES",
@@ -110,6 +111,8 @@ BASELINES = ("onion", "strip", "rap")
 """The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
 DATA_FILTERS = ("bki", "cube")
 """The field's training-data filters: the backdoored ``none`` model finds the poison, the model is retrained."""
+OUR_DEFENSES = tuple(d for d in DEFENSES if d not in BASELINES + DATA_FILTERS)
+"""The defenses this library implements (and ``none``): a grid's default; the baselines are added by name."""
 
 CLEAN_FLOOR = "clean_floor"
 """Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
@@ -396,7 +399,7 @@ class MatrixGrid:
                                 metadata={"help": "Datasets (built-in names, 'a->b' pairs or local paths)."})
     threats: list[str] = field(default_factory=lambda: ["badnets-dirty", "badnets4-clean", "addsent-dirty",
                                                         "addsent-mixed"], metadata={"help": "Threat models."})
-    defenses: list[str] = field(default_factory=lambda: list(DEFENSES), metadata={"help": "Defenses."})
+    defenses: list[str] = field(default_factory=lambda: list(OUR_DEFENSES), metadata={"help": "Defenses."})
     floors: list[str] = field(default_factory=lambda: [CLEAN_FLOOR], metadata={"help": "Floor cells."})
     threats_by_dataset: dict[str, list[str]] = field(default_factory=dict, metadata={
         "help": "Datasets with their own threat list, {dataset: [threat, ...]}."})
@@ -518,8 +521,9 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # planted at >= 90 % ASR before any defense.
     "v2": (
         {"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
-         # SpamAssassin drops BadNets x4 clean-label: 49.1 % ASR undefended on validation (the `budget` study),
-         # so no defense could be judged there.
+         # SpamAssassin drops BadNets x4 clean-label: 43.5 % ASR undefended on validation (the `budget` study),
+         # so no defense could be judged there. The baselines (``--defenses``) are not in this grid yet: STRIP,
+         # RAP and CUBE would add about 1.4 h, BKI 3 h, and ONION ran over 20 min on one cell.
          "threats_by_dataset": {"spamassassin": ["badnets-dirty", "addsent-dirty", "addsent-mixed"],
                                 "spamassassin@1->spamassassin@2": ["badnets-dirty"]},
          "floors": [CLEAN_FLOOR, CLEAN_LORA]},
