@@ -203,9 +203,10 @@ def scan_model(model: Any, tokenizer: Any, clean: Any, *, reference: Any = None,
     ids = _encode(tokenizer, texts, c.max_length)
     was_training = model.training
     model.eval()
-    flags = {p.data_ptr(): p.requires_grad for p in model.parameters()}
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
     try:
-        for p in model.parameters():
+        for p in params:
             p.requires_grad_(False)
         sources: dict[tuple[int, int], set[str]] = {}
         rank: dict[tuple[int, int], int] = {}  # the best place a source gave the candidate (ties among flip rates)
@@ -233,8 +234,8 @@ def scan_model(model: Any, tokenizer: Any, clean: Any, *, reference: Any = None,
                          "flip_rate": float((flipped == label).mean()), "n_tested": len(others),
                          "sources": sorted(found_by), "rank": rank[(token, label)]})
     finally:
-        for p in model.parameters():
-            p.requires_grad_(flags.get(p.data_ptr(), p.requires_grad))
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
         model.train(was_training)
     # Highest flip rate first; among equal rates, found by more sources, then placed higher by one.
     rows.sort(key=lambda r: (-r["flip_rate"], -len(r["sources"]), r["rank"]))

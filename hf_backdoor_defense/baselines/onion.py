@@ -86,8 +86,8 @@ class ONION:
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=self.config.trust_remote_code)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self._prefix = [i for i in (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
-                                    else tokenizer.eos_token_id,) if i is not None]
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self._prefix = [] if start is None else [start]
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self._prefix or [0])[0]
 
     def perplexities(self, texts: list[str]) -> np.ndarray:

@@ -152,7 +152,7 @@ class RAP:
                     with torch.no_grad():
                         vector -= c.learning_rate * grad
                         vector *= self.norm / vector.norm().clamp(min=1e-12)
-                    losses.append(float(loss) * len(batch))
+                    losses.append(loss.item() * len(batch))
                     inside += int(((change <= -c.lower) & (change >= -c.upper)).sum())
                 self.history.append({"epoch": epoch + 1, "loss": sum(losses) / len(texts),
                                      "share_in_range": inside / len(texts)})

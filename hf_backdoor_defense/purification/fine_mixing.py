@@ -82,20 +82,20 @@ class FineMixing(Purifier):
         t0 = time.perf_counter()
         names = plan.body + (plan.head if self.head == "purify" else [])
         names = [n for n in names if n in plan.body or plan.reference_value(n) is not None]
-        moved = moved_masks(plan, names)
-        dims_moved = sum(int(m.sum()) for m in moved.values())
-        eligible = moved if self.ratio_of == "moved" else None
         if self.mask == "random":
+            moved = moved_masks(plan, names)
             gen = torch.Generator().manual_seed(self.seed)
             masks = {n: torch.rand(plan.suspect_params[n].shape, generator=gen) < self.ratio for n in names}
-            if eligible is not None:
-                masks = {n: m & eligible[n].to(m.device) for n, m in masks.items()}
+            if self.ratio_of == "moved":
+                masks = {n: m & moved[n].to(m.device) for n, m in masks.items()}
         else:
             # Reset the dimensions that moved least: rank by -|delta| (largest = smallest move).
             scores = {n: plan.delta(n).abs_().neg_() for n in names}
-            masks = select_top(scores, self.ratio, self.scope, eligible)
+            moved = {n: s != 0 for n, s in scores.items()}  # the same pass gives what moved
+            masks = select_top(scores, self.ratio, self.scope, moved if self.ratio_of == "moved" else None)
             del scores
-        del moved, eligible
+        dims_moved = sum(int(m.sum()) for m in moved.values())
+        del moved
         t1 = time.perf_counter()
         model, counts = apply_masks(plan, masks, self.head)
         total = sum(plan.suspect_params[n].numel() for n in names)

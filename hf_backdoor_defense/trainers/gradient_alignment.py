@@ -114,11 +114,12 @@ def align_gradient(
     gc_norm_sq = torch.dot(gc, gc)
     gc_norm = gc_norm_sq.sqrt()
     dot = torch.dot(g, gc)
-    denom = (g.norm() * gc_norm).item()
+    gc_norm_value = gc_norm.item()  # one read per tensor: this runs for every trainable tensor at every step
+    denom = g.norm().item() * gc_norm_value
     cosine = dot.item() / denom if denom > 0 else 0.0
 
-    alive = gc_norm.item() > eps if gate_open is None else bool(gate_open)
-    if alive and gc_norm_sq.item() > 0:
+    alive = gc_norm_value > eps if gate_open is None else bool(gate_open)
+    if alive and gc_norm_value > 0:
         projected = (dot.abs() / gc_norm_sq) * gc
     else:
         projected = torch.zeros_like(gc)

@@ -150,8 +150,9 @@ class MuScleLoRAConfig(PeftConfig):
             For `task_type="SEQ_CLS"` / `"TOKEN_CLS"`, whether the task head PEFT adds to `modules_to_save`
             (`classifier` / `score`) is trained. `False` (the authors' setting, the default): the head stays
             frozen at its random initialisation, so every change of the logits passes through the adapter;
-            PEFT still saves it with the adapter (a reload gives the same logits) and a merged model keeps it. `True`: PEFT's behaviour, the head is trained and saved fully. A frozen head is part
-            of the base model: load at most one such adapter per base model.
+            PEFT still saves it with the adapter (a reload gives the same logits) and a merged model keeps it.
+            `True`: PEFT's behaviour, the head is trained and saved fully. A frozen head is part of the base
+            model: load at most one such adapter per base model.
         fan_in_fan_out (`bool`):
             Set to True if the target stores its weight as (in, out), like GPT-2's `Conv1D`
             (detected and set automatically for `Conv1D`).
