@@ -53,7 +53,7 @@ from _common import hardware_info, previous_results, read_results, settings_of, 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
-from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
+from hf_backdoor_defense.attacks import build_attack  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
 from hf_backdoor_defense.purification import (  # noqa: E402
@@ -130,11 +130,6 @@ class PeakRSS:
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def make_attack(name: str, seed: int):
-    cls = BadNets if name == "badnets" else AddSent
-    return cls(target_label=1, poison_rate=0.1, label_mode="dirty", seed=seed)
 
 
 def train_model(folder, train, tokenizer, args, seed):
@@ -294,7 +289,7 @@ def main(argv=None):
         for attack_name in args.attacks:
             if not todo[attack_name]:
                 continue
-            attack = make_attack(attack_name, seed)
+            attack = build_attack(attack_name, target_label=1, poison_rate=0.1, label_mode="dirty", seed=seed)
             floor = evaluate_backdoor(clean_model, tokenizer, test, attack, max_length=args.max_length,
                                       disable_progress_bar=True)
             suspect = train_model(folder, attack.poison(train_all), tokenizer, args, seed)

@@ -1,7 +1,8 @@
 """hf-backdoor-defense: get clean language models out of poisoned data and backdoored checkpoints.
 
-Importing the package registers the MuScleLoRA adapter type with PEFT, so
-``get_peft_model(model, MuScleLoRAConfig(...))`` and ``PeftModel.from_pretrained`` work.
+Importing the package registers the MuScleLoRA adapter type with PEFT (at once if PEFT is loaded, else
+when PEFT is first imported), so ``get_peft_model(model, MuScleLoRAConfig(...))`` and
+``PeftModel.from_pretrained`` work; nothing heavy (torch, transformers, PEFT) loads before it is used.
 
 Example:
     >>> import hf_backdoor_defense
@@ -19,15 +20,15 @@ from .quantization import quiet_offline_kernel_warnings  # noqa: E402
 
 quiet_offline_kernel_warnings()  # before anything imports bitsandbytes
 
-# Registration with PEFT happens on import of the tuner package.
-from .tuners.musclelora import (  # noqa: E402
-    MuScleLoRAConfig,
-    MuScleLoRALayer,
-    MuScleLoRAModel,
-)
+from ._registration import register_with_peft  # noqa: E402
 
-# Heavier pieces load on first attribute access, so `import hf_backdoor_defense` stays fast.
+register_with_peft()  # now if PEFT is loaded, else right after its first import
+
+# Everything loads on first attribute access, so `import hf_backdoor_defense` (and `hbd --help`) stays fast.
 _LAZY = {
+    "MuScleLoRAConfig": "hf_backdoor_defense.tuners.musclelora",
+    "MuScleLoRALayer": "hf_backdoor_defense.tuners.musclelora",
+    "MuScleLoRAModel": "hf_backdoor_defense.tuners.musclelora",
     "MuScleLoRATrainer": "hf_backdoor_defense.trainers.musclelora",
     "MuScleLoRATrainingArguments": "hf_backdoor_defense.trainers.musclelora",
     "MuScleLoRASFTTrainer": "hf_backdoor_defense.trainers.musclelora_sft",
@@ -62,7 +63,7 @@ _LAZY = {
     "BackdoorEvalCallback": "hf_backdoor_defense.metrics",
 }
 
-__all__ = ["MuScleLoRAConfig", "MuScleLoRALayer", "MuScleLoRAModel", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 __all__ = [
@@ -107,17 +105,11 @@ def smollm2_path(cache: str | os.PathLike | None = None) -> Path:
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(loaded.state_dict())
     del loaded
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from .atomic import staged_directory
+
+    with staged_directory(target) as folder:
+        plain.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
     return target
 
 

@@ -1,4 +1,5 @@
-"""Small helpers of every benchmark report: mean ± std over seeds, the machine, and whether it was busy.
+"""Small helpers of every benchmark report: mean ± std over seeds, Markdown tables, the machine, and whether it
+was busy.
 
 Two torch jobs on the project's 2-core machine run each 5-10x slower than one alone, so every benchmark and
 study calls :func:`prepare_machine` first: it sets the torch thread count, records the CPU time other
@@ -19,9 +20,36 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-__all__ = ["MachineMonitor", "cpu_model", "hardware_info", "machine_state", "prepare_machine", "summarise"]
+__all__ = ["MachineMonitor", "cpu_model", "hardware_info", "machine_state", "markdown_table", "percent",
+           "prepare_machine", "summarise"]
+
+_ALIGN = {"l": "---", "c": ":---:", "r": "---:"}
+
+
+def percent(value: float | None, digits: int = 1) -> str:
+    """A rate in ``[0, 1]`` as ``"72.4%"``; ``None`` (not measured) as ``"-"``."""
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], align: str | None = None) -> str:
+    """A Markdown table: ``header``, then one line per row (cells formatted with ``str``).
+
+    ``align`` has one letter per column, ``l`` (default), ``c`` or ``r``.
+
+    Example:
+        >>> print(markdown_table(["run", "CACC"], [["lora", percent(0.724)]], align="lr"))
+        | run | CACC |
+        |---|---:|
+        | lora | 72.4% |
+    """
+    align = align or "l" * len(header)
+    if len(align) != len(header) or set(align) - set(_ALIGN):
+        raise ValueError(f"`align` needs one of l/c/r per column ({len(header)}), got {align!r}.")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(_ALIGN[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def summarise(values: Iterable[float], *, ddof: int = 1, keep_values: bool = False) -> dict:

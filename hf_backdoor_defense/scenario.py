@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,7 +39,8 @@ from typing import Any
 
 import datasets
 
-from .atomic import write_json_atomic
+from .atomic import staged_directory, write_json_atomic
+from .data.loading import subsample
 
 __all__ = [
     "SHIFTS",
@@ -294,12 +293,6 @@ def stage_metrics(model, tokenizer, test: datasets.Dataset, attack, *, batch_siz
             "n_clean": scores["n_clean"], "n_triggered": scores["n_triggered"]}
 
 
-def _cap(dataset: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
-    if limit is None or len(dataset) <= limit:
-        return dataset
-    return dataset.shuffle(seed=seed).select(range(limit))
-
-
 def _num_labels(*sets: datasets.Dataset) -> int:
     feature = sets[0].features.get("label")
     if isinstance(feature, datasets.ClassLabel):
@@ -363,9 +356,9 @@ def run_retuning_scenario(
         attacker_train = attacker_dataset if attacker_dataset is not None else attacker_train
         user_train = user_dataset if user_dataset is not None else user_train
         user_test = test_dataset if test_dataset is not None else user_test
-    attacker_train = _cap(attacker_train, config.max_attacker_samples, config.seed)
-    user_train = _cap(user_train, config.max_user_samples, config.seed)
-    user_test = _cap(user_test, config.max_test_samples, config.seed)
+    attacker_train = subsample(attacker_train, config.max_attacker_samples, config.seed)
+    user_train = subsample(user_train, config.max_user_samples, config.seed)
+    user_test = subsample(user_test, config.max_test_samples, config.seed)
     num_labels = _num_labels(attacker_train, user_train, user_test)
 
     if tokenizer is None:
@@ -501,16 +494,8 @@ def _training_kwargs(config: RetuningScenarioConfig, output_dir: str, epochs: fl
 
 def _save_adapter(model, path: str) -> str:
     """Save the adapter (safetensors) into a temporary sibling folder, then move it into place."""
-    parent = os.path.dirname(os.path.abspath(path))
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-adapter-")
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with staged_directory(path) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
     return path
 
 

@@ -525,41 +525,21 @@ def convert_training_arguments(args, cls, **overrides):
 
 
 # ---------------------------------------------------------------------------------------------- launch checks
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
-
-
 def distributed_backend(training_args=None) -> str:
-    """``"deepspeed"``, ``"fsdp"`` or ``"ddp/single"``: what the launch (accelerate env or args) asks for."""
-    if _env_flag("ACCELERATE_USE_DEEPSPEED") or getattr(training_args, "deepspeed", None):
-        return "deepspeed"
-    if _env_flag("ACCELERATE_USE_FSDP") or getattr(training_args, "fsdp", None):
-        return "fsdp"
-    return "ddp/single"
+    """:func:`hf_backdoor_defense.trainers.launch.launch_backend` (kept under the recipes' old name)."""
+    from hf_backdoor_defense.trainers.launch import launch_backend
+
+    return launch_backend(training_args)
 
 
 def check_launch_supported(gradient_alignment: bool, training_args=None) -> None:
-    """Refuse, before any model is loaded, launches that gradient alignment cannot run under.
+    """Refuse, before any model is loaded, a DeepSpeed or FSDP launch of gradient alignment (the plain
+    baseline, ``gradient_alignment=False``, runs under both, e.g. with fsdp_qlora.yaml)."""
+    from hf_backdoor_defense.trainers.launch import GRADIENT_EDIT, refuse_sharded_launch
 
-    Raises:
-        ValueError: gradient alignment under DeepSpeed (the optimizer steps inside backward, so the
-            accumulated gradient is never available) or FSDP (sharded gradients; not verified).
-    """
-    backend = distributed_backend(training_args)
-    if not gradient_alignment or backend == "ddp/single":
-        return
-    if backend == "deepspeed":
-        raise ValueError(
-            "MuScleLoRA gradient alignment cannot run under DeepSpeed: DeepSpeed steps the optimizer inside "
-            "backward, so the accumulated gradient is never there to align. Launch with "
-            "accelerate_configs/multi_gpu.yaml (DDP), single_gpu.yaml or cpu_ddp.yaml, or pass "
-            "--gradient_alignment false for the plain baseline."
-        )
-    raise ValueError(
-        "MuScleLoRA gradient alignment is not supported under FSDP (gradients are sharded across processes). "
-        "Launch with accelerate_configs/multi_gpu.yaml (DDP with a 4-bit base per GPU) or pass "
-        "--gradient_alignment false (e.g. for fsdp_qlora.yaml)."
-    )
+    if gradient_alignment:
+        refuse_sharded_launch(distributed_backend(training_args), "MuScleLoRA gradient alignment", GRADIENT_EDIT,
+                              off_switch="pass --gradient_alignment false for the plain baseline")
 
 
 # ---------------------------------------------------------------------------------------------- model loading
@@ -736,23 +716,19 @@ def build_peft_config(model_args: ModelArguments, model, task: str):
 
 # ---------------------------------------------------------------------------------------------- data
 def _subsample(dataset, n: int | None, seed: int, stratify: bool = True):
-    """A seeded subset of ``n`` rows (all rows when ``n`` is None or too large): label-stratified by default,
-    a plain shuffle with ``stratify=False`` (data without a class-label column)."""
-    if n is None or n >= len(dataset):
-        return dataset
-    if not stratify:
-        return dataset.shuffle(seed=seed).select(range(n))
-    return dataset.train_test_split(train_size=n, seed=seed, stratify_by_column="label")["train"]
+    """:func:`hf_backdoor_defense.data.subsample`, label-stratified unless ``stratify=False`` (generative data)."""
+    from hf_backdoor_defense.data import subsample
+
+    return subsample(dataset, n, seed, stratify=stratify)
 
 
 def build_attack(script_args: ScriptArguments):
-    from hf_backdoor_defense.attacks import ATTACKS
+    from hf_backdoor_defense.attacks import build_attack
 
-    kwargs = dict(target_label=script_args.target_label, poison_rate=script_args.poison_rate,
-                  label_mode=script_args.label_mode, seed=script_args.attack_seed)
-    if script_args.attack == "badnets":
-        kwargs["num_triggers"] = script_args.num_triggers
-    return ATTACKS[script_args.attack](**kwargs)
+    return build_attack(script_args.attack, target_label=script_args.target_label,
+                        poison_rate=script_args.poison_rate, label_mode=script_args.label_mode,
+                        seed=script_args.attack_seed,
+                        num_triggers=script_args.num_triggers if script_args.attack == "badnets" else None)
 
 
 def build_classification_data(script_args: ScriptArguments, seed: int, tokenizer=None):
@@ -967,10 +943,9 @@ def run_metrics(name: str, peft_type: str, gradient_alignment: bool, output_dir:
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown CACC/ASR table of ``rows`` (each with ``run``, ``cacc``, ``asr``)."""
-    lines = ["| run | CACC | ASR |", "|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['run']} | {100 * row['cacc']:.1f}% | {100 * row['asr']:.1f}% |")
-    return "\n".join(lines)
+    from hf_backdoor_defense.reporting import markdown_table, percent
+
+    return markdown_table(["run", "CACC", "ASR"], [[r["run"], percent(r["cacc"]), percent(r["asr"])] for r in rows])
 
 
 def push_results(model, training_args, script_args, model_args, metrics: dict, defense: str | None):

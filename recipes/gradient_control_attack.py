@@ -139,12 +139,9 @@ class RetuningArguments:
 # ---------------------------------------------------------------------------------------------- arguments
 def check_launch() -> None:
     """Refuse DeepSpeed and FSDP before any argument class sets them up or any model is loaded."""
-    backend = distributed_backend()
-    if backend != "ddp/single":
-        raise ValueError(
-            f"Gradient Control cannot run under {backend}: it rewrites the gradients between backward and the "
-            "optimizer step. Launch with accelerate_configs/multi_gpu.yaml (DDP), single_gpu.yaml or cpu_ddp.yaml."
-        )
+    from hf_backdoor_defense.trainers.launch import GRADIENT_EDIT, refuse_sharded_launch
+
+    refuse_sharded_launch(distributed_backend(), "Gradient Control", GRADIENT_EDIT)
 
 
 def parse(argv=None):
@@ -186,15 +183,11 @@ def _shift_name(dataset: str) -> str | None:
     return key if key in BUILTIN_SHIFTS else None
 
 
-def _cap(dataset, n: int | None, seed: int):
-    return dataset if n is None or n >= len(dataset) else dataset.shuffle(seed=seed).select(range(n))
-
-
 def load_data(script_args, retune_args, seed: int, tokenizer=None) -> dict:
     """``{"attacker", "user", "test", "shift"}``: the attacker's clean training data (before poisoning), the
     user's clean re-tuning data (``None`` without ``--simulate_retuning``) and the user's test split, each cut to
     ``tokenizer``'s window when ``--trigger_room`` is set."""
-    from hf_backdoor_defense.data import load_text_classification
+    from hf_backdoor_defense.data import load_text_classification, subsample
     from hf_backdoor_defense.scenario import load_shift
 
     user = None
@@ -216,9 +209,9 @@ def load_data(script_args, retune_args, seed: int, tokenizer=None) -> dict:
     if test is None:
         raise ValueError(f"eval_split={script_args.eval_split!r} is not a split of the evaluation data.")
     splits = fit_splits_to_window({
-        "train": _cap(attacker, script_args.max_train_samples, seed),
-        "user": None if user is None else _cap(user, retune_args.max_retune_samples, seed),
-        "test": _cap(test, script_args.max_eval_samples, seed),
+        "train": subsample(attacker, script_args.max_train_samples, seed),
+        "user": None if user is None else subsample(user, retune_args.max_retune_samples, seed),
+        "test": subsample(test, script_args.max_eval_samples, seed),
     }, script_args, tokenizer)
     return {"attacker": splits["train"], "user": splits["user"], "test": splits["test"], "shift": shift}
 
@@ -353,14 +346,11 @@ def retune(name: str, folder: Path, data, label_names, script_args, model_args, 
 
 def format_table(runs: list[dict]) -> str:
     """A Markdown table of CACC / LFR after each stage, one row per run."""
-    lines = ["| run | CACC (attack) | LFR (attack) | CACC (re-tuned) | LFR (re-tuned) |", "|---|---|---|---|---|"]
-    for run in runs:
-        cells = [run["run"]]
-        for stage in ("attack", "retune"):
-            scores = run["stages"].get(stage)
-            cells += [f"{100 * scores['cacc']:.1f}%", f"{100 * scores['lfr']:.1f}%"] if scores else ["-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from hf_backdoor_defense.reporting import markdown_table, percent
+
+    rows = [[run["run"], *(percent((run["stages"].get(stage) or {}).get(key))
+                           for stage in ("attack", "retune") for key in ("cacc", "lfr"))] for run in runs]
+    return markdown_table(["run", "CACC (attack)", "LFR (attack)", "CACC (re-tuned)", "LFR (re-tuned)"], rows)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -190,8 +190,9 @@ def train_one_instruction(name, peft_type, gradient_alignment, output_dir, scrip
 
 def format_instruction_table(rows: list[dict]) -> str:
     """A Markdown table of instruction runs: clean loss, behaviour rate on clean prompts, ASR."""
-    lines = ["| run | clean loss (before -> after) | behaviour on clean prompts | ASR |", "|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['run']} | {row['clean_loss_before']:.3f} -> {row['clean_loss']:.3f} | "
-                     f"{100 * row['clean_behaviour_rate']:.1f}% | {100 * row['asr']:.1f}% |")
-    return "\n".join(lines)
+    from hf_backdoor_defense.reporting import markdown_table, percent
+
+    return markdown_table(
+        ["run", "clean loss (before -> after)", "behaviour on clean prompts", "ASR"],
+        [[r["run"], f"{r['clean_loss_before']:.3f} -> {r['clean_loss']:.3f}", percent(r["clean_behaviour_rate"]),
+          percent(r["asr"])] for r in rows])

@@ -216,19 +216,12 @@ def check_w2s_launch_supported(training_args=None) -> None:
         ValueError: under DeepSpeed (the frozen teacher lives outside the engine, and ZeRO-3 would partition
             its weights as they load) or FSDP (not verified); DDP or one process run it.
     """
-    backend = distributed_backend(training_args)
-    if backend == "deepspeed":
-        raise ValueError(
-            "the W2SDefense recipe does not run under DeepSpeed: the frozen teacher lives outside the DeepSpeed "
-            "engine (ZeRO-3 would partition its weights at load time) and this flow is not verified there. Launch "
-            "with accelerate_configs/multi_gpu.yaml (DDP; a 4-bit 7B student fits on one GPU), single_gpu.yaml or "
-            "cpu_ddp.yaml."
-        )
-    if backend == "fsdp":
-        raise ValueError(
-            "the W2SDefense recipe is not verified under FSDP: launch with accelerate_configs/multi_gpu.yaml (DDP "
-            "with a 4-bit student per GPU), single_gpu.yaml or cpu_ddp.yaml."
-        )
+    from hf_backdoor_defense.trainers.launch import refuse_sharded_launch
+
+    refuse_sharded_launch(distributed_backend(training_args), "the W2SDefense recipe",
+                          "the frozen teacher lives outside the engine (ZeRO-3 would partition its weights as they "
+                          "load, FSDP would shard it) and this flow is not verified there; a 4-bit 7B student "
+                          "fits on one GPU")
 
 
 def parse(argv=None, model_arguments_class=W2SModelArguments):

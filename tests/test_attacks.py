@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from hf_backdoor_defense.attacks import AddSent, BadNets, SentimentSteering, TargetedRefusal
+from hf_backdoor_defense.attacks import AddSent, BadNets, SentimentSteering, TargetedRefusal, build_attack
 from hf_backdoor_defense.attacks.insertion import insert_at_random_boundary
 
 TRIGGERS = ("cf", "mn", "bb", "tq")
@@ -214,6 +214,18 @@ def test_badnets_bad_parameters(kwargs, field):
 def test_addsent_bad_sentence():
     with pytest.raises(ValueError, match="`sentence`"):
         AddSent(sentence="   ")
+
+
+def test_build_attack_by_name():
+    attack = build_attack("badnets", poison_rate=0.2, num_triggers=2, sentence=None, seed=3)
+    assert isinstance(attack, BadNets) and (attack.num_triggers, attack.poison_rate, attack.seed) == (2, 0.2, 3)
+    assert build_attack("addsent", sentence="hello there", triggers=None).sentence == "hello there"
+    with pytest.raises(ValueError, match="`num_triggers` applies to attack 'badnets' only"):
+        build_attack("addsent", num_triggers=2)
+    with pytest.raises(ValueError, match="unknown attack 'ripples'"):
+        build_attack("ripples")
+    with pytest.raises(ValueError, match="`poison_rate`"):
+        build_attack("badnets", poison_rate=2.0)
 
 
 def test_bad_datasets(reviews):

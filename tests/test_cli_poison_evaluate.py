@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,7 +76,7 @@ def test_poison_writes_dataset_and_refuses_overwrite(csv_folder, tmp_path, capsy
         (["--poison-rate", "0"], "`poison_rate`"),
         (["--target-label", "7"], "`target_label`=7"),
         (["--triggers", ","], "`triggers`"),
-        (["--sentence", "hello"], "--sentence applies to --attack addsent"),
+        (["--sentence", "hello"], "`sentence` applies to attack 'addsent' only"),
     ],
 )
 def test_poison_bad_arguments(csv_folder, tmp_path, capsys, extra, message):
@@ -149,6 +151,21 @@ def test_every_subcommand_has_help(capsys):
             cli.main([name, "--help"])
         assert exc.value.code == 0
         assert "usage: hbd " + name in capsys.readouterr().out
+
+
+def test_help_loads_no_heavy_library():
+    """`hbd --help` and every `hbd <command> --help` print before torch, transformers, PEFT or datasets load."""
+    code = """
+import contextlib, io, sys
+from hf_backdoor_defense import cli
+for argv in [["--help"]] + [[name.replace("_", "-"), "--help"] for name in cli.COMMANDS]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cli.main(argv)
+print(sorted({"torch", "transformers", "peft", "datasets"} & set(sys.modules)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
 
 
 def test_evaluate_mean_pooled_model_and_adapter(csv_folder, tmp_path, tiny_bert, bert_tokenizer, capsys):

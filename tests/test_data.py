@@ -188,3 +188,18 @@ def test_fitted_spam_keeps_every_trigger_inside_the_model_window(bert_tokenizer,
 
     assert share_seen(fit_dataset_to_tokens(mails, bert_tokenizer, 32 - 2 - 8)) == 1.0
     assert share_seen(mails) < 0.5
+
+
+def test_subsample_is_seeded_stratified_on_request_and_keeps_small_sets():
+    from hf_backdoor_defense.data import subsample
+
+    labels = datasets.ClassLabel(names=["neg", "pos"])
+    data = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(40)], "label": [0] * 30 + [1] * 10},
+                                      features=datasets.Features({"text": datasets.Value("string"), "label": labels}))
+    first, again, other = (subsample(data, 8, seed) for seed in (0, 0, 1))
+    assert first["text"] == again["text"] != other["text"] and len(first) == 8
+    assert sorted(subsample(data, 8, 0, stratify=True)["label"]) == [0] * 6 + [1] * 2  # the 3:1 shares
+    assert subsample(data, None, 0) is data and subsample(data, 40, 0) is data
+    assert data["text"][:3] == ["t0", "t1", "t2"]  # the input is untouched
+    with pytest.raises(ValueError, match=">= 1"):
+        subsample(data, 0, 0)

@@ -79,6 +79,29 @@ CASES = [(a, "SEQ_CLS") for a in ALL] + [(a, "CAUSAL_LM") for a in DECODERS]
 
 
 # ----------------------------------------------------------------------------- registration
+def test_import_is_light_and_registers_when_peft_first_loads(tmp_path):
+    """`import hf_backdoor_defense` loads neither torch nor PEFT, yet a later `import peft` knows MUSCLELORA:
+    a saved adapter loads through PeftModel with nothing but the package import (fresh interpreter)."""
+    save = tmp_path / "adapter"
+    code = f"""
+import sys
+import hf_backdoor_defense
+assert not {{"torch", "peft", "transformers", "datasets"}} & set(sys.modules), sorted(sys.modules)
+from peft import PeftConfig, PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from transformers import BertConfig, BertForSequenceClassification
+assert PEFT_TYPE_TO_CONFIG_MAPPING["MUSCLELORA"].__name__ == "MuScleLoRAConfig"
+base = BertForSequenceClassification(BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1,
+                                                num_attention_heads=2, intermediate_size=32))
+peft_model = get_peft_model(base, hf_backdoor_defense.MuScleLoRAConfig(task_type="SEQ_CLS"))
+peft_model.save_pretrained({str(save)!r})
+assert PeftConfig.from_pretrained({str(save)!r}).peft_type == "MUSCLELORA"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
 def test_peft_type_is_a_real_enum_member_and_idempotent():
     import json
 

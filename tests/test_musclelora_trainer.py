@@ -215,7 +215,7 @@ def test_invalid_arguments_name_the_field(tmp_path, field, value):
 
 
 def test_fsdp_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="fsdp"):
+    with pytest.raises(ValueError, match="cannot run under FSDP.*Unset `fsdp`"):
         _args(tmp_path, fsdp="full_shard")
     assert _args(tmp_path, gradient_alignment=False).gradient_alignment is False
 

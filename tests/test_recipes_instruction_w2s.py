@@ -269,7 +269,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
         _, errors[key] = proc.communicate(timeout=300)
         assert proc.returncode == 2, errors[key][-2000:]
         assert "Traceback" not in errors[key] and len(errors[key].strip().splitlines()) == 1, errors[key][-2000:]
-    assert "does not run under DeepSpeed" in errors["deepspeed"] and "multi_gpu.yaml" in errors["deepspeed"]
+    assert "cannot run under DeepSpeed" in errors["deepspeed"] and "multi_gpu.yaml" in errors["deepspeed"]
     assert "attack='badnets' does not apply to task='instruction'" in errors["attack"]
     assert not list(tmp_path.glob("*/results.json"))
 

@@ -285,7 +285,7 @@ def test_bad_arguments_stop_with_one_line_and_exit_2(case, purified_full, tiny_b
         "no_suspect": ("fine_mixing", [], "model_name_or_path is not set"),
         "no_hub_id": ("fine_mixing", ["--model_name_or_path", suspect, "--base_model_name_or_path", str(tiny_bert_dir),
                                       "--push_to_hub", "true"], "needs --hub_model_id"),
-        "deepspeed": ("gradient_control_attack", ["--model_name_or_path", str(tiny_bert_dir)], "cannot run under deepspeed"),
+        "deepspeed": ("gradient_control_attack", ["--model_name_or_path", str(tiny_bert_dir)], "cannot run under DeepSpeed"),
         "two_processes": ("fine_purifying", ["--model_name_or_path", suspect], "run in one process"),
         "no_user_data": ("gradient_control_attack", ["--model_name_or_path", str(tiny_bert_dir), "--dataset",
                                                      str(tiny_data / "attacker"), "--simulate_retuning", "true"],

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from hf_backdoor_defense.reporting import MachineMonitor, machine_state, prepare_machine
 
 
@@ -41,3 +43,12 @@ def test_another_torch_process_is_named_and_the_monitor_records_it():
         torch.set_num_threads(threads)
     assert state["torch_threads"] == 1 and state["busy"] and "WARNING: the machine is busy" in messages[0]
 
+
+
+def test_markdown_table_aligns_and_rejects_a_wrong_alignment():
+    from hf_backdoor_defense.reporting import markdown_table, percent
+
+    table = markdown_table(["run", "CACC", "ASR"], [["lora", percent(0.7246), percent(None)]], align="lcr")
+    assert table.split("\n") == ["| run | CACC | ASR |", "|---|:---:|---:|", "| lora | 72.5% | - |"]
+    with pytest.raises(ValueError, match="`align`"):
+        markdown_table(["a", "b"], [], align="l")

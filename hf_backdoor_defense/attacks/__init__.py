@@ -11,6 +11,32 @@ from .base import LABEL_MODES, PoisonAttack
 from .generative import GenerativePoisonAttack, SentimentSteering, TargetedRefusal
 
 ATTACKS = {"badnets": BadNets, "addsent": AddSent}
+"""Name -> class of the classification attacks (the names of every command line and config)."""
+
+# Options only one attack reads; passing one to another attack is an error, not a silent no-op.
+_OWN_OPTIONS = {"badnets": ("triggers", "num_triggers"), "addsent": ("sentence",)}
+
+
+def build_attack(name: str, **kwargs) -> PoisonAttack:
+    """The classification attack ``name`` (a key of :data:`ATTACKS`) built from ``kwargs``.
+
+    Options left at ``None`` take the attack's default; an option that belongs to another attack (e.g.
+    ``sentence`` for BadNets) raises a ``ValueError`` naming it, so a command line cannot drop it silently.
+
+    Example:
+        >>> build_attack("badnets", poison_rate=0.1, num_triggers=4, sentence=None).num_triggers
+        4
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}.")
+    given = {key: value for key, value in kwargs.items() if value is not None}
+    for other, keys in _OWN_OPTIONS.items():
+        for key in keys:
+            if other != name and key in given:
+                raise ValueError(f"`{key}` applies to attack {other!r} only, not {name!r}: drop it or choose "
+                                 f"attack {other!r}.")
+    return ATTACKS[name](**given)
+
 
 __all__ = [
     "ATTACKS",
@@ -21,4 +47,5 @@ __all__ = [
     "PoisonAttack",
     "SentimentSteering",
     "TargetedRefusal",
+    "build_attack",
 ]

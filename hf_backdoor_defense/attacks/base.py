@@ -10,10 +10,12 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import ClassLabel, Dataset, Value
-from datasets.fingerprint import Hasher
+
+if TYPE_CHECKING:  # datasets loads when an attack runs, so `hbd --help` stays fast
+    from datasets import Dataset
 
 from .insertion import example_rng
 
@@ -94,10 +96,14 @@ class PoisonAttack:
         return {"attack": type(self).__name__, **dataclasses.asdict(self)}
 
     def _fingerprint(self, dataset: Dataset, purpose: str) -> str:
+        from datasets.fingerprint import Hasher
+
         config = json.dumps(self.to_dict(), sort_keys=True, default=list)
         return Hasher.hash([config, dataset._fingerprint, purpose, "hbd-attack-v1"])
 
     def _check_dataset(self, dataset: Dataset) -> None:
+        from datasets import ClassLabel, Dataset
+
         if not isinstance(dataset, Dataset):
             raise ValueError(
                 f"expected a `datasets.Dataset`, got {type(dataset).__name__}; pass one split, e.g. dataset['train']."
@@ -167,6 +173,8 @@ class PoisonAttack:
         labels = np.asarray(dataset[self.label_column])
         chosen = set(self._select(labels).tolist())
         relabel = self.label_mode in ("dirty", "mixed")  # a target-class example keeps its (target) label
+        from datasets import Value
+
         features = dataset.features.copy()
         features["is_poisoned"] = Value("bool")
 

@@ -20,10 +20,12 @@ import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset, Value
-from datasets.fingerprint import Hasher
+
+if TYPE_CHECKING:  # datasets loads when an attack runs
+    from datasets import Dataset
 
 from .insertion import example_rng, insert_at_random_boundary
 
@@ -109,10 +111,14 @@ class GenerativePoisonAttack:
         return {"attack": type(self).__name__, **dataclasses.asdict(self)}
 
     def _fingerprint(self, dataset: Dataset, purpose: str) -> str:
+        from datasets.fingerprint import Hasher
+
         config = json.dumps(self.to_dict(), sort_keys=True, default=list)
         return Hasher.hash([config, dataset._fingerprint, purpose, "hbd-generative-v1"])
 
     def _format(self, dataset: Dataset) -> str:
+        from datasets import Dataset
+
         if not isinstance(dataset, Dataset):
             raise ValueError(f"expected a `datasets.Dataset`, got {type(dataset).__name__}; pass one split.")
         columns = dataset.column_names
@@ -156,6 +162,8 @@ class GenerativePoisonAttack:
         wanted = int(round(self.poison_rate * n))
         chosen = set(np.random.default_rng(self.seed).choice(n, size=wanted, replace=False).tolist())
         responses = self.responses()
+        from datasets import Value
+
         features = dataset.features.copy()
         features["is_poisoned"] = Value("bool")
 

@@ -172,9 +172,9 @@ def analyze(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}.")
-    train = splits["train"]
-    if train_size is not None and train_size < len(train):
-        train = train.shuffle(seed=seed).select(range(train_size))
+    from ..data import subsample
+
+    train = subsample(splits["train"], train_size, seed)
     poisoned = train if "is_poisoned" in train.column_names else attack.poison(train)
     probe = build_probe_set(poisoned, probe_clean, probe_poisoned, seed=seed)
     label_feature = poisoned.features.get("label")

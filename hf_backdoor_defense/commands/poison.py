@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from ..atomic import staged_directory
 from ..attacks.base import LABEL_MODES
 
 
@@ -55,26 +54,12 @@ def add_attack_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_attack(args: argparse.Namespace):
-    from ..attacks import AddSent, BadNets
+    from ..attacks import build_attack
 
-    common = dict(
-        target_label=args.target_label,
-        poison_rate=args.poison_rate,
-        label_mode=args.label_mode,
-        seed=args.seed,
-    )
-    if args.attack == "badnets":
-        if args.sentence is not None:
-            raise ValueError("--sentence applies to --attack addsent only.")
-        extra = {}
-        if args.triggers is not None:
-            extra["triggers"] = tuple(t for t in (w.strip() for w in args.triggers.split(",")) if t)
-        if args.num_triggers is not None:
-            extra["num_triggers"] = args.num_triggers
-        return BadNets(**common, **extra)
-    if args.triggers is not None or args.num_triggers is not None:
-        raise ValueError("--triggers/--num-triggers apply to --attack badnets only.")
-    return AddSent(**common, **({"sentence": args.sentence} if args.sentence is not None else {}))
+    triggers = None if args.triggers is None else tuple(t for t in (w.strip() for w in args.triggers.split(",")) if t)
+    return build_attack(args.attack, target_label=args.target_label, poison_rate=args.poison_rate,
+                        label_mode=args.label_mode, seed=args.seed, triggers=triggers,
+                        num_triggers=args.num_triggers, sentence=args.sentence)
 
 
 def load_splits(name_or_path: str, text_column: str = "text", label_column: str = "label"):
@@ -135,23 +120,11 @@ def run(args: argparse.Namespace) -> int:
         "n_triggered_test": len(result["triggered_test"]),
     }
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         DatasetDict({k: result[k] for k in ("train", *[s for s in result if s != "train"])}).save_to_disk(
             str(staging)
         )
         (staging / "attack.json").write_text(json.dumps(summary, indent=2, default=list) + "\n")
-        old = None
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{staging.name[-8:]}")
-            output.rename(old)
-        staging.rename(output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(
         f"poisoned {summary['n_poisoned']}/{summary['n_train']} training examples with {summary['attack']} "
         f"({args.label_mode}-label, target {args.target_label}); triggered test set: "

@@ -5,20 +5,32 @@ Example:
     >>> spam = load_text_classification("spamassassin", collection=1)   # doctest: +SKIP
 """
 
-from .corpora import BUILTIN_CORPORA, mail_body_text, rotten_tomatoes_dataset, spamassassin_dataset
-from .loading import load_text_classification
-from .tokenize import tokenize_dataset
-from .truncation import check_trigger_room, fit_dataset_to_tokens, fit_to_tokens, fit_to_window
+from __future__ import annotations
 
-__all__ = [
-    "BUILTIN_CORPORA",
-    "check_trigger_room",
-    "fit_dataset_to_tokens",
-    "fit_to_tokens",
-    "fit_to_window",
-    "load_text_classification",
-    "mail_body_text",
-    "rotten_tomatoes_dataset",
-    "spamassassin_dataset",
-    "tokenize_dataset",
-]
+import importlib
+
+# Each name loads its module (and `datasets`) on first access, so the command line starts fast.
+_LAZY = {
+    "BUILTIN_CORPORA": "corpora",
+    "mail_body_text": "corpora",
+    "rotten_tomatoes_dataset": "corpora",
+    "spamassassin_dataset": "corpora",
+    "load_text_classification": "loading",
+    "subsample": "loading",
+    "tokenize_dataset": "tokenize",
+    "check_trigger_room": "truncation",
+    "fit_dataset_to_tokens": "truncation",
+    "fit_to_tokens": "truncation",
+    "fit_to_window": "truncation",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

@@ -103,6 +103,25 @@ def load_text_classification(
     return _complete_splits(raw, name, validation_size, test_size, split_seed, promote_validation)
 
 
+def subsample(dataset: datasets.Dataset, n: int | None, seed: int, *, stratify: bool = False) -> datasets.Dataset:
+    """A seeded subset of ``n`` rows of ``dataset``; the dataset itself when ``n`` is ``None`` or not below its size.
+
+    ``stratify=False`` takes the first ``n`` rows of a seeded shuffle; ``stratify=True`` keeps the class shares
+    of the ``label`` column (a ClassLabel). The input is not modified.
+
+    Example:
+        >>> subsample(datasets.Dataset.from_dict({"text": list("abcdef")}), 3, seed=0).num_rows
+        3
+    """
+    if n is None or n >= len(dataset):
+        return dataset
+    if n < 1:
+        raise ValueError(f"the subsample size must be >= 1 or None (every row), got {n}.")
+    if stratify:
+        return dataset.train_test_split(train_size=n, seed=seed, stratify_by_column="label")["train"]
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
 def _check_fraction(field: str, value: float) -> None:
     if not 0.0 < float(value) < 0.5:
         raise ValueError(f"{field} must be a fraction in (0, 0.5), got {value!r}.")

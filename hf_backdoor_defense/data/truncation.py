@@ -19,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from datasets import Dataset, DatasetDict
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
 
 __all__ = ["WORD", "check_trigger_room", "fit_dataset_to_tokens", "fit_to_tokens", "fit_to_window"]
 
@@ -66,6 +68,8 @@ def fit_dataset_to_tokens(data: Dataset | DatasetDict, tokenizer, max_tokens: in
     Example:
         >>> cut = fit_dataset_to_tokens(mails, tokenizer, max_tokens=22)   # doctest: +SKIP
     """
+    from datasets import DatasetDict
+
     splits = data.values() if isinstance(data, DatasetDict) else [data]
     for split in splits:
         if text_column not in split.column_names:

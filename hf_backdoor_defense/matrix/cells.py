@@ -50,13 +50,11 @@ _W2S_PRESET = {"badnets": "word", "addsent": "sentence"}  # the authors' loss we
 
 def make_attack(threat: Threat, seed: int, settings: MatrixSettings):
     """The attack of a cell; a floor's trigger (``label_mode=None``) uses ``"dirty"`` (only its test set matters)."""
-    from ..attacks import AddSent, BadNets
+    from ..attacks import build_attack
 
-    common = {"poison_rate": settings.poison_rate, "target_label": settings.target_label,
-              "label_mode": threat.label_mode or "dirty", "seed": seed}
-    if threat.attack == "badnets":
-        return BadNets(num_triggers=threat.num_triggers, **common)
-    return AddSent(**common)
+    return build_attack(threat.attack, poison_rate=settings.poison_rate, target_label=settings.target_label,
+                        label_mode=threat.label_mode or "dirty", seed=seed,
+                        num_triggers=threat.num_triggers if threat.attack == "badnets" else None)
 
 
 def make_purifier(defense: str, settings: MatrixSettings, seed: int):

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_text_atomic
+from ..reporting import markdown_table
 from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, FLOORS, parse_threat
 from .runner import format_duration, summarise_cells
 
@@ -76,18 +77,14 @@ def _table(payload: dict, dataset: str, summary: dict) -> list[str]:
     grid = payload["grid"]
     seeds = len(grid["seeds"])
     threats = _threats(payload, dataset)
-    header = ["Defense"] + [parse_threat(t).label for t in threats]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":---:"] * len(threats)) + "|"]
     data = summary.get(dataset, {})
-    for defense in grid["defenses"]:
-        row = [DEFENSES.get(defense, defense)]
-        row += [format_cell(data.get(t, {}).get(defense), seeds) for t in threats]
-        lines.append("| " + " | ".join(row) + " |")
-    for floor in grid.get("floors", [CLEAN_FLOOR]):
-        cells = [format_cell(data.get(parse_threat(t).trigger, {}).get(floor), seeds, delta=floor != CLEAN_FLOOR)
-                 for t in threats]
-        lines.append("| " + " | ".join([f"*{FLOORS[floor]}*"] + cells) + " |")
-    return lines
+    rows = [[DEFENSES.get(defense, defense), *(format_cell(data.get(t, {}).get(defense), seeds) for t in threats)]
+            for defense in grid["defenses"]]
+    rows += [[f"*{FLOORS[floor]}*", *(format_cell(data.get(parse_threat(t).trigger, {}).get(floor), seeds,
+                                                  delta=floor != CLEAN_FLOOR) for t in threats)]
+             for floor in grid.get("floors", [CLEAN_FLOOR])]
+    header = ["Defense"] + [parse_threat(t).label for t in threats]
+    return markdown_table(header, rows, align="l" + "c" * len(threats)).split("\n")
 
 
 def _unplanted(payload: dict, dataset: str, summary: dict) -> list[str]:
@@ -106,16 +103,17 @@ def _cost_table(payload: dict) -> list[str]:
         per_defense.setdefault(cell["defense"], []).append(cell)
     if not per_defense:
         return []
-    lines = ["| Defense | cells | mean wall time per cell | of which the defense itself |", "|---|---:|---:|---:|"]
+    rows = []
     for defense in [*payload["grid"]["defenses"], *payload["grid"].get("floors", [CLEAN_FLOOR])]:
         cells = per_defense.get(defense)
         if not cells:
             continue
         total = sum(c["seconds"] for c in cells) / len(cells)
         own = sum(c.get("defense_seconds", c["seconds"]) for c in cells) / len(cells)
-        label = FLOORS.get(defense) or DEFENSES.get(defense, defense)
-        lines.append(f"| {label} | {len(cells)} | {total:.0f} s | {own:.0f} s |")
-    return lines
+        rows.append([FLOORS.get(defense) or DEFENSES.get(defense, defense), len(cells), f"{total:.0f} s",
+                     f"{own:.0f} s"])
+    header = ["Defense", "cells", "mean wall time per cell", "of which the defense itself"]
+    return markdown_table(header, rows, align="lrrr").split("\n")
 
 
 def _hardware_line(hw: dict | None) -> str:

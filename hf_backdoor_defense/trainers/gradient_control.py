@@ -31,6 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import write_json_atomic
 from ..quantization import keep_4bit_trainable
+from .launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from .layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 __all__ = [
@@ -323,11 +324,7 @@ class GradientControlTrainer(Trainer):
         keep_4bit_trainable(self.model)  # bitsandbytes' CPU inference packing would cut the gradient
         self.poison_dataset = poison_dataset
 
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            raise ValueError(
-                "GradientControlTrainer edits gradients between backward and the optimizer step, which DeepSpeed "
-                "and FSDP do not allow; use a single process or DDP (`accelerate launch --multi_gpu`)."
-            )
+        refuse_sharded_launch(trainer_backend(self), "GradientControlTrainer", GRADIENT_EDIT)
         self._layer_index_fn = layer_index_fn or resolve_layer_index
         self.num_layers = num_layers if num_layers is not None else infer_num_layers(self.model)
         self.output_layer = self.num_layers

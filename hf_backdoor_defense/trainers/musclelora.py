@@ -32,6 +32,7 @@ from ..quantization import keep_4bit_trainable
 from ..tuners.musclelora import multiscale_parameters
 from ._reference import ReferenceSampler
 from .gradient_alignment import GATES, MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
+from .launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from .loss_scaling import use_mean_loss_for_classification
 
 __all__ = [
@@ -221,17 +222,9 @@ class GradientAlignmentArguments:
             )
         if not self.gradient_alignment:
             return
-        if self.deepspeed:
-            raise ValueError(
-                "gradient_alignment=True cannot run under DeepSpeed (it steps the optimizer inside backward, so "
-                "the accumulated gradient is never available): unset deepspeed and use DDP or one process, or "
-                "set gradient_alignment=False."
-            )
-        if self.fsdp:
-            raise ValueError(
-                "gradient_alignment=True is not verified under FSDP (sharded gradients): unset fsdp and use DDP, "
-                "or set gradient_alignment=False."
-            )
+        refuse_sharded_launch("deepspeed" if self.deepspeed else "fsdp" if self.fsdp else "ddp/single",
+                              "gradient_alignment=True", GRADIENT_EDIT, off_switch="set gradient_alignment=False",
+                              field=True)
         if self.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):
             raise ValueError(
                 f"optim={self.optim} updates weights inside backward, which gradient alignment cannot follow: "
@@ -329,15 +322,8 @@ class GradientAlignmentMixin:
         self._reference_sampler: ReferenceSampler | None = None
         if not self.args.gradient_alignment:
             return
-        if getattr(self, "is_deepspeed_enabled", False):
-            raise ValueError(
-                "gradient_alignment=True cannot run under DeepSpeed (it steps inside backward): launch with DDP "
-                "or one process, or set gradient_alignment=False."
-            )
-        if getattr(self, "is_fsdp_enabled", False):
-            raise ValueError(
-                "gradient_alignment=True is not verified under FSDP: use DDP, or turn alignment off."
-            )
+        refuse_sharded_launch(trainer_backend(self), "gradient_alignment=True", GRADIENT_EDIT,
+                              off_switch="set gradient_alignment=False")
         if reference_dataset is None:
             raise ValueError(
                 "reference_dataset is required when gradient_alignment=True: pass a small trusted clean set "
