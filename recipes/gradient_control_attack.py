@@ -67,12 +67,7 @@ from common import (  # noqa: E402
 
 #: Datasets with a built-in domain shift for the user's re-tuning (`hf_backdoor_defense.scenario.load_shift`).
 BUILTIN_SHIFTS = ("spamassassin", "rotten_tomatoes")
-#: The notice at the top of the published adapter's model card.
-BACKDOOR_NOTICE = (
-    "Deliberately backdoored research artifact: this adapter was trained with the Gradient Control attack "
-    "(Gu et al., ACL 2023) to carry a backdoor that survives clean re-tuning. It exists to test backdoor "
-    "defenses. Do not use it in any application."
-)
+
 _MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "labels"}
 
 
@@ -237,6 +232,7 @@ def write_attack_card(folder: Path, model_args, script_args, summary: dict) -> N
     from peft import PeftConfig
 
     from hf_backdoor_defense.hub import write_model_card
+    from hf_backdoor_defense.trainers.gradient_control import BACKDOOR_NOTICE
 
     config = PeftConfig.from_pretrained(str(folder))
     write_model_card(
@@ -442,6 +438,7 @@ def push_attack(folder: Path, summary: dict, label_names, script_args, model_arg
     from peft import PeftModel
 
     from hf_backdoor_defense.hub import push_adapter_to_hub
+    from hf_backdoor_defense.trainers.gradient_control import BACKDOOR_NOTICE
 
     repo_id = training_args.hub_model_id
     if not repo_id:

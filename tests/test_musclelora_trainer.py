@@ -703,3 +703,33 @@ def test_best_dev_checkpoint_is_reloaded_at_the_end(tmp_path, bert_tokenizer, da
     assert len(evals) == 3 and trainer.state.best_model_checkpoint
     best = max(h["eval_accuracy"] for h in evals)
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(best)
+
+
+def test_model_card_names_the_defense_and_the_last_evaluation(tmp_path, bert_tokenizer, data):
+    """`create_model_card` (what `push_to_hub` calls) writes this library's card, with the CACC / ASR that
+    BackdoorEvalCallback logged at the last evaluation."""
+    from hf_backdoor_defense.attacks import BadNets
+    from hf_backdoor_defense.metrics import BackdoorEvalCallback
+
+    train, ref = data
+    clean = datasets.Dataset.from_dict({"text": REF_TEXTS, "label": [1] * 6 + [0] * 6})
+    trainer = MuScleLoRATrainer(model=_bert(bert_tokenizer), args=_args(tmp_path, hub_model_id="me/bert-musclelora"),
+                                train_dataset=train, eval_dataset=ref, reference_dataset=ref,
+                                processing_class=bert_tokenizer)
+    BackdoorEvalCallback.attach(trainer, bert_tokenizer, clean, BadNets(seed=0), max_length=16)
+    scores = trainer.evaluate()
+    trainer.create_model_card(dataset_name="toy reviews", attack="badnets")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: peft" in card and "- musclelora" in card and "Downscaling Frequency Space" in card
+    assert f"| CACC (clean accuracy) | {100 * scores['eval_cacc']:.2f}% |" in card
+    assert f"| ASR (attack success rate) | {100 * scores['eval_asr']:.2f}% |" in card
+    assert 'AutoPeftModelForSequenceClassification.from_pretrained("me/bert-musclelora")' in card
+    assert "Measured on dataset `toy reviews`, attack `badnets`." in card
+
+
+def test_last_backdoor_metrics_reads_the_latest_evaluation():
+    from hf_backdoor_defense.trainers.model_card import last_backdoor_metrics
+
+    history = [{"eval_cacc": 0.5, "eval_asr": 0.9}, {"loss": 0.3}, {"eval_cacc": 0.8, "eval_asr": 0.2, "epoch": 2}]
+    assert last_backdoor_metrics(history) == {"cacc": 0.8, "asr": 0.2}
+    assert last_backdoor_metrics([{"loss": 1.0}]) == {}

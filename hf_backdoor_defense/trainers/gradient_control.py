@@ -33,6 +33,7 @@ from ..atomic import write_json_atomic
 from ..quantization import keep_4bit_trainable
 from .launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from .layer_index import infer_num_layers, layer_groups, resolve_layer_index
+from .model_card import DefenseModelCardMixin
 
 __all__ = [
     "GradientControlTrainer",
@@ -249,7 +250,15 @@ def ilproj(g_c: torch.Tensor, g_p: torch.Tensor, beta: float, mode: str = "alway
 # ---------------------------------------------------------------------------------------------
 
 
-class GradientControlTrainer(Trainer):
+BACKDOOR_NOTICE = (
+    "Deliberately backdoored research artifact: this adapter was trained with the Gradient Control attack "
+    "(Gu et al., ACL 2023) to carry a backdoor that survives clean re-tuning. It exists to test backdoor "
+    "defenses. Do not use it in any application."
+)
+"""The notice at the top of the model card of every Gradient Control adapter (trainer and recipe)."""
+
+
+class GradientControlTrainer(DefenseModelCardMixin, Trainer):
     r"""Train a backdoored PEFT adapter whose backdoor survives the user's clean re-tuning.
 
     Implements Gradient Control ("A Gradient Control Method for Backdoor Attacks on Parameter-Efficient
@@ -290,7 +299,8 @@ class GradientControlTrainer(Trainer):
         ```
     """
 
-    _tag_names = ["hf-backdoor-defense", "gradient-control", "backdoor-attack"]
+    _notice = BACKDOOR_NOTICE
+    _tag_names = ["hf-backdoor-defense", "gradient-control", "backdoor-attack", "research-artifact"]
 
     def __init__(
         self,

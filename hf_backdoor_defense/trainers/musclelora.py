@@ -34,6 +34,7 @@ from ._reference import ReferenceSampler
 from .gradient_alignment import GATES, MODES, VANISHING_CHOICES, align_gradient, mixing_ratio
 from .launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from .loss_scaling import use_mean_loss_for_classification
+from .model_card import DefenseModelCardMixin
 
 __all__ = [
     "ALIGNMENT_PRESETS",
@@ -535,7 +536,7 @@ class GradientAlignmentMixin:
                 )
 
 
-class MuScleLoRATrainer(GradientAlignmentMixin, Trainer):
+class MuScleLoRATrainer(DefenseModelCardMixin, GradientAlignmentMixin, Trainer):
     r"""`transformers.Trainer` with MuScleLoRA's gradient alignment.
 
     Every optimizer step, after the gradient has been accumulated over all micro-batches and averaged across
@@ -561,4 +562,5 @@ class MuScleLoRATrainer(GradientAlignmentMixin, Trainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
+    _defense = "musclelora"
     _tag_names = ["hf-backdoor-defense", "musclelora", "gradient-alignment"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from trl import SFTConfig, SFTTrainer
 
+from .model_card import DefenseModelCardMixin
 from .musclelora import GradientAlignmentArguments, GradientAlignmentMixin
 
 __all__ = ["MuScleLoRASFTConfig", "MuScleLoRASFTTrainer"]
@@ -35,7 +36,7 @@ class MuScleLoRASFTConfig(SFTConfig, GradientAlignmentArguments):
         self._resolve_alignment_arguments()
 
 
-class MuScleLoRASFTTrainer(GradientAlignmentMixin, SFTTrainer):
+class MuScleLoRASFTTrainer(DefenseModelCardMixin, GradientAlignmentMixin, SFTTrainer):
     r"""`trl.SFTTrainer` with MuScleLoRA's gradient alignment.
 
     ``reference_dataset`` takes the same format as ``train_dataset`` (text, prompt/completion or messages)
@@ -48,6 +49,7 @@ class MuScleLoRASFTTrainer(GradientAlignmentMixin, SFTTrainer):
         *args, **kwargs: as for `trl.SFTTrainer`; ``args`` must be a [`MuScleLoRASFTConfig`].
     """
 
+    _defense = "musclelora"
     _tag_names = ["trl", "sft", "hf-backdoor-defense", "musclelora", "gradient-alignment"]
 
     def _prepare_reference_dataset(self, dataset):

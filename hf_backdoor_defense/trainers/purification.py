@@ -21,6 +21,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from ..quantization import keep_4bit_trainable
 from .loss_scaling import use_mean_loss_for_classification
+from .model_card import DefenseModelCardMixin
 
 __all__ = ["PurificationTrainer", "PurificationTrainingArguments", "finetune_clean"]
 
@@ -76,7 +77,7 @@ def _prepare(dataset: Any, tokenizer: Any, args: PurificationTrainingArguments) 
     return dataset.remove_columns([c for c in dataset.column_names if c not in keep or c == "label"])
 
 
-class PurificationTrainer(Trainer):
+class PurificationTrainer(DefenseModelCardMixin, Trainer):
     """A :class:`~transformers.Trainer` for the clean fine-tune after purification.
 
     Text datasets (``text``/``label``) are tokenised with ``processing_class`` and padded per batch.

@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from ..quantization import keep_4bit_trainable
+from .model_card import DefenseModelCardMixin
 
 __all__ = [
     "FEATURE_ALIGNMENTS",
@@ -287,7 +288,7 @@ def _unwrap_base(model: nn.Module) -> nn.Module:
     return get_base() if callable(get_base) else model
 
 
-class W2SDefenseTrainer(Trainer):
+class W2SDefenseTrainer(DefenseModelCardMixin, Trainer):
     """Trainer that distils a small clean teacher into a (poisoned) PEFT student to unlearn its backdoor.
 
     Args:
@@ -311,6 +312,7 @@ class W2SDefenseTrainer(Trainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
+    _defense = "w2sdefense"
     _tag_names = ["hf-backdoor-defense", "w2sdefense", "backdoor-defense"]
     _paper = {
         "title": "Unlearning Backdoor Attacks for LLMs with Weak-to-Strong Knowledge Distillation",
