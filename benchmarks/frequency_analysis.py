@@ -33,11 +33,11 @@ from _common import hardware_info, write_json  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from hf_backdoor_defense.analysis import FrequencyAnalysisConfig, drop_steps, plot_frequency_comparison  # noqa: E402
-from hf_backdoor_defense.analysis.frequency import _finite_or_none  # noqa: E402
+from hf_backdoor_defense.analysis.experiment import analyze  # noqa: E402
+from hf_backdoor_defense.analysis.history import finite_or_none  # noqa: E402
 from hf_backdoor_defense.analysis.plot import plot_frequency_history  # noqa: E402
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
 from hf_backdoor_defense.attacks import BadNets  # noqa: E402
-from hf_backdoor_defense.commands.analyze_frequency import analyze  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
 
@@ -93,7 +93,7 @@ def parse_args(argv=None):
 
 
 def write_atomic(path: Path, payload: dict) -> None:
-    write_json(path, _finite_or_none(payload))  # NaN / inf become null: strict JSON
+    write_json(path, finite_or_none(payload))  # NaN / inf become null: strict JSON
 
 
 def write_results(cli, sizes, config, runs, begin) -> dict:

@@ -1,40 +1,42 @@
 """Diagnostics of backdoor learning: the frequency analysis of the MuScleLoRA paper.
 
+Modules: ``kernel`` (the maths), ``probe`` (probe set, model outputs), ``history`` (curves, file format, I/O),
+``callback`` (settings, ``TrainerCallback``), ``plot`` (figures).
+
 Example:
     >>> from hf_backdoor_defense.analysis import FrequencyAnalysisCallback, build_probe_set
 """
 
-from .frequency import (
-    CURVES,
-    DEFAULT_RELATIVE_SIGMAS,
-    FrequencyAnalysisCallback,
-    FrequencyAnalysisConfig,
-    build_probe_set,
-    decompose,
-    drop_steps,
-    frequency_errors,
-    gaussian_kernel,
-    load_frequency_history,
-    pairwise_distances,
-    probe_outputs,
-    relative_errors,
-)
-from .plot import plot_frequency_comparison, plot_frequency_history
+import importlib
 
-__all__ = [
-    "CURVES",
-    "DEFAULT_RELATIVE_SIGMAS",
-    "FrequencyAnalysisCallback",
-    "FrequencyAnalysisConfig",
-    "build_probe_set",
-    "decompose",
-    "drop_steps",
-    "frequency_errors",
-    "gaussian_kernel",
-    "load_frequency_history",
-    "pairwise_distances",
-    "plot_frequency_comparison",
-    "plot_frequency_history",
-    "probe_outputs",
-    "relative_errors",
-]
+# Each name loads its module on first access (torch only with the callback, the maths or the probe).
+_LAZY = {
+    "DEFAULT_RELATIVE_SIGMAS": "callback",
+    "FrequencyAnalysisCallback": "callback",
+    "FrequencyAnalysisConfig": "callback",
+    "CURVES": "history",
+    "drop_steps": "history",
+    "load_frequency_history": "history",
+    "decompose": "kernel",
+    "frequency_errors": "kernel",
+    "gaussian_kernel": "kernel",
+    "pairwise_distances": "kernel",
+    "relative_errors": "kernel",
+    "plot_frequency_comparison": "plot",
+    "plot_frequency_history": "plot",
+    "build_probe_set": "probe",
+    "probe_outputs": "probe",
+    "analyze": "experiment",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_LAZY)

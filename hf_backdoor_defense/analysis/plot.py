@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .frequency import CURVES, _write_atomic
+from ..atomic import write_bytes_atomic
+from .history import CURVES
 
 __all__ = ["plot_frequency_comparison", "plot_frequency_history"]
 
@@ -71,7 +72,7 @@ def _save(fig, path: str | os.PathLike) -> Path:
         fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return _write_atomic(Path(path), buffer.getvalue())
+    return write_bytes_atomic(Path(path), buffer.getvalue())
 
 
 def plot_frequency_history(
