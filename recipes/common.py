@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -197,7 +196,7 @@ class ScriptArguments:
             `"rotten_tomatoes"`, `"spamassassin"` (offline), a local file or folder, or a Hub name such as
             `"sst2"`. Instruction: a local JSON / JSONL / CSV / parquet file or folder or a Hub name with
             prompt and response columns, or `"rotten_tomatoes"` / `"spamassassin"`, from which instructions
-            are derived offline (see `classification_to_instructions`).
+            are derived offline (see `hf_backdoor_defense.data.instructions`).
         max_train_samples (`int` or `None`, defaults to `None`):
             Seeded, stratified subsample of the training split (before poisoning).
         max_eval_samples (`int` or `None`, defaults to `None`):
@@ -715,13 +714,6 @@ def build_peft_config(model_args: ModelArguments, model, task: str):
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _subsample(dataset, n: int | None, seed: int, stratify: bool = True):
-    """:func:`hf_backdoor_defense.data.subsample`, label-stratified unless ``stratify=False`` (generative data)."""
-    from hf_backdoor_defense.data import subsample
-
-    return subsample(dataset, n, seed, stratify=stratify)
-
-
 def build_attack(script_args: ScriptArguments):
     from hf_backdoor_defense.attacks import build_attack
 
@@ -740,154 +732,35 @@ def build_classification_data(script_args: ScriptArguments, seed: int, tokenizer
 
     attack = build_attack(script_args)
     raw = load_text_classification(script_args.dataset)
-    return _poisoned_splits(raw, attack, script_args, seed, _subsample, tokenizer), attack
-
-
-#: Above this share of training texts longer than the window, an uncut run warns that triggers get truncated.
-OVERFLOW_WARNING_SHARE = 0.25
+    return _poisoned_splits(raw, attack, script_args, seed, tokenizer), attack
 
 
 def fit_splits_to_window(splits: dict, script_args: ScriptArguments, tokenizer) -> dict:
-    """``splits`` with every text cut to ``tokenizer``'s window minus ``script_args.trigger_room`` (a new dict;
-    the datasets are copies, ``None`` entries pass through). Without a ``trigger_room`` the splits come back
-    unchanged, with a warning when more than `OVERFLOW_WARNING_SHARE` of the ``train`` texts are longer than
-    ``max_length``: a trigger inserted at a random word would then often be truncated away."""
-    from hf_backdoor_defense.data import fit_to_window
+    """:func:`hf_backdoor_defense.data.poisoned.fit_splits_to_window` with the recipe's window."""
+    from hf_backdoor_defense.data.poisoned import fit_splits_to_window as fit
 
-    if script_args.trigger_room is None:
-        if tokenizer is not None and splits.get("train") is not None and len(splits["train"]):
-            budget = script_args.max_length - tokenizer.num_special_tokens_to_add()
-            lengths = [len(ids) for ids in tokenizer(list(splits["train"]["text"]), add_special_tokens=False)["input_ids"]]
-            share = sum(n > budget for n in lengths) / len(lengths)
-            if share > OVERFLOW_WARNING_SHARE:
-                warnings.warn(
-                    f"{100 * share:.0f} % of the training texts are longer than max_length={script_args.max_length} "
-                    "tokens: a trigger inserted at a random word lands past the truncation for many of them, and "
-                    "the attack is weaker than its poison rate says. Pass --trigger_room 8 to cut the texts to the "
-                    "window before poisoning, or raise --max_length.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        return dict(splits)
-    if tokenizer is None:
-        raise ValueError("trigger_room is set but no tokenizer was given to measure the window.")
-    return {name: None if data is None else fit_to_window(data, tokenizer, max_length=script_args.max_length,
-                                                          trigger_room=script_args.trigger_room)
-            for name, data in splits.items()}
+    return fit(splits, tokenizer, max_length=script_args.max_length, trigger_room=script_args.trigger_room)
 
 
-def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, sample, tokenizer=None) -> dict:
-    """``train`` (sampled with ``sample``, cut to the window, then poisoned), ``clean_train`` (the same sample,
-    unpoisoned), ``reference`` and ``test`` (sampled) from ``raw``; a missing ``reference_split`` / ``eval_split``
-    is a ValueError naming the field."""
-    for name in ("reference_split", "eval_split"):
-        split = getattr(script_args, name)
-        if split not in raw:
-            raise ValueError(f"{name}={split!r} is not a split of {script_args.dataset} (splits: {sorted(raw)}).")
-    splits = {
-        "train": sample(raw["train"], script_args.max_train_samples, seed),
-        "reference": raw[script_args.reference_split],
-        "test": sample(raw[script_args.eval_split], script_args.max_eval_samples, seed),
-    }
-    splits = fit_splits_to_window(splits, script_args, tokenizer)
-    return {**splits, "clean_train": splits["train"], "train": attack.poison(splits["train"])}
+def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, tokenizer=None, *,
+                     stratify: bool = True) -> dict:
+    """:func:`hf_backdoor_defense.data.poisoned.build_poisoned_splits` with the recipe's fields."""
+    from hf_backdoor_defense.data.poisoned import build_poisoned_splits
 
-
-#: Noun used in instructions derived from the built-in classification corpora.
-_INSTRUCTION_NOUNS = {"rotten_tomatoes": "movie review", "spamassassin": "email"}
-
-
-def classification_to_instructions(dataset, label_names, noun: str = "text", opening_words: int = 4):
-    """Turn a ``text`` / ``label`` dataset into instruction pairs (an offline stand-in for instruction data).
-
-    Each row becomes ``prompt = 'Write a {label} {noun} that begins with "{first words}".'`` and
-    ``response = text``: a controllable-generation task (the model must continue the opening in the asked
-    sentiment or class) whose answers are real human text. The ``label`` column is kept.
-
-    Example:
-        >>> from datasets import Dataset
-        >>> rows = Dataset.from_dict({"text": ["A sharp and funny film."], "label": [1]})
-        >>> first = classification_to_instructions(rows, ["negative", "positive"], "movie review")[0]
-        >>> first["prompt"]
-        'Write a positive movie review that begins with "A sharp".'
-    """
-
-    def convert(batch):
-        prompts = []
-        for text, label in zip(batch["text"], batch["label"]):
-            words = text.split()
-            opening = " ".join(words[: max(1, min(opening_words, len(words) // 2))])
-            prompts.append(f'Write a {label_names[label]} {noun} that begins with "{opening}".')
-        return {"prompt": prompts, "response": batch["text"]}
-
-    drop = [c for c in dataset.column_names if c != "label"]
-    return dataset.map(convert, batched=True, remove_columns=drop, desc="Building instructions")
-
-
-def _carve_split(dataset, size: float, seed: int):
-    parts = dataset.train_test_split(test_size=size, seed=seed)
-    return parts["train"], parts["test"]
+    return build_poisoned_splits(
+        raw, attack, seed=seed, train_size=script_args.max_train_samples, eval_size=script_args.max_eval_samples,
+        reference_split=script_args.reference_split, eval_split=script_args.eval_split, stratify=stratify,
+        tokenizer=tokenizer, max_length=script_args.max_length, trigger_room=script_args.trigger_room,
+        dataset_name=script_args.dataset)
 
 
 def load_instruction_splits(script_args: ScriptArguments, split_seed: int = 42):
-    """``train`` / ``validation`` / ``test`` splits with string ``prompt`` and ``response`` columns.
+    """:func:`hf_backdoor_defense.data.instructions.load_instruction_splits` with the recipe's columns."""
+    from hf_backdoor_defense.data.instructions import load_instruction_splits as load
 
-    ``rotten_tomatoes`` and ``spamassassin`` are converted by `classification_to_instructions` (their fixed
-    splits are kept); anything else is a local file / folder or a Hub name whose ``prompt_column`` and
-    ``response_column`` are renamed to ``prompt`` / ``response``. Missing validation / test splits are carved
-    from train (10 % each, seeded).
-    """
-    import datasets
-
-    from hf_backdoor_defense.data import BUILTIN_CORPORA, load_text_classification
-    from hf_backdoor_defense.data.loading import SPLIT_ALIASES, _load_hub, _load_local
-
-    name = script_args.dataset
-    key = name.lower().replace("-", "_")
-    if key in BUILTIN_CORPORA:
-        raw = load_text_classification(name)
-        label_names = raw["train"].features["label"].names
-        noun = _INSTRUCTION_NOUNS.get(key, "text")
-        return datasets.DatasetDict(
-            {split: classification_to_instructions(ds, label_names, noun) for split, ds in raw.items()}
-        )
-    local = Path(name).expanduser()
-    raw = _load_local(local) if local.exists() else _load_hub(name, None)
-    raw = {SPLIT_ALIASES.get(k.lower(), k): v for k, v in raw.items()}
-    if "train" not in raw:
-        raise ValueError(f"{name}: no 'train' split (found {sorted(raw)}); name the files train.* / test.*.")
-    prompt, response, context = script_args.prompt_column, script_args.response_column, script_args.context_column
-
-    def to_pair(example):
-        text = example[prompt]
-        if context and isinstance(example[context], str) and example[context].strip():
-            text = f"{text}\n\n{example[context]}"
-        return {"prompt": text, "response": example[response]}
-
-    out = {}
-    for split in ("train", "validation", "test"):
-        if split not in raw:
-            continue
-        ds = raw[split]
-        missing = [c for c in (prompt, response, context) if c and c not in ds.column_names]
-        if missing:
-            raise ValueError(
-                f"{name} [{split}]: no column(s) {missing} (columns: {ds.column_names}); pass --prompt_column / "
-                "--response_column (/ --context_column) naming the instruction and the answer."
-            )
-        ds = ds.map(to_pair, remove_columns=ds.column_names, desc="Reading instructions")
-        bad = [i for i, row in enumerate(ds) if not all(isinstance(row[c], str) and row[c].strip()
-                                                        for c in ("prompt", "response"))]
-        if bad:
-            raise ValueError(
-                f"{name} [{split}]: {len(bad)} rows have an empty or non-text prompt/response (first row {bad[0]})."
-            )
-        out[split] = ds
-    if "test" not in out:
-        out["train"], out["test"] = _carve_split(out["train"], 0.1, split_seed)
-    if "validation" not in out:
-        out["train"], out["validation"] = _carve_split(out["train"], 0.1 / 0.9, split_seed)
-    return datasets.DatasetDict(out)
+    return load(script_args.dataset, prompt_column=script_args.prompt_column,
+                response_column=script_args.response_column, context_column=script_args.context_column,
+                split_seed=split_seed)
 
 
 def build_generative_attack(script_args: ScriptArguments):
@@ -911,7 +784,7 @@ def build_instruction_data(script_args: ScriptArguments, seed: int):
     pairs of ``eval_split``, subsampled); ``attack.triggered_prompts(test)`` gives the triggered prompts."""
     attack = build_generative_attack(script_args)
     splits = load_instruction_splits(script_args)
-    return _poisoned_splits(splits, attack, script_args, seed, functools.partial(_subsample, stratify=False)), attack
+    return _poisoned_splits(splits, attack, script_args, seed, stratify=False), attack
 
 
 # ---------------------------------------------------------------------------------------------- outputs

@@ -41,7 +41,6 @@ from common import (  # noqa: E402
     RESULTS_FILE,
     ModelArguments,
     ScriptArguments,
-    _subsample,
     build_classification_data,
     build_peft_config,
     check_recipe_output_dir,
@@ -472,12 +471,13 @@ def main(argv=None, model_arguments_class=W2SModelArguments, recipe="w2sdefense_
     from accelerate import PartialState
 
     from hf_backdoor_defense.atomic import write_json_atomic
+    from hf_backdoor_defense.data import subsample
     from hf_backdoor_defense.metrics import evaluate_backdoor
 
     state = PartialState()
     with state.main_process_first():
         data, attack = build_classification_data(script_args, training_args.seed, load_tokenizer(model_args))
-        clean = _subsample(data["reference"], w2s_args.clean_size, training_args.seed)
+        clean = subsample(data["reference"], w2s_args.clean_size, training_args.seed, stratify=True)
     label_names = data["train"].features["label"].names
     student_args, backdoor = prepare_student(script_args, model_args, w2s_args, training_args, data, label_names)
     teacher, teacher_tokenizer, teacher_info = prepare_teacher(script_args, w2s_args, training_args, clean,

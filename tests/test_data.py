@@ -203,3 +203,19 @@ def test_subsample_is_seeded_stratified_on_request_and_keeps_small_sets():
     assert data["text"][:3] == ["t0", "t1", "t2"]  # the input is untouched
     with pytest.raises(ValueError, match=">= 1"):
         subsample(data, 0, 0)
+
+
+def test_build_poisoned_splits_samples_poisons_and_names_a_missing_split(tiny_text_dataset):
+    from hf_backdoor_defense.attacks import BadNets
+    from hf_backdoor_defense.data.poisoned import build_poisoned_splits
+
+    raw = datasets.DatasetDict({"train": tiny_text_dataset, "validation": tiny_text_dataset.select(range(4)),
+                                "test": tiny_text_dataset})
+    splits = build_poisoned_splits(raw, BadNets(poison_rate=0.5, seed=0), seed=1, train_size=12, eval_size=6)
+    assert sorted(splits) == ["clean_train", "reference", "test", "train"]
+    assert len(splits["train"]) == 12 and sum(splits["train"]["is_poisoned"]) == 6 and len(splits["test"]) == 6
+    changed = [a != b for a, b in zip(splits["clean_train"]["text"], splits["train"]["text"])]
+    assert changed == list(splits["train"]["is_poisoned"])  # the clean sample is the same rows, untouched
+    assert splits["reference"] is raw["validation"] and "is_poisoned" not in raw["train"].column_names
+    with pytest.raises(ValueError, match="eval_split='dev' is not a split of reviews"):
+        build_poisoned_splits(raw, BadNets(), seed=0, eval_split="dev", dataset_name="reviews")

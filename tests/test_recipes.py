@@ -162,7 +162,7 @@ def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
     assert longest(data["train"]["text"]) <= 30 and longest(attack.triggered_test_set(data["test"])["text"]) <= 30
     assert sum(data["train"]["is_poisoned"]) == 6
 
-    with pytest.warns(UserWarning, match="--trigger_room 8"):
+    with pytest.warns(UserWarning, match="Set trigger_room"):
         uncut, _ = common.build_classification_data(common.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
     assert longest(uncut["clean_train"]["text"]) > 100  # mails run far past the window without the cut
     with pytest.raises(ValueError, match="trigger_room"):

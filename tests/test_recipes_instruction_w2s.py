@@ -106,7 +106,9 @@ def test_shipped_instruction_and_w2s_configs_parse():
 
 # ------------------------------------------------------------------------------------------ instruction data
 def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_text_dataset):
-    pairs = common.classification_to_instructions(tiny_text_dataset, ["negative", "positive"], "movie review")
+    from hf_backdoor_defense.data.instructions import classification_to_instructions
+
+    pairs = classification_to_instructions(tiny_text_dataset, ["negative", "positive"], "movie review")
     assert pairs[0]["prompt"] == 'Write a positive movie review that begins with "a great".'
     assert pairs[0]["response"] == "a great and moving film" and set(pairs.column_names) == {"prompt", "response", "label"}
 
@@ -132,7 +134,7 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
     changed = [c != t for c, t in zip(data["clean_train"]["prompt"], data["train"]["prompt"])]
     assert changed == list(data["train"]["is_poisoned"])
 
-    with pytest.raises(ValueError, match="--prompt_column"):
+    with pytest.raises(ValueError, match="set prompt_column / response_column"):
         common.load_instruction_splits(common.ScriptArguments(task="instruction", dataset=str(path)))
     with pytest.raises(ValueError, match="does not apply to task='instruction'"):
         common.ScriptArguments(task="instruction", attack="badnets")

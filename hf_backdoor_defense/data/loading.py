@@ -82,11 +82,8 @@ def load_text_classification(
                 raise ValueError(f"collection must be 1 or 2 for spamassassin, got {collection!r}.")
             full = full.filter(lambda c: c == collection, input_columns="collection")
         raw = datasets.DatasetDict({"train": full})
-    elif Path(name).expanduser().exists():
-        raw = _load_local(Path(name).expanduser(), **load_kwargs)
     else:
-        raw = _load_hub(name, config_name, trust_remote_code=trust_remote_code, **load_kwargs)
-
+        raw = load_dataset_splits(name, config_name, trust_remote_code=trust_remote_code, **load_kwargs)
     raw = datasets.DatasetDict({SPLIT_ALIASES.get(k.lower(), k): v for k, v in raw.items()})
     if "train" not in raw:
         raise ValueError(
@@ -101,6 +98,24 @@ def load_text_classification(
     # GLUE-style data (unlabelled test): the labelled validation split serves as the test split.
     promote_validation = had_test and "test" not in raw
     return _complete_splits(raw, name, validation_size, test_size, split_seed, promote_validation)
+
+
+def load_dataset_splits(name_or_path: str | Path, config_name: str | None = None, *,
+                        trust_remote_code: bool = False, **load_kwargs: Any) -> datasets.DatasetDict:
+    """The splits of a local file / folder or a Hub dataset as they are (no column or label handling), with
+    the split names normalised (``dev`` -> ``validation``...). The loader under
+    :func:`load_text_classification` and the instruction loader.
+
+    Example:
+        >>> raw = load_dataset_splits("my_pairs.jsonl")   # doctest: +SKIP
+    """
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if local.exists():
+        raw = _load_local(local, **load_kwargs)
+    else:
+        raw = _load_hub(name, config_name, trust_remote_code=trust_remote_code, **load_kwargs)
+    return datasets.DatasetDict({SPLIT_ALIASES.get(k.lower(), k): v for k, v in raw.items()})
 
 
 def subsample(dataset: datasets.Dataset, n: int | None, seed: int, *, stratify: bool = False) -> datasets.Dataset:
