@@ -60,8 +60,8 @@ from hf_backdoor_defense.assets import minilm_path, smollm2_path  # noqa: E402
 from hf_backdoor_defense.attacks import AddSent, BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification, tokenize_dataset  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
-from hf_backdoor_defense.trainers.teacher import train_teacher  # noqa: E402
-from hf_backdoor_defense.trainers.w2sdefense import W2SDefenseTrainer, W2SDefenseTrainingArguments  # noqa: E402
+from hf_backdoor_defense.models.teacher import train_teacher  # noqa: E402
+from hf_backdoor_defense.trainers import W2SDefenseTrainer, W2SDefenseTrainingArguments  # noqa: E402
 
 LOGGING_STEPS = 10  # 1 in --quick mode, so the W2S loss components are logged at least once
 RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_efficacy.json"

@@ -30,7 +30,7 @@ from hf_backdoor_defense.assets import minilm_path  # noqa: E402
 from hf_backdoor_defense.attacks import BadNets  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
 from hf_backdoor_defense.metrics import evaluate_backdoor  # noqa: E402
-from hf_backdoor_defense.trainers.teacher import train_teacher  # noqa: E402
+from hf_backdoor_defense.models.teacher import train_teacher  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_teacher_sweep.json"
 SMOLLM2_HIDDEN = 576  # the student's hidden size: the teacher's projection width

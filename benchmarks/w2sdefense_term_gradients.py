@@ -29,7 +29,7 @@ from w2sdefense_efficacy import PRESETS, _lora, _student, student_tokenizer, sub
 
 from hf_backdoor_defense.assets import smollm2_path  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
-from hf_backdoor_defense.trainers.teacher import W2STeacher  # noqa: E402
+from hf_backdoor_defense.models.teacher import W2STeacher  # noqa: E402
 from hf_backdoor_defense.trainers.w2sdefense import (  # noqa: E402
     FEATURE_DISTANCES,
     TEACHER_PREFIX,

@@ -50,7 +50,7 @@ from w2sdefense_efficacy import (  # noqa: E402
 
 from hf_backdoor_defense.assets import smollm2_path  # noqa: E402
 from hf_backdoor_defense.data import load_text_classification  # noqa: E402
-from hf_backdoor_defense.trainers.w2sdefense import FEATURE_DISTANCES  # noqa: E402
+from hf_backdoor_defense.trainers.w2sdefense_config import FEATURE_DISTANCES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "w2sdefense_weight_sweep.json"
 NOT_SETTINGS = ("output", "resume", "overwrite", "render", "settings", "workdir")

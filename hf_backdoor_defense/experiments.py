@@ -101,7 +101,7 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     """
     from transformers import DataCollatorWithPadding
 
-    from .trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+    from .trainers import MuScleLoRATrainer, MuScleLoRATrainingArguments
 
     align = method == "musclelora"
     if align and reference is None:

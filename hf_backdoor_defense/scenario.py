@@ -217,7 +217,7 @@ def alignment_retune_defense(*, num_reference: int = 96, alignment_preset: str =
     def defend(model, context: ScenarioContext):
         from transformers import DataCollatorWithPadding
 
-        from .trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+        from .trainers import MuScleLoRATrainer, MuScleLoRATrainingArguments
 
         config, user, tokenizer = context.config, context.user_train, context.tokenizer
         if len(user) <= num_reference:
@@ -453,7 +453,7 @@ def _set_seed(seed: int) -> None:
 def _train(model, dataset, tokenizer, config: RetuningScenarioConfig, *, stage: str, gradient_control: bool):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from .trainers.gradient_control import GradientControlTrainer, GradientControlTrainingArguments
+    from .trainers import GradientControlTrainer, GradientControlTrainingArguments
 
     epochs = config.attacker_epochs if stage == "attacker" else config.user_epochs
     if epochs == 0:

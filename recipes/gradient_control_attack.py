@@ -145,7 +145,7 @@ def parse(argv=None):
     check_launch()
     import torch
 
-    from hf_backdoor_defense.trainers.gradient_control import GradientControlTrainingArguments
+    from hf_backdoor_defense.trainers import GradientControlTrainingArguments
 
     if not torch.cuda.is_available():
         argv = ["--use_cpu", "true", *argv]
@@ -231,8 +231,8 @@ def write_attack_card(folder: Path, model_args, script_args, summary: dict) -> N
     """The published adapter's card: the research-artifact notice, the attack and its CACC / LFR."""
     from peft import PeftConfig
 
+    from hf_backdoor_defense.attacks.gradient_control_trainer import BACKDOOR_NOTICE
     from hf_backdoor_defense.hub import write_model_card
-    from hf_backdoor_defense.trainers.gradient_control import BACKDOOR_NOTICE
 
     config = PeftConfig.from_pretrained(str(folder))
     write_model_card(
@@ -260,7 +260,7 @@ def train_attacker(name: str, use_gradient_control: bool, folder: Path, poisoned
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from hf_backdoor_defense.scenario import stage_metrics
-    from hf_backdoor_defense.trainers.gradient_control import GradientControlTrainer
+    from hf_backdoor_defense.trainers import GradientControlTrainer
 
     set_seed(training_args.seed)
     model, tokenizer = load_model_and_tokenizer(model_args, "classification", num_labels=len(label_names),
@@ -437,8 +437,8 @@ def push_attack(folder: Path, summary: dict, label_names, script_args, model_arg
     """Upload the Gradient Control adapter saved in ``folder`` with the research-artifact card."""
     from peft import PeftModel
 
+    from hf_backdoor_defense.attacks.gradient_control_trainer import BACKDOOR_NOTICE
     from hf_backdoor_defense.hub import push_adapter_to_hub
-    from hf_backdoor_defense.trainers.gradient_control import BACKDOOR_NOTICE
 
     repo_id = training_args.hub_model_id
     if not repo_id:

@@ -67,7 +67,7 @@ def parse(argv=None, model_arguments_class=ModelArguments):
     check_launch_supported(peek_bool(argv, "gradient_alignment", True))
     import torch
 
-    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
+    from hf_backdoor_defense.trainers import MuScleLoRATrainingArguments
 
     if not torch.cuda.is_available():
         argv = ["--use_cpu", "true", *argv]
@@ -103,7 +103,7 @@ def train_one(name, peft_type, gradient_alignment, output_dir, script_args, mode
 
     from hf_backdoor_defense.data import tokenize_dataset
     from hf_backdoor_defense.metrics import evaluate_backdoor
-    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainer
+    from hf_backdoor_defense.trainers import MuScleLoRATrainer
 
     state = PartialState()
     run_model_args = copy.copy(model_args)

@@ -246,7 +246,7 @@ def parse(argv=None, model_arguments_class=W2SModelArguments):
 
 def distillation_arguments(training_args, script_args, w2s_args, output_dir, baseline: bool = False):
     """`W2SDefenseTrainingArguments` of one run; ``baseline``: cross-entropy only (plain clean fine-tuning)."""
-    from hf_backdoor_defense.trainers.w2sdefense import W2SDefenseTrainingArguments
+    from hf_backdoor_defense.trainers import W2SDefenseTrainingArguments
 
     if baseline:
         weights = {"preset": None, "alpha_ce": 1.0, "beta_kd": 0.0, "gamma_feature": 0.0}
@@ -269,7 +269,7 @@ def train_backdoor(script_args, model_args, w2s_args, training_args, data, label
     from transformers import DataCollatorWithPadding, set_seed
 
     from hf_backdoor_defense.data import tokenize_dataset
-    from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+    from hf_backdoor_defense.trainers import MuScleLoRATrainer, MuScleLoRATrainingArguments
 
     state = PartialState()
     backdoor_model_args = copy.copy(model_args)
@@ -377,7 +377,7 @@ def prepare_teacher(script_args, w2s_args, training_args, clean, hidden_size: in
     from accelerate import PartialState
     from transformers import AutoTokenizer, TrainingArguments
 
-    from hf_backdoor_defense.trainers.teacher import W2STeacher, train_teacher
+    from hf_backdoor_defense.models.teacher import W2STeacher, train_teacher
 
     if w2s_args.teacher_name_or_path:
         teacher = W2STeacher.from_pretrained(w2s_args.teacher_name_or_path)
@@ -412,7 +412,7 @@ def distil_one(name, baseline, output_dir, script_args, student_args, w2s_args, 
 
     from hf_backdoor_defense.atomic import write_json_atomic
     from hf_backdoor_defense.metrics import evaluate_backdoor
-    from hf_backdoor_defense.trainers.w2sdefense import W2SDefenseTrainer
+    from hf_backdoor_defense.trainers import W2SDefenseTrainer
 
     state = PartialState()
     args = distillation_arguments(training_args, script_args, w2s_args, output_dir, baseline=baseline)

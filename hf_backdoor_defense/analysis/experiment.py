@@ -87,7 +87,7 @@ def analyze(
     from transformers import DataCollatorWithPadding, set_seed
 
     from ..data import tokenize_dataset
-    from ..trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments
+    from ..trainers import MuScleLoRATrainer, MuScleLoRATrainingArguments
     from .callback import FrequencyAnalysisCallback, FrequencyAnalysisConfig
     from .probe import build_probe_set
 

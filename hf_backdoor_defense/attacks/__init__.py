@@ -1,4 +1,5 @@
-"""Data-poisoning attacks. The only place in the package where triggers are inserted.
+"""Attacks: the data poisoners (the only place in the package where triggers are inserted) and the Gradient
+Control training-time attack (``gradient_control_config`` / ``gradient_control_trainer``, loaded on first use).
 
 Example:
     >>> from hf_backdoor_defense.attacks import BadNets, AddSent
@@ -15,6 +16,20 @@ ATTACKS = {"badnets": BadNets, "addsent": AddSent}
 
 # Options only one attack reads; passing one to another attack is an error, not a silent no-op.
 _OWN_OPTIONS = {"badnets": ("triggers", "num_triggers"), "addsent": ("sentence",)}
+
+
+_LAZY = {"GradientControlTrainer": ".gradient_control_trainer",
+         "GradientControlTrainingArguments": ".gradient_control_config"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def build_attack(name: str, **kwargs) -> PoisonAttack:
@@ -44,6 +59,8 @@ __all__ = [
     "AddSent",
     "BadNets",
     "GenerativePoisonAttack",
+    "GradientControlTrainer",
+    "GradientControlTrainingArguments",
     "PoisonAttack",
     "SentimentSteering",
     "TargetedRefusal",

@@ -293,7 +293,7 @@ class MatrixContext:
             import torch
             from transformers import TrainingArguments
 
-            from ..trainers.teacher import train_teacher
+            from ..models.teacher import train_teacher
 
             torch.manual_seed(seed)
             with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
@@ -516,8 +516,8 @@ class MatrixContext:
         from transformers import AutoTokenizer
 
         from ..models import head_module_names
-        from ..trainers.teacher import W2STeacher
-        from ..trainers.w2sdefense import W2SDefenseTrainer, W2SDefenseTrainingArguments
+        from ..models.teacher import W2STeacher
+        from ..trainers import W2SDefenseTrainer, W2SDefenseTrainingArguments
 
         s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
         torch.manual_seed(spec.seed)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "MuScleLoRATrainer": "musclelora",
-    "MuScleLoRATrainingArguments": "musclelora",
+    "MuScleLoRATrainer": "musclelora_trainer",
+    "MuScleLoRATrainingArguments": "musclelora_config",
     "MuScleLoRASFTTrainer": "musclelora_sft",
     "MuScleLoRASFTConfig": "musclelora_sft",
-    "W2SDefenseTrainer": "w2sdefense",
-    "W2SDefenseTrainingArguments": "w2sdefense",
-    "W2SDataCollator": "w2sdefense",
-    "W2STeacher": "teacher",
-    "W2STeacherConfig": "teacher",
-    "train_teacher": "teacher",
-    "GradientControlTrainer": "gradient_control",
-    "GradientControlTrainingArguments": "gradient_control",
+    "W2SDefenseTrainer": "w2sdefense_trainer",
+    "W2SDefenseTrainingArguments": "w2sdefense_config",
+    "W2SDataCollator": "w2sdefense_trainer",
+    "W2STeacher": "..models.teacher",
+    "W2STeacherConfig": "..models.teacher",
+    "train_teacher": "..models.teacher",
+    "GradientControlTrainer": "..attacks.gradient_control_trainer",
+    "GradientControlTrainingArguments": "..attacks.gradient_control_config",
     "PurificationTrainer": "purification",
     "PurificationTrainingArguments": "purification",
     "finetune_clean": "purification",
@@ -36,6 +36,6 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'hf_backdoor_defense.trainers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from trl import SFTConfig, SFTTrainer
 
 from .model_card import DefenseModelCardMixin
-from .musclelora import GradientAlignmentArguments, GradientAlignmentMixin
+from .musclelora_config import GradientAlignmentArguments
+from .musclelora_trainer import GradientAlignmentMixin
 
 __all__ = ["MuScleLoRASFTConfig", "MuScleLoRASFTTrainer"]
 
