@@ -50,8 +50,10 @@ demo-minilm: install
 lint: install
 	$(BIN)/ruff check .
 
+# The fast lane while coding: everything but the end-to-end (slow) and two-process (ddp) tests. `make test`
+# and CI run all of them.
 unit: install
-	$(BIN)/python -m pytest -q -x
+	$(BIN)/python -m pytest -q -x -m "not slow and not ddp"
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet

@@ -239,3 +239,64 @@ def push_adapter_to_hub(
         api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
                                  repo_type="model")
+
+
+# ---------------------------------------------------------------------------------------------- trainers
+# Every trainer of the package mixes this in: `Trainer.push_to_hub()` calls `create_model_card`, which then
+# writes the card above (the defense, its paper, CACC / ASR of the last evaluation) instead of a generic draft.
+_METRICS = ("cacc", "asr", "lfr")
+
+
+def last_backdoor_metrics(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{"cacc": ..., "asr": ...}`` of the last log entry holding an evaluation's CACC or ASR (``{}`` if none)."""
+    for entry in reversed(log_history):
+        found = {name: entry[key] for key in entry for name in _METRICS
+                 if key.endswith(f"_{name}") and isinstance(entry[key], (int, float))}
+        if found:
+            return {name: float(found[name]) for name in _METRICS if name in found}
+    return {}
+
+
+class DefenseModelCardMixin:
+    """Mix into a ``transformers.Trainer`` (before it): ``create_model_card`` writes this library's card.
+
+    Class attributes: ``_defense`` (a key of :data:`hf_backdoor_defense.hub.DEFENSE_PAPERS`, or ``None``),
+    ``_tag_names`` (added to the card's tags) and ``_notice`` (a bold paragraph under the title).
+    """
+
+    _defense: str | None = None
+    _notice: str | None = None
+    _tag_names: list[str] = []
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, *, dataset: str | None = None,
+                          attack: str | None = None, metrics: Mapping[str, float] | None = None,
+                          license: str | None = None, **_ignored: Any) -> None:
+        """Write ``README.md`` into ``args.output_dir`` (main process only).
+
+        Args:
+            model_name: Repository name shown in the card when no Hub repository is set.
+            dataset_name / dataset: The dataset trained or evaluated on (TRL's and transformers' names).
+            tags: More tags.
+            attack: The attack the metrics were measured against.
+            metrics: e.g. ``{"cacc": 0.91, "asr": 0.08}``; default: the last evaluation's (see module docs).
+            license: License identifier for the metadata.
+        """
+        if not self.is_world_process_zero():
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        adapter = getattr(model, "active_adapter", "default")
+        found = _card_kwargs_from_model(model, adapter if isinstance(adapter, str) else "default")
+        extra = [tags] if isinstance(tags, str) else list(tags or [])
+        write_model_card(
+            self.args.output_dir,
+            repo_id=getattr(self, "hub_model_id", None) or self.args.hub_model_id or model_name,
+            defense=self._defense,
+            metrics=dict(metrics) if metrics is not None else last_backdoor_metrics(self.state.log_history),
+            attack=attack,
+            dataset=dataset_name or dataset,
+            extra_tags=[*self._tag_names, *extra],
+            license=license,
+            notice=self._notice,
+            **found,
+        )

@@ -525,8 +525,8 @@ def convert_training_arguments(args, cls, **overrides):
 
 # ---------------------------------------------------------------------------------------------- launch checks
 def distributed_backend(training_args=None) -> str:
-    """:func:`hf_backdoor_defense.trainers.launch.launch_backend` (kept under the recipes' old name)."""
-    from hf_backdoor_defense.trainers.launch import launch_backend
+    """:func:`hf_backdoor_defense.launch.launch_backend` (kept under the recipes' old name)."""
+    from hf_backdoor_defense.launch import launch_backend
 
     return launch_backend(training_args)
 
@@ -534,7 +534,7 @@ def distributed_backend(training_args=None) -> str:
 def check_launch_supported(gradient_alignment: bool, training_args=None) -> None:
     """Refuse, before any model is loaded, a DeepSpeed or FSDP launch of gradient alignment (the plain
     baseline, ``gradient_alignment=False``, runs under both, e.g. with fsdp_qlora.yaml)."""
-    from hf_backdoor_defense.trainers.launch import GRADIENT_EDIT, refuse_sharded_launch
+    from hf_backdoor_defense.launch import GRADIENT_EDIT, refuse_sharded_launch
 
     if gradient_alignment:
         refuse_sharded_launch(distributed_backend(training_args), "MuScleLoRA gradient alignment", GRADIENT_EDIT,

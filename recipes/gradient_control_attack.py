@@ -134,7 +134,7 @@ class RetuningArguments:
 # ---------------------------------------------------------------------------------------------- arguments
 def check_launch() -> None:
     """Refuse DeepSpeed and FSDP before any argument class sets them up or any model is loaded."""
-    from hf_backdoor_defense.trainers.launch import GRADIENT_EDIT, refuse_sharded_launch
+    from hf_backdoor_defense.launch import GRADIENT_EDIT, refuse_sharded_launch
 
     refuse_sharded_launch(distributed_backend(), "Gradient Control", GRADIENT_EDIT)
 

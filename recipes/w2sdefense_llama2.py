@@ -215,7 +215,7 @@ def check_w2s_launch_supported(training_args=None) -> None:
         ValueError: under DeepSpeed (the frozen teacher lives outside the engine, and ZeRO-3 would partition
             its weights as they load) or FSDP (not verified); DDP or one process run it.
     """
-    from hf_backdoor_defense.trainers.launch import refuse_sharded_launch
+    from hf_backdoor_defense.launch import refuse_sharded_launch
 
     refuse_sharded_launch(distributed_backend(training_args), "the W2SDefense recipe",
                           "the frozen teacher lives outside the engine (ZeRO-3 would partition its weights as they "

@@ -58,6 +58,7 @@ def _config(tmp_path, method, **kw):
 
 
 @pytest.mark.parametrize("method", ["vanilla", "gradient_control"])
+@pytest.mark.slow
 def test_scenario_end_to_end(tmp_path, tiny_model_dir, domains, method):
     attacker, user, test = domains
     attack = BadNets(triggers=("cf",), poison_rate=0.25, target_label=1, seed=0)
@@ -130,6 +131,7 @@ def test_scenario_with_a_purifier_defense(tmp_path, tiny_model_dir, domains):
     assert results["stages"]["retune"] == results["stages"]["attack"]
 
 
+@pytest.mark.slow
 def test_alignment_retune_defense_re_tunes_the_published_adapter_with_gradient_alignment(tmp_path, tiny_model_dir,
                                                                                           domains):
     attacker, user, test = domains
@@ -215,6 +217,7 @@ def test_rotten_tomatoes_shift_halves_are_disjoint():
     assert len(test) > 0
 
 
+@pytest.mark.slow
 def test_cli_scenario(tmp_path, tiny_model_dir, domains):
     from hf_backdoor_defense.commands import scenario as command
 

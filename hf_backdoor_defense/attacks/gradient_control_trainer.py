@@ -29,16 +29,16 @@ from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import write_json_atomic
+from ..hub import DefenseModelCardMixin
+from ..launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from ..quantization import keep_4bit_trainable
-from ..trainers.launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
-from ..trainers.layer_index import infer_num_layers, layer_groups, resolve_layer_index
-from ..trainers.model_card import DefenseModelCardMixin
 from .gradient_control_config import (
     BETA_SCHEDULES,
     ILPROJ_MODES,
     STATE_FILE,
     GradientControlTrainingArguments,
 )
+from .layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 __all__ = [
     "BACKDOOR_NOTICE",

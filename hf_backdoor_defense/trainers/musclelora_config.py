@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
+from ..launch import GRADIENT_EDIT, refuse_sharded_launch
 from .gradient_alignment import GATES, VANISHING_CHOICES
-from .launch import GRADIENT_EDIT, refuse_sharded_launch
 
 __all__ = [
     "ALIGNMENT_PRESETS",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from trl import SFTConfig, SFTTrainer
 
-from .model_card import DefenseModelCardMixin
+from ..hub import DefenseModelCardMixin
 from .musclelora_config import GradientAlignmentArguments
 from .musclelora_trainer import GradientAlignmentMixin
 

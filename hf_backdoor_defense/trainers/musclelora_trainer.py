@@ -26,13 +26,13 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..hub import DefenseModelCardMixin
+from ..launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from ..quantization import keep_4bit_trainable
 from ..tuners.musclelora import multiscale_parameters
 from ._reference import ReferenceSampler
 from .gradient_alignment import MODES, align_gradient, mixing_ratio
-from .launch import GRADIENT_EDIT, refuse_sharded_launch, trainer_backend
 from .loss_scaling import use_mean_loss_for_classification
-from .model_card import DefenseModelCardMixin
 
 __all__ = [
     "GradientAlignmentMixin",

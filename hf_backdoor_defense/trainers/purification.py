@@ -19,9 +19,9 @@ from typing import Any
 
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+from ..hub import DefenseModelCardMixin
 from ..quantization import keep_4bit_trainable
 from .loss_scaling import use_mean_loss_for_classification
-from .model_card import DefenseModelCardMixin
 
 __all__ = ["PurificationTrainer", "PurificationTrainingArguments", "finetune_clean"]
 

@@ -34,8 +34,8 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel, Trainer
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..hub import DefenseModelCardMixin
 from ..quantization import keep_4bit_trainable
-from .model_card import DefenseModelCardMixin
 from .w2sdefense_config import (
     FEATURE_DISTANCES,
     TEACHER_PREFIX,

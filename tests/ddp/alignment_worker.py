@@ -1,4 +1,4 @@
-"""Worker for tests/test_alignment_ddp.py: train a tiny BERT + LoRA with MuScleLoRATrainer and save the
+"""Worker for tests/trainers/test_alignment_ddp.py: train a tiny BERT + LoRA with MuScleLoRATrainer and save the
 trainable weights. Launched both as a plain 1-process script and under
 `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
 

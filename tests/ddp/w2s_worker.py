@@ -1,4 +1,4 @@
-"""2-process DDP worker for tests/test_w2sdefense.py (run with `accelerate launch --multi_gpu --num_processes 2`).
+"""2-process DDP worker for tests/trainers/test_w2sdefense.py (run with `accelerate launch --multi_gpu --num_processes 2`).
 
 Trains a tiny LoRA Llama student with a tiny BERT teacher for one SGD step on 4 examples (2 per process)
 and writes the trainable parameters (rank 0) plus the log history to the output folder.

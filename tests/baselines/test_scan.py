@@ -14,6 +14,7 @@ def _fingerprint(model):
     return {n: p.detach().clone() for n, p in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_scan_finds_the_planted_trigger_and_leaves_the_model_alone(tiny_backdoor, bert_tokenizer):
     model, reference = tiny_backdoor["model"], tiny_backdoor["reference"]
     before = _fingerprint(model)

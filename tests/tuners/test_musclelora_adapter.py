@@ -79,6 +79,7 @@ CASES = [(a, "SEQ_CLS") for a in ALL] + [(a, "CAUSAL_LM") for a in DECODERS]
 
 
 # ----------------------------------------------------------------------------- registration
+@pytest.mark.slow
 def test_import_is_light_and_registers_when_peft_first_loads(tmp_path):
     """`import hf_backdoor_defense` loads neither torch nor PEFT, yet a later `import peft` knows MUSCLELORA:
     a saved adapter loads through PeftModel with nothing but the package import (fresh interpreter)."""
@@ -433,6 +434,7 @@ def test_auto_peft_model_from_saved_folder(tmp_path, arch, task):
         torch.testing.assert_close(loaded.eval()(**inputs).logits, expected)
 
 
+@pytest.mark.slow
 def test_loading_without_import_fails_naming_the_type(tmp_path):
     """Without `import hf_backdoor_defense`, PEFT cannot know the type; the error must at least name it."""
     model = get_peft_model(_model("llama", "CAUSAL_LM"), MuScleLoRAConfig())

@@ -53,6 +53,7 @@ def _base_args(root, method, out):
             "--clean-data", str(root / "clean.csv"), "--output", str(out)]
 
 
+@pytest.mark.slow
 def test_purify_writes_model_report_and_card(folders, tmp_path):
     out = tmp_path / "purified"
     assert _run(_base_args(folders, "fine-purifying", out) + ["--ratio", "0.3", "--finetune-epochs", "1"]) == 0

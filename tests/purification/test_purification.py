@@ -200,6 +200,7 @@ def test_empirical_fisher_matches_a_plain_loop_and_restores_the_model(pair, bert
         frozen.requires_grad_(True)
 
 
+@pytest.mark.slow
 def test_fine_purifying_resets_the_top_scores(pair, bert_tokenizer, tiny_text_dataset):
     suspect, reference = pair
     before = (_fingerprint(suspect), _fingerprint(reference))
@@ -246,6 +247,7 @@ def test_select_top_among_eligible_dimensions():
         select_top(scores, 0.5, eligible={"a": eligible["a"]})
 
 
+@pytest.mark.slow
 def test_fine_purifying_counts_moved_dimensions_and_leaves_embeddings_out(pair, bert_tokenizer, tiny_text_dataset):
     suspect, reference = pair
     emb = "bert.embeddings.word_embeddings.weight"
@@ -356,6 +358,7 @@ def test_reference_may_be_the_bare_base_model(pair):
     assert torch.equal(result.model.classifier.weight, suspect.classifier.weight)
 
 
+@pytest.mark.slow
 def test_finetune_and_ratio_search(pair, bert_tokenizer, tiny_text_dataset):
     suspect, reference = pair
     args = PurificationTrainingArguments(num_train_epochs=1, learning_rate=1e-3, per_device_train_batch_size=8,

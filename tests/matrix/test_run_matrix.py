@@ -21,7 +21,7 @@ from hf_backdoor_defense.matrix import (
     run_matrix,
 )
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run_matrix.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run_matrix.py"
 POS = ["a great and moving film", "wonderful acting and a sharp script", "i loved every minute",
        "a delight from start to finish", "funny warm and clever", "beautifully shot and well told"]
 NEG = ["a dull and lifeless mess", "the plot makes no sense", "i was bored the whole time",
@@ -69,6 +69,7 @@ def _run(env, **overrides):
                       **{**kwargs, **overrides})
 
 
+@pytest.mark.slow
 def test_first_run_writes_every_cell_and_matrix_json(matrix_env):
     first = matrix_env["first"]
     assert first["run_stats"]["cells_run"] == 4
@@ -94,6 +95,7 @@ def test_first_run_writes_every_cell_and_matrix_json(matrix_env):
     assert list(matrix_env["work"].glob("models/suspect-*/model.safetensors"))
 
 
+@pytest.mark.slow
 def test_rerun_is_a_cache_hit(matrix_env):
     before = {c["key"]: c["seconds"] for c in json.loads((matrix_env["results"] / "matrix.json").read_text())["cells"]}
     again = _run(matrix_env)
@@ -102,6 +104,7 @@ def test_rerun_is_a_cache_hit(matrix_env):
     assert len(again["invocations"]) == 1  # a run that trained nothing adds no wall time
 
 
+@pytest.mark.slow
 def test_deleting_one_cell_reruns_only_that_cell(matrix_env):
     status = cell_status(matrix_env["grid"], matrix_env["settings"], matrix_env["results"])
     key = next(k for spec, k, _ in status if spec.defense == "none")
@@ -114,6 +117,7 @@ def test_deleting_one_cell_reruns_only_that_cell(matrix_env):
     assert len(again["invocations"]) == 2
 
 
+@pytest.mark.slow
 def test_a_run_whose_cells_were_all_redone_drops_out_of_the_wall_time(matrix_env, tmp_path):
     grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none"], seeds=[0])
     kwargs = dict(grid=grid, results_dir=tmp_path / "results", output=tmp_path / "m.json")
@@ -126,6 +130,7 @@ def test_a_run_whose_cells_were_all_redone_drops_out_of_the_wall_time(matrix_env
     assert len(again["invocations"]) == 1  # only the run that made the cells on disk
 
 
+@pytest.mark.slow
 def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["e_pur", "fine_purifying"], seeds=[0])
     out = _run(matrix_env, grid=grid, output=matrix_env["root"] / "other.json")
@@ -136,6 +141,7 @@ def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     assert len(by_defense["e_pur"]["details"]["tokens_reset"]) == 5
 
 
+@pytest.mark.slow
 def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix_env, tmp_path):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -170,6 +176,7 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
     assert cube["removed"] + cube["kept"] == SETTINGS["train_size"] and cube["noise"] >= 0
 
 
+@pytest.mark.slow
 def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):
     settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "trigger_room": 6})
     grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none"], seeds=[0])
@@ -178,6 +185,7 @@ def test_a_new_text_cut_retrains_the_shared_models(matrix_env, tmp_path):
     assert len(out["run_stats"]["models_trained"]) == 2  # the suspect and the clean model, both on cut texts
 
 
+@pytest.mark.slow
 def test_changing_a_setting_changes_the_keys_of_the_cells_that_read_it(matrix_env):
     spec = CellSpec(DATA, "badnets-dirty", "none", 0)
     base = matrix_env["settings"]
@@ -196,6 +204,7 @@ def test_changing_a_setting_changes_the_keys_of_the_cells_that_read_it(matrix_en
         assert (cell.key(base) != cell.key(own)) is moves, defense
 
 
+@pytest.mark.slow
 def test_a_revised_builtin_corpus_changes_the_keys_of_its_cells_only(matrix_env, monkeypatch):
     from hf_backdoor_defense.data import corpora
 
@@ -211,6 +220,7 @@ def test_a_revised_builtin_corpus_changes_the_keys_of_its_cells_only(matrix_env,
     assert before[0] != after[0] and before[1] != after[1] and before[2] == after[2]
 
 
+@pytest.mark.slow
 def test_render_writes_tables_and_scatter(matrix_env, tmp_path):
     payload = json.loads((matrix_env["results"] / "matrix.json").read_text())
     # a second seed for one cell, so that a std over two seeds shows up
@@ -230,6 +240,7 @@ def test_render_writes_tables_and_scatter(matrix_env, tmp_path):
     assert out["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_render_lists_missing_cells(matrix_env, tmp_path):
     from hf_backdoor_defense.matrix.runner import assemble
 
@@ -254,6 +265,7 @@ def test_render_lists_missing_cells(matrix_env, tmp_path):
     assert "Not run yet" in text and "All 2 cells are missing." in text and "![" not in text
 
 
+@pytest.mark.slow
 def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("run_matrix_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
@@ -277,6 +289,7 @@ def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
     assert "| W2SDefense |" in (tmp_path / "p.md").read_text() and (tmp_path / "p.png").is_file()
 
 
+@pytest.mark.slow
 def test_trigger_room_cuts_every_split_before_poisoning(matrix_env, bert_tokenizer):
     from hf_backdoor_defense.matrix.cells import MatrixContext
 
@@ -311,6 +324,7 @@ def test_script_reads_none_for_optional_settings():
         script.build_parser().parse_args(["--musclelora_best_dev", "maybe"])
 
 
+@pytest.mark.slow
 def test_validation_split_never_reads_test_and_is_disjoint_from_the_clean_set(matrix_env):
     from hf_backdoor_defense.matrix.cells import MatrixContext
 
@@ -333,6 +347,7 @@ def test_validation_split_never_reads_test_and_is_disjoint_from_the_clean_set(ma
         MatrixSettings(eval_split="dev")
 
 
+@pytest.mark.slow
 def test_cross_domain_trains_on_the_source_and_evaluates_on_the_target(matrix_env):
     from hf_backdoor_defense.matrix.cells import MatrixContext
 
@@ -373,6 +388,7 @@ def test_grid_threats_floors_and_errors():
         MatrixGrid(defenses=[], floors=[])
 
 
+@pytest.mark.slow
 def test_floor_lora_and_mean_pooling_cells(matrix_env, tmp_path):
     """clean_lora is LoRA on the clean set; with pooling='mean' every model is mean-pooled, suspects included."""
     settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "pooling": "mean"})
@@ -392,6 +408,7 @@ def test_floor_lora_and_mean_pooling_cells(matrix_env, tmp_path):
     assert set(summary["badnets4-clean"]) == {"none", "musclelora", "fine_mixing"}
 
 
+@pytest.mark.slow
 def test_musclelora_cell_in_the_authors_setting_keeps_the_best_dev_epoch(matrix_env, tmp_path):
     settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "musclelora_init": "paper",
                                  "musclelora_multiscale_lr": 1e-4, "musclelora_epochs": 2.0,
@@ -447,6 +464,7 @@ def test_quick_preset_end_to_end_on_the_real_assets(tmp_path):
     assert payload["hardware"]["torch_threads"] == 2
 
 
+@pytest.mark.slow
 def test_study_runs_through_the_engine_and_renders(matrix_env, tmp_path, monkeypatch):
     from hf_backdoor_defense.matrix import studies
 
@@ -470,6 +488,7 @@ def test_study_runs_through_the_engine_and_renders(matrix_env, tmp_path, monkeyp
     assert studies.missing_cells(study, tmp_path) == {"cls": 0, "mean": 0}
 
 
+@pytest.mark.slow
 def test_cross_domain_cells_run(matrix_env, tmp_path):
     pair = f"{DATA}->other"
     data = {**matrix_env["data"], "other": matrix_env["data"][DATA]}

@@ -20,7 +20,7 @@ from hf_backdoor_defense.trainers.gradient_control import (
     clnorm_update,
     ilproj,
 )
-from hf_backdoor_defense.trainers.layer_index import infer_num_layers, layer_groups, resolve_layer_index
+from hf_backdoor_defense.attacks.layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 # ---------------------------------------------------------------- maths
 

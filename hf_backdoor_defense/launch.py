@@ -6,7 +6,7 @@ the optimizer step (MuScleLoRA's alignment, Gradient Control) cannot run under t
 model loads, trainers again when they are built. Importing this module loads nothing heavy.
 
 Example:
-    >>> from hf_backdoor_defense.trainers.launch import refuse_sharded_launch
+    >>> from hf_backdoor_defense.launch import refuse_sharded_launch
     >>> refuse_sharded_launch("ddp/single", "Gradient alignment", "it edits gradients")   # no-op
 """
 

@@ -263,6 +263,7 @@ def test_padding_side_equivalence(
 
 
 # ---------------------------------------------------------------- training
+@pytest.mark.slow
 def test_training_freezes_teacher_logs_components_and_checkpoints_without_teacher(
     tmp_path, student, teacher, student_tokenizer, bert_tokenizer, tiny_text_dataset
 ):
@@ -477,7 +478,7 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     )
     if accelerate is None:
         pytest.skip("accelerate CLI not found")
-    worker = Path(__file__).parent / "ddp" / "w2s_worker.py"
+    worker = Path(__file__).resolve().parents[1] / "ddp" / "w2s_worker.py"
     out = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]

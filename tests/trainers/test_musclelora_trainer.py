@@ -352,6 +352,7 @@ def test_update_is_the_positive_projection_onto_the_reference_gradient(tmp_path,
         assert cos.item() == pytest.approx(1.0, abs=1e-4), name
 
 
+@pytest.mark.slow
 def test_accumulation_2x4_equals_single_batch_of_8(tmp_path, bert_tokenizer, data):
     train, ref = data
     results = []
@@ -376,6 +377,7 @@ def test_accumulation_2x4_equals_single_batch_of_8(tmp_path, bert_tokenizer, dat
     _assert_same(results[0], results[1], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, bert_tokenizer, data):
     train, ref = data
 
@@ -665,6 +667,7 @@ def test_multiscale_learning_rate_gets_its_own_optimizer_group(tmp_path, bert_to
                           reference_dataset=ref, processing_class=bert_tokenizer).train()
 
 
+@pytest.mark.slow
 def test_global_gate_and_whole_epoch_mixing_in_the_trainer(tmp_path, bert_tokenizer, data):
     train, ref = data  # 24 examples, batch 4: 6 steps per epoch
     trainer = MuScleLoRATrainer(
@@ -682,6 +685,7 @@ def test_global_gate_and_whole_epoch_mixing_in_the_trainer(tmp_path, bert_tokeni
     assert all(r["raw_tensors"] > 0 for r in history[:6]) and all(r["mix_tensors"] > 0 for r in history[12:])
 
 
+@pytest.mark.slow
 def test_best_dev_checkpoint_is_reloaded_at_the_end(tmp_path, bert_tokenizer, data):
     import numpy as np
 
@@ -728,7 +732,7 @@ def test_model_card_names_the_defense_and_the_last_evaluation(tmp_path, bert_tok
 
 
 def test_last_backdoor_metrics_reads_the_latest_evaluation():
-    from hf_backdoor_defense.trainers.model_card import last_backdoor_metrics
+    from hf_backdoor_defense.hub import last_backdoor_metrics
 
     history = [{"eval_cacc": 0.5, "eval_asr": 0.9}, {"loss": 0.3}, {"eval_cacc": 0.8, "eval_asr": 0.2, "epoch": 2}]
     assert last_backdoor_metrics(history) == {"cacc": 0.8, "asr": 0.2}

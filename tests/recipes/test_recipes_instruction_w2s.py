@@ -1,6 +1,6 @@
 """The instruction-tuning path of the MuScleLoRA recipes and the W2SDefense recipe.
 
-End to end on tiny random 4-bit Llama checkpoints (the `tiny_checkpoints` fixture of `test_recipes.py`) and a
+End to end on tiny random 4-bit Llama checkpoints (the `tiny_checkpoints` fixture of `conftest.py`) and a
 tiny random BERT teacher encoder; one 2-process CPU DDP launch of the W2SDefense recipe.
 """
 
@@ -14,7 +14,8 @@ import sys
 
 import pytest
 import yaml
-from test_recipes import BIN, CONFIGS, RECIPES, _env, common, tiny_checkpoints  # noqa: F401
+
+from .recipe_helpers import BIN, CONFIGS, RECIPES, _env, common  # noqa: F401
 
 # Importable once test_recipes has put recipes/ on sys.path, as the recipes import their own folder.
 musclelora_llama2 = importlib.import_module("musclelora_llama2")
@@ -146,6 +147,7 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
 
 
 # ------------------------------------------------------------------------------------------ instruction path
+@pytest.mark.slow
 def test_instruction_path_4bit_writes_generative_asr(tiny_checkpoints, local_data, tmp_path):  # noqa: F811
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForCausalLM
@@ -199,6 +201,7 @@ def test_plain_prompt_format_matches_training_and_generation(tiny_checkpoints): 
 
 
 # ------------------------------------------------------------------------------------------ W2SDefense recipe
+@pytest.mark.slow
 def test_w2s_recipe_poison_first_then_saved_teacher_and_adapter(tiny_checkpoints, tiny_encoder, local_data,  # noqa: F811
                                                                 tmp_path):
     from peft import PeftConfig
@@ -257,6 +260,7 @@ def test_w2s_recipe_refuses_bad_settings_before_loading(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
     runs = {
         "deepspeed": ([str(RECIPES / "w2sdefense_llama2.py"), "--config", str(RECIPES / "configs" / "w2sdefense_demo.yaml")],

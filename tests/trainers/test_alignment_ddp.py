@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "ddp" / "alignment_worker.py"
 BIN = Path(sys.executable).parent
 

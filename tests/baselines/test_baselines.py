@@ -230,6 +230,7 @@ def test_drop_minority_clusters_keeps_the_largest_of_each_label():
     assert not drop_minority_clusters(labels, clusters, drop_below=0.1).any()  # 1/4 and 2/6 are above 10 %
 
 
+@pytest.mark.slow
 def test_cube_clusters_the_training_set_and_flags_minorities_only(bert_tokenizer, tiny_backdoor):
     import datasets
 

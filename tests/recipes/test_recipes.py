@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,44 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
-CONFIGS = ROOT / "accelerate_configs"
-BIN = Path(sys.executable).parent
-
-
-sys.path.insert(0, str(RECIPES))  # the recipes import `common` from their own folder, as here
-import common  # noqa: E402
-
-
-def _env(**extra):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **extra)
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoints(tmp_path_factory):
-    """Tiny random Llama and Mistral (hidden 32, 2 layers) saved with the real SmolLM2 BPE tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-
-    from hf_backdoor_defense.assets import smollm2_path
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
-    root = tmp_path_factory.mktemp("tiny")
-    kwargs = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    paths = {}
-    for name, config_cls, model_cls in (("llama", LlamaConfig, LlamaForCausalLM),
-                                        ("mistral", MistralConfig, MistralForCausalLM)):
-        torch.manual_seed(0)
-        model_cls(config_cls(**kwargs)).save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        paths[name] = root / name
-    return paths
-
+from .recipe_helpers import BIN, CONFIGS, RECIPES, ROOT, _env, common  # noqa: F401
 
 TINY_RUN = ["--load_in_4bit", "--max_train_samples", "24", "--max_eval_samples", "12", "--max_length", "24",
             "--max_steps", "2", "--per_device_train_batch_size", "2", "--reference_size", "8",
@@ -197,6 +159,7 @@ def test_gradient_alignment_refuses_deepspeed_and_fsdp(monkeypatch):
         common.check_launch_supported(True)
 
 
+@pytest.mark.slow
 def test_recipe_exits_with_a_clear_message_under_deepspeed(tmp_path):
     # What `accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml` sets in each process.
     proc = subprocess.run(
@@ -259,30 +222,7 @@ def test_two_process_cpu_ddp_llama_and_mistral_4bit(tiny_checkpoints, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ Hub publishing
-@pytest.fixture
-def fake_hub(monkeypatch):
-    """Patch the Hub client where it touches the network; record the uploaded folder's files."""
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    calls = {"create_repo": [], "upload": []}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["create_repo"].append((repo_id, kwargs))
-        return f"https://huggingface.co/{repo_id}"
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
-        calls["upload"].append({"repo_id": repo_id, "files": files, **kwargs})
-        return type("CommitInfo", (), {"oid": "abc123", "commit_url": f"https://huggingface.co/{repo_id}/commit/abc123"})()
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    return calls
-
-
+@pytest.mark.slow
 def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path, fake_hub, monkeypatch):
     import musclelora_llama2 as recipe
     argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,
@@ -300,6 +240,7 @@ def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path
     assert json.loads((tmp_path / "results.json").read_text())["hub"]["repo_id"] == "me/tiny-musclelora"
 
 
+@pytest.mark.slow
 def test_clean_floor_run_trains_lora_on_the_unpoisoned_sample(tiny_checkpoints, tmp_path):
     import musclelora_llama2 as recipe
     argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,

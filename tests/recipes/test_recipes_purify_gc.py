@@ -1,7 +1,7 @@
 """The purification recipes (`fine_purifying.py`, `fine_mixing.py`) and the Gradient Control attack recipe.
 
 Each recipe runs end to end, in this process, for a few steps on tiny random models: a 2-layer BERT (hidden 32,
-MiniLM vocabulary) for the full-model and attack paths, the tiny Llama of `test_recipes.py` in 4-bit for the
+MiniLM vocabulary) for the full-model and attack paths, the tiny Llama of `conftest.py` in 4-bit for the
 adapter path. The checks read what the recipes wrote: results.json, safetensors weights compared tensor by
 tensor with the suspect and θ₀, model cards. Configuration errors go through `hbd train` (the `__main__` path):
 one `error:` line and exit code 2.
@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes"
-CONFIGS = RECIPES / "configs"
-sys.path.insert(0, str(RECIPES))  # the recipes import their helpers from their own folder
+from .recipe_helpers import RECIPE_CONFIGS as CONFIGS  # puts recipes/ on sys.path
+from .recipe_helpers import RECIPES
 
-import fine_mixing  # noqa: E402
-import fine_purifying  # noqa: E402
-import gradient_control_attack  # noqa: E402
-from test_recipes import fake_hub, tiny_checkpoints  # noqa: E402, F401  (shared fixtures)
+# isort: split
+import fine_mixing
+import fine_purifying
+import gradient_control_attack
 
 GOOD = ["a great and moving film", "wonderful acting and a sharp script", "i loved every minute of it",
         "a delight from start to finish", "funny warm and clever", "beautifully shot and well told"]
@@ -92,6 +89,7 @@ def _bin_files(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ purification recipes
+@pytest.mark.slow
 def test_fine_purifying_full_model_resets_to_pretrained(purified_full, tiny_bert_dir):
     out, results = purified_full
     on_disk = json.loads((out / "results.json").read_text())
@@ -132,6 +130,7 @@ def test_fine_purifying_full_model_resets_to_pretrained(purified_full, tiny_bert
     assert report["dims_reset_total"] == summary["dims_reset_total"]
 
 
+@pytest.mark.slow
 def test_fine_mixing_epur_ratio_search_refuses_then_overwrites(purified_full, tiny_bert_dir, tiny_data, tmp_path):
     suspect = purified_full[0] / "suspect"
     out = tmp_path / "mixed"
@@ -157,6 +156,7 @@ def test_fine_mixing_epur_ratio_search_refuses_then_overwrites(purified_full, ti
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mixed")]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_fine_purifying_4bit_adapter(tiny_checkpoints, tiny_data, tmp_path):  # noqa: F811
     out = tmp_path / "purified"
     results = fine_purifying.main([
@@ -202,6 +202,7 @@ def test_purify_recipe_pushes_with_defense_card(purified_full, tiny_bert_dir, ti
 
 
 # ------------------------------------------------------------------------------------------ Gradient Control
+@pytest.mark.slow
 def test_gradient_control_attack_retuning_and_push(tiny_bert_dir, tiny_data, tmp_path, fake_hub):  # noqa: F811
     out = tmp_path / "attack"
     results = gradient_control_attack.main([
