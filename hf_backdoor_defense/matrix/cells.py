@@ -430,7 +430,10 @@ class MatrixContext:
         text, label = attack.text_column, attack.label_column
         common = {"max_length": s.max_length, "text_column": text, "disable_progress_bar": self.disable_progress}
         start = time.perf_counter()
-        if spec.defense == "onion":
+        if spec.defense == "onion":  # one LM pass per word: scored on seeded subsamples (`onion_eval_size`)
+            from ..data import subsample
+
+            clean_test, triggered = (subsample(d, s.onion_eval_size, s.test_seed) for d in (clean_test, triggered))
             onion = ONION(ONIONConfig(threshold=s.onion_threshold, show_progress=not self.disable_progress),
                           **self._onion_lm())
             corrected = [onion.filter_dataset(d, text_column=text) for d in (clean_test, triggered)]

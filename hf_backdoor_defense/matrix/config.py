@@ -98,7 +98,7 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
     "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio"),
     "w2sdefense": ("w2s_epochs", "w2s_lr", "w2s_lora_r", "teacher_epochs", "teacher_lr"),
-    "onion": ("onion_model", "onion_threshold"),
+    "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
     "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
     "rap": ("rap_word", "rap_frr"),
     "bki": ("bki_keywords",),
@@ -248,6 +248,9 @@ class MatrixSettings:
         onion_model: ONION: causal LM scoring fluency (``"smollm2"``: the offline SmolLM2-135M; or a Hub id
             or folder).
         onion_threshold: ONION: remove the words whose deletion lowers the perplexity by more than this.
+        onion_eval_size: ONION: score at most this many clean and this many triggered evaluation inputs (seeded
+            subsamples; ``None``: all). ONION runs the language model once per word of every input, over 20
+            minutes for a 1,000-sentence cell on 2 CPU cores; the cell records the sizes it scored.
         strip_copies: STRIP: perturbed copies per input.
         strip_swap_ratio: STRIP: fraction of an input's words replaced in each copy.
         strip_frr: STRIP: clean inputs rejected (sets the threshold on the trusted clean set).
@@ -304,6 +307,8 @@ class MatrixSettings:
     onion_model: str = field(default="smollm2", metadata={
         "help": "ONION language model: 'smollm2' (offline) or a Hub id / folder."})
     onion_threshold: float = field(default=0.0, metadata={"help": "ONION: suspicion threshold (perplexity drop)."})
+    onion_eval_size: int | None = field(default=300, metadata={
+        "help": "ONION: clean and triggered inputs scored (seeded subsamples; None: all)."})
     strip_copies: int = field(default=5, metadata={"help": "STRIP: perturbed copies per input."})
     strip_swap_ratio: float = field(default=0.5, metadata={"help": "STRIP: fraction of words replaced per copy."})
     strip_frr: float = field(default=0.01, metadata={"help": "STRIP: clean inputs rejected (sets the threshold)."})
@@ -351,6 +356,11 @@ class MatrixSettings:
         for name in ("strip_frr", "rap_frr"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1) (the clean inputs rejected), got {getattr(self, name)}.")
+        if self.onion_eval_size is not None and (isinstance(self.onion_eval_size, bool)
+                                                 or not isinstance(self.onion_eval_size, int)
+                                                 or self.onion_eval_size < 1):
+            raise ValueError(f"`onion_eval_size` must be an integer >= 1 or None (every input), got "
+                             f"{self.onion_eval_size!r}.")
         if not math.isfinite(self.onion_threshold):
             raise ValueError(f"`onion_threshold` must be a finite number, got {self.onion_threshold}.")
         for name, allowed in (("musclelora_head", ("frozen", "trainable")), ("musclelora_init", ("zero", "paper")),
@@ -540,7 +550,7 @@ RATES: dict[str, float] = {
     "w2s": 0.035,        # W2SDefense student step (LoRA + the teacher's forward)
     "fisher": 0.02,      # Fine-purifying's empirical Fisher, per clean example
     "eval": 0.011,       # one forward pass, per test example
-    "onion": 0.25,       # ONION: SmolLM2 perplexities of a sentence and of each deletion, per test example (guess)
+    "onion": 0.8,        # ONION, per input scored: >= 0.8 s (a 1,000-sentence cell ran past 20 min and was stopped)
     "cell": 3.0,         # fixed cost of a cell: loading models, building trainers (seconds)
 }
 """Seconds per example and epoch at ``max_length`` 64 on the project's idle 2-core machine with 2 torch threads,
@@ -582,7 +592,8 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],
                "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"],
-               "onion": 1.5 * s.test_size * scale * r["onion"],
+               "onion": (min(s.test_size, s.onion_eval_size or s.test_size)
+                         + min(s.test_size // 2, s.onion_eval_size or s.test_size)) * scale * r["onion"],
                "strip": (1.5 * s.test_size + s.clean_size) * s.strip_copies * r["eval"] * scale,
                "rap": (3 * s.test_size + 5 * 3 * s.clean_size) * r["eval"] * scale,
                "bki": poisoned_train * r["full"] + s.train_size * 20 * r["eval"] * scale,

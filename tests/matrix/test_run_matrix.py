@@ -153,7 +153,8 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
-    settings = dataclasses.replace(matrix_env["settings"], onion_model=str(tmp_path / "lm"), strip_frr=0.25)
+    settings = dataclasses.replace(matrix_env["settings"], onion_model=str(tmp_path / "lm"), strip_frr=0.25,
+                                   onion_eval_size=10)
     grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none", "onion", "strip", "rap", "bki", "cube"],
                       seeds=[0])
     out = _run(matrix_env, settings=settings, grid=grid, output=tmp_path / "baselines.json")
@@ -169,6 +170,8 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
     onion = cells["onion"]["details"]
     assert onion["words_removed_per_clean_input"] >= 0 and onion["words_removed_per_triggered_input"] >= 0
     assert 0.0 <= cells["onion"]["asr"] <= 1.0
+    assert cells["onion"]["n_clean"] == 10 < cells["strip"]["n_clean"]  # ONION scores a capped subsample
+    assert cells["onion"]["n_triggered"] == min(10, cells["strip"]["n_triggered"])
     bki = cells["bki"]["details"]
     assert len(bki["keywords"]) == 1 and bki["removed"] + bki["kept"] == SETTINGS["train_size"]
     assert bki["recall"] is None or 0.0 <= bki["recall"] <= 1.0
