@@ -63,14 +63,16 @@ def make_purifier(defense: str, settings: MatrixSettings, seed: int):
     from ..purification import EmbeddingPurification, FineMixing, FinePurifying
 
     head_names = tuple(n for n in head_module_names(settings.pooling) if n != "classifier")
-    # The engine's purifier cells keep the ranking they were measured with (ratio over all dimensions,
-    # embeddings ranked, batch Fisher) until the purification study chooses the library's newer options.
+    # The settings' defaults keep the ranking the cells were first measured with (ratio over all dimensions,
+    # embeddings ranked, batch Fisher); the library's own defaults are "moved", "exclude" and "example".
     if defense == "fine_mixing":
-        return FineMixing(ratio=settings.fm_ratio, ratio_of="all", mask="random", seed=seed, head_names=head_names)
+        return FineMixing(ratio=settings.fm_ratio, ratio_of=settings.fm_ratio_of, mask="random", seed=seed,
+                          head_names=head_names)
     if defense == "e_pur":
         return EmbeddingPurification(num_tokens=settings.epur_tokens, head_names=head_names)
     if defense == "fine_purifying":
-        return FinePurifying(ratio=settings.fp_ratio, ratio_of="all", embeddings="include", estimator="batch",
+        return FinePurifying(ratio=settings.fp_ratio, ratio_of=settings.fp_ratio_of, embeddings=settings.fp_embeddings,
+                             estimator=settings.fp_estimator,
                              batch_size=16, max_length=settings.max_length, show_progress=False,
                              head_names=head_names)
     raise ValueError(f"{defense!r} is not a purifier; purifiers: fine_mixing, e_pur, fine_purifying.")

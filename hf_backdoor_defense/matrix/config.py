@@ -94,9 +94,9 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "lora": ("adapter_lr",),
     "clean_lora": ("adapter_lr",),
     "musclelora": ("adapter_lr", "reference_size", *_MUSCLELORA_SETTINGS),
-    "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio"),
+    "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
-    "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio"),
+    "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio", "fp_ratio_of", "fp_embeddings", "fp_estimator"),
     "w2sdefense": ("w2s_epochs", "w2s_lr", "w2s_lora_r", "teacher_epochs", "teacher_lr"),
     "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
     "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
@@ -227,6 +227,12 @@ class MatrixSettings:
         purify_lr: Learning rate of that clean fine-tune (full model).
         fm_ratio: Fine-mixing: fraction of fine-tuned dimensions reset (random mask).
         fp_ratio: Fine-purifying: fraction of dimensions with the largest ``δ²/H`` reset.
+        fm_ratio_of / fp_ratio_of: What the ratio counts: ``"all"`` dimensions (how the matrix's cells were first
+            measured) or those the fine-tune ``"moved"`` (the library's default; see the purification page).
+        fp_embeddings: Fine-purifying: ``"include"`` the embedding matrices in the ranking (first measured) or
+            ``"exclude"`` them (the library's default).
+        fp_estimator: Fine-purifying: Fisher diagonal from squared ``"batch"`` gradients (first measured) or
+            per-``"example"`` gradients (the library's default, the paper's).
         epur_tokens: E-PUR: embedding rows reset.
         w2s_epochs: W2SDefense: epochs of the student's LoRA on the clean set.
         w2s_lr: W2SDefense: learning rate of the student's LoRA and head.
@@ -285,6 +291,14 @@ class MatrixSettings:
     purify_lr: float = field(default=2e-5, metadata={"help": "Learning rate of the post-purification fine-tune."})
     fm_ratio: float = field(default=0.5, metadata={"help": "Fine-mixing: fraction of dimensions reset."})
     fp_ratio: float = field(default=0.3, metadata={"help": "Fine-purifying: fraction of dimensions reset."})
+    fm_ratio_of: str = field(default="all", metadata={
+        "help": "Fine-mixing: the ratio counts 'all' dimensions or the 'moved' ones.", "key_default": "all"})
+    fp_ratio_of: str = field(default="all", metadata={
+        "help": "Fine-purifying: the ratio counts 'all' dimensions or the 'moved' ones.", "key_default": "all"})
+    fp_embeddings: str = field(default="include", metadata={
+        "help": "Fine-purifying: 'include' or 'exclude' the embeddings from the ranking.", "key_default": "include"})
+    fp_estimator: str = field(default="batch", metadata={
+        "help": "Fine-purifying: Fisher from 'batch' or per-'example' gradients.", "key_default": "batch"})
     epur_tokens: int = field(default=100, metadata={"help": "E-PUR: embedding rows reset."})
     w2s_epochs: float = field(default=5.0, metadata={"help": "W2SDefense: epochs of the student's LoRA."})
     w2s_lr: float = field(default=2e-4, metadata={"help": "W2SDefense: learning rate of the student's LoRA."})
@@ -346,6 +360,13 @@ class MatrixSettings:
         for name in ("epochs", "purify_epochs", "w2s_epochs", "teacher_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
+        from ..purification.base import RATIO_BASES
+        from ..purification.fine_purifying import EMBEDDING_MODES, ESTIMATORS
+
+        for name, allowed in (("fm_ratio_of", RATIO_BASES), ("fp_ratio_of", RATIO_BASES),
+                              ("fp_embeddings", EMBEDDING_MODES), ("fp_estimator", ESTIMATORS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("fm_ratio", "fp_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {getattr(self, name)}.")
@@ -385,7 +406,14 @@ class MatrixSettings:
         """The settings a ``defense`` (or floor) cell reads: the shared ones plus its own
         (:data:`DEFENSE_SETTINGS`), so changing one defense's setting re-runs only that defense's cells."""
         own = set(DEFENSE_SETTINGS.get(defense, ()))
-        return {k: v for k, v in self.to_dict().items() if k in own or k not in _DEFENSE_ONLY}
+        return {k: v for k, v in self.to_dict().items()
+                if (k in own or k not in _DEFENSE_ONLY) and _KEY_DEFAULTS.get(k, _NO_DEFAULT) != v}
+
+
+_NO_DEFAULT = object()
+_KEY_DEFAULTS = {f.name: f.metadata["key_default"] for f in dataclasses.fields(MatrixSettings) if "key_default" in f.metadata}
+"""Settings added after cells were cached: a cell's key leaves them out while they keep the behaviour those
+cells were measured with, so adding a setting re-runs nothing until it is changed."""
 
 
 @dataclass

@@ -310,6 +310,19 @@ def test_trigger_room_cuts_every_split_before_poisoning(matrix_env, bert_tokeniz
         MatrixSettings(max_length=16, trigger_room=13)
 
 
+def test_a_setting_added_later_keeps_old_keys_until_it_is_changed():
+    """The purifier options joined the engine after its cells were cached: at the behaviour those cells were
+    measured with they stay out of the key; set otherwise they change only their own defense's cells."""
+    base = MatrixSettings()
+    fp, fm = CellSpec(DATA, "badnets-dirty", "fine_purifying", 0), CellSpec(DATA, "badnets-dirty", "fine_mixing", 0)
+    assert "fp_estimator" not in base.for_cell("fine_purifying") and "fm_ratio_of" not in base.for_cell("fine_mixing")
+    moved = MatrixSettings(fp_estimator="example", fp_embeddings="exclude", fp_ratio_of="moved")
+    assert fp.key(moved) != fp.key(base) and fm.key(moved) == fm.key(base)
+    assert moved.for_cell("fine_purifying")["fp_estimator"] == "example"
+    with pytest.raises(ValueError, match="`fp_embeddings` must be one of"):
+        MatrixSettings(fp_embeddings="some")
+
+
 def test_script_reads_none_for_optional_settings():
     spec = importlib.util.spec_from_file_location("run_matrix_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
