@@ -173,6 +173,18 @@ class MatrixContext:
             reference = clean.select(range(min(s.reference_size, len(clean))))
             self._splits[(name, seed)] = {"train": train, "clean": clean, "reference": reference,
                                           "evaluation": evaluation}
+            if s.w2s_clean_source == "unused_train":  # the target's training rows no other set of the cell holds
+                rest = (pool.select(range(n_clean, len(pool))) if spec.cross_domain else
+                        source["train"].shuffle(seed=seed).select(range(len(train), len(source["train"]))))
+                rest = rest.select(range(min(s.w2s_clean_size or len(rest), len(rest))))
+                if not len(rest):
+                    raise ValueError(f"dataset {name!r}: w2s_clean_source='unused_train' finds no training row "
+                                     f"outside the {len(train)} of the poisoned sample; lower `train_size`.")
+                if s.trigger_room is not None:
+                    from ..data import fit_to_window
+
+                    rest = fit_to_window(rest, self.tokenizer, max_length=s.max_length, trigger_room=s.trigger_room)
+                self._splits[(name, seed)]["w2s_clean"] = rest
         return self._splits[(name, seed)]
 
     # ------------------------------------------------------------------ shared models
@@ -289,7 +301,9 @@ class MatrixContext:
         s = self.settings
         config = {**self._data_config(name, seed), "clean_size": s.clean_size, "batch_size": s.batch_size,
                   "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr, "student_hidden": student_hidden}
-        clean = self.splits(name, seed)["clean"]
+        if s.w2s_clean_source != "clean":  # (the trusted set keeps the keys of the teachers trained before)
+            config.update(w2s_clean_source=s.w2s_clean_source, w2s_clean_size=s.w2s_clean_size)
+        clean = self._w2s_set(name, seed)
 
         def train(out: Path) -> dict:
             import torch
@@ -351,7 +365,7 @@ class MatrixContext:
             shared.append(info)
             if spec.defense == "none":
                 model = self._load(folder, num_labels)
-            elif spec.defense == "w2sdefense":
+            elif spec.defense in ("w2sdefense", "w2s_lora"):
                 model, details = self._w2s_cell(spec, folder, num_labels, shared)
             elif spec.defense in BASELINES:
                 model = self._load(folder, num_labels)
@@ -515,41 +529,91 @@ class MatrixContext:
                                  "tokenizer": AutoTokenizer.from_pretrained(source)}
         return self._onion_cache
 
+    def _w2s_set(self, name: str, seed: int):
+        """The set W2SDefense's student distils on and its teacher learns (see ``w2s_clean_source``)."""
+        splits = self.splits(name, seed)
+        return splits["w2s_clean"] if self.settings.w2s_clean_source == "unused_train" else splits["clean"]
+
     def _w2s_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int, shared: list[dict]):
+        """W2SDefense (the teacher distilled into a LoRA on the backdoored model) or, for ``w2s_lora``, its own
+        baseline: the same LoRA on the same set with the cross-entropy alone."""
+        import warnings
+
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
+        from ..data import tokenize_dataset
+        from ..metrics import make_compute_metrics
         from ..models import head_module_names
         from ..models.teacher import W2STeacher
         from ..trainers import W2SDefenseTrainer, W2SDefenseTrainingArguments
 
-        s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
+        s, splits = self.settings, self.splits(spec.dataset, spec.seed)
+        train, dev = self._w2s_set(spec.dataset, spec.seed), splits["clean"] if s.w2s_best_dev else None
+        distil = spec.defense == "w2sdefense"
         torch.manual_seed(spec.seed)
         student = self._load(suspect_dir, num_labels)
         if student.config.pad_token_id is None:
             student.config.pad_token_id = self.tokenizer.pad_token_id
-        teacher_dir, info = self.teacher(spec.dataset, spec.seed, student.config.hidden_size)
-        shared.append(info)
-        teacher = W2STeacher.from_pretrained(teacher_dir).eval()
-        teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+        details: dict[str, Any] = {"train_rows": len(train)}
+        if distil:
+            teacher_dir, info = self.teacher(spec.dataset, spec.seed, student.config.hidden_size)
+            shared.append(info)
+            teacher = W2STeacher.from_pretrained(teacher_dir).eval()
+            teacher_tok = AutoTokenizer.from_pretrained(teacher_dir)
+            if s.w2s_clean_source == "unused_train":  # weak-to-strong needs a teacher better on the task
+                from ..metrics import clean_accuracy, predict
+
+                common = {"max_length": s.max_length, "disable_progress_bar": self.disable_progress}
+                labels = splits["clean"]["label"]
+                details["teacher_dev_accuracy"] = clean_accuracy(
+                    predict(teacher, teacher_tok, splits["clean"], **common), labels)
+                details["student_dev_accuracy"] = clean_accuracy(
+                    predict(student, self.tokenizer, splits["clean"], **common), labels)
+                details["teacher_beats_student"] = details["teacher_dev_accuracy"] > details["student_dev_accuracy"]
+                if not details["teacher_beats_student"]:
+                    warnings.warn(f"{spec.name}: the W2SDefense teacher ({details['teacher_dev_accuracy']:.3f} on "
+                                  f"dev) does not beat the backdoored student ({details['student_dev_accuracy']:.3f}): "
+                                  "it cannot pull the student towards better clean behaviour. Give it more data or "
+                                  "epochs (w2s_clean_size, teacher_epochs).", UserWarning, stacklevel=2)
         # target_modules=None: PEFT's default attention projections of the architecture (query/value for BERT).
         extra_head = [n for n in head_module_names(s.pooling) if n != "classifier"] or None
-        lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=2 * s.w2s_lora_r, lora_dropout=0.05,
-                          modules_to_save=extra_head)
+        lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=s.w2s_lora_alpha or 2 * s.w2s_lora_r,
+                          lora_dropout=0.05, modules_to_save=extra_head)
         student = get_peft_model(student, lora)
-        preset = _W2S_PRESET[spec.parsed.attack]
+        schedule = dict(num_train_epochs=s.w2s_epochs, learning_rate=s.w2s_lr, per_device_train_batch_size=s.w2s_batch_size,
+                        weight_decay=s.w2s_weight_decay, max_grad_norm=s.w2s_max_grad_norm, report_to="none",
+                        seed=spec.seed, use_cpu=True, logging_strategy="no", disable_tqdm=self.disable_progress)
+        if dev is not None:  # the authors keep the best dev epoch
+            schedule.update(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                            metric_for_best_model="accuracy", greater_is_better=True, save_total_limit=1)
+        else:
+            schedule.update(save_strategy="no")
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
-            args = W2SDefenseTrainingArguments(
-                output_dir=scratch, preset=preset, num_train_epochs=s.w2s_epochs, learning_rate=s.w2s_lr,
-                per_device_train_batch_size=16, max_length=s.max_length, teacher_max_length=s.max_length,
-                save_strategy="no", report_to="none", seed=spec.seed, use_cpu=True, logging_strategy="no",
-                disable_tqdm=self.disable_progress)
-            trainer = W2SDefenseTrainer(model=student, teacher=teacher, teacher_tokenizer=teacher_tok,
-                                        processing_class=self.tokenizer, args=args, train_dataset=clean)
+            if distil:
+                preset = _W2S_PRESET[spec.parsed.attack]
+                details["preset"] = preset
+                args = W2SDefenseTrainingArguments(output_dir=scratch, preset=preset, max_length=s.max_length,
+                                                   teacher_max_length=s.max_length,
+                                                   feature_alignment=s.w2s_feature_alignment, **schedule)
+                trainer = W2SDefenseTrainer(model=student, teacher=teacher, teacher_tokenizer=teacher_tok,
+                                            processing_class=self.tokenizer, args=args, train_dataset=train,
+                                            eval_dataset=dev, compute_metrics=make_compute_metrics())
+            else:
+                from transformers import TrainingArguments
+
+                def encode(data):
+                    return None if data is None else tokenize_dataset(data, self.tokenizer, max_length=s.max_length)
+
+                trainer = Trainer(model=student, args=TrainingArguments(output_dir=scratch, **schedule),
+                                  train_dataset=encode(train), eval_dataset=encode(dev),
+                                  data_collator=DataCollatorWithPadding(self.tokenizer),
+                                  compute_metrics=make_compute_metrics())
             trainer.train()
         student.eval()
-        teacher_scores = self._evaluate(teacher, spec.dataset, spec.seed,
-                                        make_attack(spec.parsed, spec.seed, s), tokenizer=teacher_tok)
-        return student, {"preset": preset, "teacher_cacc": teacher_scores["cacc"],
-                         "teacher_asr": teacher_scores["asr"]}
+        if distil:
+            teacher_scores = self._evaluate(teacher, spec.dataset, spec.seed,
+                                            make_attack(spec.parsed, spec.seed, s), tokenizer=teacher_tok)
+            details.update(teacher_cacc=teacher_scores["cacc"], teacher_asr=teacher_scores["asr"])
+        return student, details

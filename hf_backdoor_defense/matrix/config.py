@@ -75,6 +75,7 @@ DEFENSES: dict[str, str] = {
     "e_pur": "E-PUR",
     "fine_purifying": "Fine-purifying",
     "w2sdefense": "W2SDefense",
+    "w2s_lora": "LoRA on the W2S clean set (its baseline)",
     "onion": "ONION (baseline)",
     "strip": "STRIP (baseline)",
     "rap": "RAP (baseline)",
@@ -85,11 +86,14 @@ DEFENSES: dict[str, str] = {
 purifiers and W2SDefense start from the backdoored full fine-tune (the ``none`` model) and use the trusted
 clean set; the baselines ONION, STRIP and RAP act at inference time on the ``none`` model (STRIP's and RAP's
 thresholds come from the trusted clean set); BKI and CUBE filter the poisoned training set with the ``none``
-model and retrain on what they keep."""
+model and retrain on what they keep. ``w2s_lora`` is W2SDefense's own baseline (the authors' ``lora.py``): the
+same LoRA on the same clean set with the cross-entropy alone, no teacher."""
 
 _MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
                         "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev")
 _PURIFY_SETTINGS = ("purify_epochs", "purify_lr")
+_W2S_SETTINGS = ("w2s_epochs", "w2s_lr", "w2s_lora_r", "w2s_lora_alpha", "w2s_clean_source", "w2s_clean_size",
+                 "w2s_batch_size", "w2s_weight_decay", "w2s_max_grad_norm", "w2s_best_dev")
 DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "lora": ("adapter_lr",),
     "clean_lora": ("adapter_lr",),
@@ -97,7 +101,8 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
     "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio", "fp_ratio_of", "fp_embeddings", "fp_estimator"),
-    "w2sdefense": ("w2s_epochs", "w2s_lr", "w2s_lora_r", "teacher_epochs", "teacher_lr"),
+    "w2sdefense": (*_W2S_SETTINGS, "teacher_epochs", "teacher_lr", "w2s_feature_alignment"),
+    "w2s_lora": _W2S_SETTINGS,
     "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
     "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
     "rap": ("rap_word", "rap_frr"),
@@ -111,8 +116,9 @@ BASELINES = ("onion", "strip", "rap")
 """The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
 DATA_FILTERS = ("bki", "cube")
 """The field's training-data filters: the backdoored ``none`` model finds the poison, the model is retrained."""
-OUR_DEFENSES = tuple(d for d in DEFENSES if d not in BASELINES + DATA_FILTERS)
-"""The defenses this library implements (and ``none``): a grid's default; the baselines are added by name."""
+OUR_DEFENSES = tuple(d for d in DEFENSES if d not in BASELINES + DATA_FILTERS + ("w2s_lora",))
+"""The defenses this library implements (and ``none``): a grid's default; the baselines and W2SDefense's own
+baseline (``w2s_lora``) are added by name."""
 
 CLEAN_FLOOR = "clean_floor"
 """Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
@@ -237,6 +243,15 @@ class MatrixSettings:
         w2s_epochs: W2SDefense: epochs of the student's LoRA on the clean set.
         w2s_lr: W2SDefense: learning rate of the student's LoRA and head.
         w2s_lora_r: W2SDefense: LoRA rank of the student.
+        w2s_lora_alpha: W2SDefense: LoRA alpha of the student; ``None``: twice the rank (the authors: alpha = r).
+        w2s_clean_source: W2SDefense: the set the student distils on and the teacher learns: ``"clean"`` (the
+            trusted clean set) or ``"unused_train"`` (training rows of the target corpus that the poisoned sample
+            did not draw, the authors' large clean set; the trusted clean set then serves as dev).
+        w2s_clean_size: W2SDefense: with ``"unused_train"``, at most this many rows (``None``: all there are).
+        w2s_batch_size / w2s_weight_decay / w2s_max_grad_norm: W2SDefense: the student's batch size, AdamW weight
+            decay and gradient clipping (``0``: none; the authors use 32, 0.01 and none).
+        w2s_best_dev: W2SDefense: score every epoch on dev and keep the best (needs ``"unused_train"``).
+        w2s_feature_alignment: W2SDefense: ``"per_example"`` or the authors' ``"authors"`` feature term.
         teacher_epochs: W2SDefense: epochs of the clean teacher's full fine-tune.
         teacher_lr: W2SDefense: learning rate of the teacher.
         musclelora_head: MuScleLoRA: ``"frozen"`` (the task head stays at its random initialisation, the
@@ -303,6 +318,23 @@ class MatrixSettings:
     w2s_epochs: float = field(default=5.0, metadata={"help": "W2SDefense: epochs of the student's LoRA."})
     w2s_lr: float = field(default=2e-4, metadata={"help": "W2SDefense: learning rate of the student's LoRA."})
     w2s_lora_r: int = field(default=8, metadata={"help": "W2SDefense: LoRA rank of the student."})
+    w2s_lora_alpha: float | None = field(default=None, metadata={
+        "help": "W2SDefense: LoRA alpha of the student; None: 2 x rank.", "key_default": None})
+    w2s_clean_source: str = field(default="clean", metadata={
+        "help": "W2SDefense: 'clean' (trusted set) or 'unused_train' (training rows outside the poisoned sample).",
+        "key_default": "clean"})
+    w2s_clean_size: int | None = field(default=None, metadata={
+        "help": "W2SDefense: rows of 'unused_train' used (None: all).", "key_default": None})
+    w2s_batch_size: int = field(default=16, metadata={"help": "W2SDefense: student batch size.", "key_default": 16})
+    w2s_weight_decay: float = field(default=0.0, metadata={
+        "help": "W2SDefense: AdamW weight decay of the student.", "key_default": 0.0})
+    w2s_max_grad_norm: float = field(default=1.0, metadata={
+        "help": "W2SDefense: gradient clipping of the student (0: none).", "key_default": 1.0})
+    w2s_best_dev: bool = field(default=False, metadata={
+        "help": "W2SDefense: keep the epoch best on dev (needs w2s_clean_source='unused_train').",
+        "key_default": False})
+    w2s_feature_alignment: str = field(default="per_example", metadata={
+        "help": "W2SDefense: 'per_example' or the authors' 'authors' feature term.", "key_default": "per_example"})
     teacher_epochs: float = field(default=3.0, metadata={"help": "W2SDefense: epochs of the clean teacher."})
     teacher_lr: float = field(default=5e-5, metadata={"help": "W2SDefense: learning rate of the teacher."})
     musclelora_head: str = field(default="frozen", metadata={
@@ -338,6 +370,7 @@ class MatrixSettings:
             if isinstance(f.default, float) and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
         for name in ("train_size", "test_size", "clean_size", "reference_size", "max_length", "batch_size",
+                     "w2s_batch_size",
                      "epur_tokens", "w2s_lora_r", "strip_copies", "bki_keywords",
                      "cube_min_samples"):
             value = getattr(self, name)
@@ -382,6 +415,24 @@ class MatrixSettings:
                                                  or self.onion_eval_size < 1):
             raise ValueError(f"`onion_eval_size` must be an integer >= 1 or None (every input), got "
                              f"{self.onion_eval_size!r}.")
+        if self.w2s_clean_source not in ("clean", "unused_train"):
+            raise ValueError(f"`w2s_clean_source` must be 'clean' or 'unused_train', got {self.w2s_clean_source!r}.")
+        if self.w2s_clean_size is not None and (self.w2s_clean_size < 1 or self.w2s_clean_source != "unused_train"):
+            raise ValueError("`w2s_clean_size` caps w2s_clean_source='unused_train' (an integer >= 1); with the "
+                             "trusted clean set, set `clean_size` instead.")
+        if self.w2s_best_dev and self.w2s_clean_source != "unused_train":
+            raise ValueError("`w2s_best_dev` scores the trusted clean set as dev: set w2s_clean_source='unused_train' "
+                             "so the student does not train on it.")
+        for name in ("w2s_weight_decay", "w2s_max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.w2s_lora_alpha is not None and self.w2s_lora_alpha <= 0:
+            raise ValueError(f"`w2s_lora_alpha` must be > 0 or None (twice the rank), got {self.w2s_lora_alpha}.")
+        from ..trainers.w2sdefense_config import FEATURE_ALIGNMENTS
+
+        if self.w2s_feature_alignment not in FEATURE_ALIGNMENTS:
+            raise ValueError(f"`w2s_feature_alignment` must be one of {list(FEATURE_ALIGNMENTS)}, got "
+                             f"{self.w2s_feature_alignment!r}.")
         if not math.isfinite(self.onion_threshold):
             raise ValueError(f"`onion_threshold` must be a finite number, got {self.onion_threshold}.")
         for name, allowed in (("musclelora_head", ("frozen", "trainable")), ("musclelora_init", ("zero", "paper")),
@@ -598,6 +649,9 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
     poisoned_train = s.train_size * s.epochs * scale
     clean_ft = s.clean_size * s.purify_epochs * scale
     evaluate = 1.5 * s.test_size * r["eval"] * scale  # clean test + the triggered non-target part
+    # W2SDefense's set: the trusted clean set, or unused training rows (their number depends on the corpus; the
+    # training sample's size stands in when no cap is given).
+    w2s_rows = s.clean_size if s.w2s_clean_source == "clean" else (s.w2s_clean_size or s.train_size)
     seen: set[tuple] = set()
     total = 0.0
     for c in cells:
@@ -606,11 +660,11 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
             shared.append((("clean", c.dataset, c.seed), poisoned_train * r["full"]))
         elif c.defense == CLEAN_LORA:
             shared.append((("clean_lora", c.dataset, c.seed), poisoned_train * r["lora"]))
-        elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense", *BASELINES,
+        elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense", "w2s_lora", *BASELINES,
                            *DATA_FILTERS):
             shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
         if c.defense == "w2sdefense":
-            shared.append((("teacher", c.dataset, c.seed), s.clean_size * s.teacher_epochs * scale * r["full"]))
+            shared.append((("teacher", c.dataset, c.seed), w2s_rows * s.teacher_epochs * scale * r["full"]))
         for key, seconds in shared:
             if key not in seen:
                 seen.add(key)
@@ -619,7 +673,8 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
                "musclelora": s.train_size * (s.musclelora_epochs or s.epochs) * scale * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],
-               "w2sdefense": s.clean_size * s.w2s_epochs * scale * r["w2s"],
+               "w2sdefense": w2s_rows * s.w2s_epochs * scale * r["w2s"],
+               "w2s_lora": w2s_rows * s.w2s_epochs * scale * r["lora"],
                "onion": (min(s.test_size, s.onion_eval_size or s.test_size)
                          + min(s.test_size // 2, s.onion_eval_size or s.test_size)) * scale * r["onion"],
                "strip": (1.5 * s.test_size + s.clean_size) * s.strip_copies * r["eval"] * scale,

@@ -28,7 +28,7 @@ PLANTED_ASR = 0.90
 of that column can be judged and the page says so."""
 _THREAT_COLOURS = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:pink"]
 _DEFENSE_MARKERS = {"none": "o", "lora": "s", "musclelora": "D", "fine_mixing": "^", "e_pur": "v",
-                    "fine_purifying": "P", "w2sdefense": "*", "onion": "<", "strip": ">", "rap": "h", "bki": "p", "cube": "8",
+                    "fine_purifying": "P", "w2sdefense": "*", "w2s_lora": "d", "onion": "<", "strip": ">", "rap": "h", "bki": "p", "cube": "8",
                     CLEAN_LORA: "X"}
 
 

@@ -49,6 +49,11 @@ class Study:
     base: str = "v2"
 
 
+# W2SDefense's schedule in its authors' code (docs/concepts/w2sdefense.md), on 2,000 unused training rows.
+_W2S_AUTHORS = {"w2s_clean_source": "unused_train", "w2s_clean_size": 2000, "w2s_batch_size": 32,
+                "w2s_weight_decay": 0.01, "w2s_max_grad_norm": 0.0, "w2s_best_dev": True, "w2s_epochs": 5.0,
+                "w2s_lr": 2e-4}
+
 STUDIES: dict[str, Study] = {
     study.name: study
     for study in [
@@ -111,6 +116,22 @@ STUDIES: dict[str, Study] = {
                       "the authors' regime: head frozen, paper init, lr 2e-5 x 10 epochs, best dev": {
                           "musclelora_init": "paper", "musclelora_lr": 2e-5, "musclelora_epochs": 10.0,
                           "musclelora_best_dev": True}},
+        ),
+        Study(
+            name="w2sdefense",
+            question="Does W2SDefense beat its own baseline (the same LoRA on the same clean data, no teacher) once "
+                     "it runs in its authors' regime: a clean set of 2,000 training rows the poisoned sample did not "
+                     "draw (the trusted set becomes dev), a teacher trained on them, LoRA alpha = r, batch 32, weight "
+                     "decay 0.01, no clipping, 5 epochs at lr 2e-4, best dev epoch? Rotten Tomatoes, MiniLM teacher "
+                     "and student (not yet weak-to-strong).",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
+                  "defenses": ["none", "w2sdefense", "w2s_lora"], "floors": ["clean_floor"], "seeds": [0]},
+            variants={"v2 (trusted set of 256, r 8)": {},
+                      **{f"authors' regime, r {r}": {**_W2S_AUTHORS, "w2s_lora_r": r, "w2s_lora_alpha": float(r)}
+                         for r in (64, 128)},
+                      "authors' regime, r 64, the authors' feature term": {
+                          **_W2S_AUTHORS, "w2s_lora_r": 64, "w2s_lora_alpha": 64.0,
+                          "w2s_feature_alignment": "authors"}},
         ),
     ]
 }

@@ -11,6 +11,7 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
+from hf_backdoor_defense.attacks.layer_index import infer_num_layers, layer_groups, resolve_layer_index
 from hf_backdoor_defense.trainers.gradient_control import (
     STATE_FILE,
     GradientControlTrainer,
@@ -20,7 +21,6 @@ from hf_backdoor_defense.trainers.gradient_control import (
     clnorm_update,
     ilproj,
 )
-from hf_backdoor_defense.attacks.layer_index import infer_num_layers, layer_groups, resolve_layer_index
 
 # ---------------------------------------------------------------- maths
 

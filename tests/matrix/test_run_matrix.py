@@ -439,6 +439,41 @@ def test_musclelora_cell_in_the_authors_setting_keeps_the_best_dev_epoch(matrix_
         MatrixSettings(musclelora_head="open")
 
 
+@pytest.mark.slow
+def test_w2s_cells_in_the_authors_regime_distil_on_unused_training_rows(matrix_env, tmp_path):
+    """The W2S set is the training rows the poisoned sample left (8 of 24 here), the trusted clean set is dev;
+    the teacher is checked against the student there, and w2s_lora trains the same LoRA without a teacher."""
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "train_size": 16, "w2s_clean_source": "unused_train",
+                                 "w2s_lora_r": 4, "w2s_lora_alpha": 4.0, "w2s_batch_size": 4, "w2s_weight_decay": 0.01,
+                                 "w2s_max_grad_norm": 0.0, "w2s_best_dev": True, "w2s_epochs": 2.0,
+                                 "w2s_feature_alignment": "authors"})
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["w2sdefense", "w2s_lora"], floors=[],
+                      seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results", output=tmp_path / "w.json")
+    cells = {c["defense"]: c for c in out["cells"]}
+    w2s, plain = cells["w2sdefense"]["details"], cells["w2s_lora"]["details"]
+    assert w2s["train_rows"] == plain["train_rows"] == 8
+    assert 0.0 <= w2s["teacher_dev_accuracy"] <= 1.0 and 0.0 <= w2s["student_dev_accuracy"] <= 1.0
+    assert w2s["teacher_beats_student"] == (w2s["teacher_dev_accuracy"] > w2s["student_dev_accuracy"])
+    assert "teacher_cacc" in w2s and "teacher_cacc" not in plain
+    teachers = [m for m in out["run_stats"]["models_trained"] if m.startswith("teacher-")]
+    assert len(teachers) == 1  # a new teacher: it learns the W2S set, not the trusted one
+
+
+def test_w2s_settings_name_the_field_and_keep_the_old_keys():
+    base = MatrixSettings()
+    w2s = CellSpec(DATA, "badnets-dirty", "w2sdefense", 0)
+    assert not {"w2s_clean_source", "w2s_lora_alpha", "w2s_best_dev"} & set(base.for_cell("w2sdefense"))
+    assert w2s.key(MatrixSettings(w2s_lora_alpha=8.0)) != w2s.key(base)
+    assert "w2s_lora" not in MatrixGrid().defenses  # W2SDefense's own baseline joins by name
+    for kwargs, field in (({"w2s_best_dev": True}, "w2s_best_dev"), ({"w2s_clean_size": 100}, "w2s_clean_size"),
+                          ({"w2s_clean_source": "train"}, "w2s_clean_source"),
+                          ({"w2s_feature_alignment": "mean"}, "w2s_feature_alignment"),
+                          ({"w2s_max_grad_norm": -1.0}, "w2s_max_grad_norm")):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            MatrixSettings(**kwargs)
+
+
 def test_every_preset_and_study_builds():
     from hf_backdoor_defense.matrix import PRESETS, plan_cells
     from hf_backdoor_defense.matrix.config import estimate_seconds
