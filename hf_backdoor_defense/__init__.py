@@ -12,14 +12,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-
 __version__ = "0.1.0"
 
 from .quantization import quiet_offline_kernel_warnings  # noqa: E402
 
 quiet_offline_kernel_warnings()  # before anything imports bitsandbytes
 
+from ._lazy import lazy_getattr  # noqa: E402
 from ._registration import register_with_peft  # noqa: E402
 
 register_with_peft()  # now if PEFT is loaded, else right after its first import
@@ -64,12 +63,4 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_backdoor_defense' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

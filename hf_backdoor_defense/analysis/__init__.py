@@ -7,36 +7,27 @@ Example:
     >>> from hf_backdoor_defense.analysis import FrequencyAnalysisCallback, build_probe_set
 """
 
-import importlib
 
 # Each name loads its module on first access (torch only with the callback, the maths or the probe).
+from .._lazy import lazy_getattr
+
 _LAZY = {
-    "DEFAULT_RELATIVE_SIGMAS": "callback",
-    "FrequencyAnalysisCallback": "callback",
-    "FrequencyAnalysisConfig": "callback",
-    "CURVES": "history",
-    "drop_steps": "history",
-    "load_frequency_history": "history",
-    "decompose": "kernel",
-    "frequency_errors": "kernel",
-    "gaussian_kernel": "kernel",
-    "pairwise_distances": "kernel",
-    "relative_errors": "kernel",
-    "plot_frequency_comparison": "plot",
-    "plot_frequency_history": "plot",
-    "build_probe_set": "probe",
-    "probe_outputs": "probe",
-    "analyze": "experiment",
+    "DEFAULT_RELATIVE_SIGMAS": ".callback",
+    "FrequencyAnalysisCallback": ".callback",
+    "FrequencyAnalysisConfig": ".callback",
+    "CURVES": ".history",
+    "drop_steps": ".history",
+    "load_frequency_history": ".history",
+    "decompose": ".kernel",
+    "frequency_errors": ".kernel",
+    "gaussian_kernel": ".kernel",
+    "pairwise_distances": ".kernel",
+    "relative_errors": ".kernel",
+    "plot_frequency_comparison": ".plot",
+    "plot_frequency_history": ".plot",
+    "build_probe_set": ".probe",
+    "probe_outputs": ".probe",
+    "analyze": ".experiment",
 }
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
 __all__ = sorted(_LAZY)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -6,6 +6,7 @@ Example:
     >>> attack = BadNets(poison_rate=0.1, target_label=1, label_mode="dirty", seed=0)
 """
 
+from .._lazy import lazy_getattr
 from .addsent import AddSent
 from .badnets import BadNets
 from .base import LABEL_MODES, PoisonAttack
@@ -20,16 +21,7 @@ _OWN_OPTIONS = {"badnets": ("triggers", "num_triggers"), "addsent": ("sentence",
 
 _LAZY = {"GradientControlTrainer": ".gradient_control_trainer",
          "GradientControlTrainingArguments": ".gradient_control_config"}
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 def build_attack(name: str, **kwargs) -> PoisonAttack:

@@ -7,35 +7,27 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 # Each name loads its module (and `datasets`) on first access, so the command line starts fast.
 _LAZY = {
-    "BUILTIN_CORPORA": "corpora",
-    "mail_body_text": "corpora",
-    "rotten_tomatoes_dataset": "corpora",
-    "spamassassin_dataset": "corpora",
-    "load_text_classification": "loading",
-    "load_dataset_splits": "loading",
-    "build_poisoned_splits": "poisoned",
-    "fit_splits_to_window": "poisoned",
-    "classification_to_instructions": "instructions",
-    "load_instruction_splits": "instructions",
-    "subsample": "loading",
-    "tokenize_dataset": "tokenize",
-    "check_trigger_room": "truncation",
-    "fit_dataset_to_tokens": "truncation",
-    "fit_to_tokens": "truncation",
-    "fit_to_window": "truncation",
+    "BUILTIN_CORPORA": ".corpora",
+    "mail_body_text": ".corpora",
+    "rotten_tomatoes_dataset": ".corpora",
+    "spamassassin_dataset": ".corpora",
+    "load_text_classification": ".loading",
+    "load_dataset_splits": ".loading",
+    "build_poisoned_splits": ".poisoned",
+    "fit_splits_to_window": ".poisoned",
+    "classification_to_instructions": ".instructions",
+    "load_instruction_splits": ".instructions",
+    "subsample": ".loading",
+    "tokenize_dataset": ".tokenize",
+    "check_trigger_room": ".truncation",
+    "fit_dataset_to_tokens": ".truncation",
+    "fit_to_tokens": ".truncation",
+    "fit_to_window": ".truncation",
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -9,33 +9,25 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {
-    "MuScleLoRATrainer": "musclelora_trainer",
-    "MuScleLoRATrainingArguments": "musclelora_config",
-    "MuScleLoRASFTTrainer": "musclelora_sft",
-    "MuScleLoRASFTConfig": "musclelora_sft",
-    "W2SDefenseTrainer": "w2sdefense_trainer",
-    "W2SDefenseTrainingArguments": "w2sdefense_config",
-    "W2SDataCollator": "w2sdefense_trainer",
+    "MuScleLoRATrainer": ".musclelora_trainer",
+    "MuScleLoRATrainingArguments": ".musclelora_config",
+    "MuScleLoRASFTTrainer": ".musclelora_sft",
+    "MuScleLoRASFTConfig": ".musclelora_sft",
+    "W2SDefenseTrainer": ".w2sdefense_trainer",
+    "W2SDefenseTrainingArguments": ".w2sdefense_config",
+    "W2SDataCollator": ".w2sdefense_trainer",
     "W2STeacher": "..models.teacher",
     "W2STeacherConfig": "..models.teacher",
     "train_teacher": "..models.teacher",
     "GradientControlTrainer": "..attacks.gradient_control_trainer",
     "GradientControlTrainingArguments": "..attacks.gradient_control_config",
-    "PurificationTrainer": "purification",
-    "PurificationTrainingArguments": "purification",
-    "finetune_clean": "purification",
+    "PurificationTrainer": ".purification",
+    "PurificationTrainingArguments": ".purification",
+    "finetune_clean": ".purification",
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_backdoor_defense.trainers' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
