@@ -29,9 +29,11 @@ from .callback import (
     FrequencyAnalysisCallback,
     FrequencyAnalysisConfig,
 )
-from .history import CURVES, FORMAT, drop_steps, load_frequency_history
+from .history import CURVES, FORMAT, drop_steps, finite_or_none, load_frequency_history
 from .kernel import decompose, frequency_errors, gaussian_kernel, pairwise_distances, relative_errors
 from .probe import build_probe_set, probe_outputs
+
+_finite_or_none = finite_or_none  # its name before it became public
 
 __all__ = [
     "CURVES",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..analysis.experiment import METHODS, analyze
+from ..analysis.experiment import DEFAULT_LR, ENCODER_TYPES, METHODS, analyze, build_model  # noqa: F401
 from .poison import add_attack_arguments, build_attack, load_splits
 
 

@@ -302,7 +302,9 @@ class MatrixContext:
         config = {**self._data_config(name, seed), "clean_size": s.clean_size, "batch_size": s.batch_size,
                   "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr, "student_hidden": student_hidden}
         if s.w2s_clean_source != "clean":  # (the trusted set keeps the keys of the teachers trained before)
-            config.update(w2s_clean_source=s.w2s_clean_source, w2s_clean_size=s.w2s_clean_size)
+            # the unused rows start after the poisoned sample: its size decides which rows the teacher learns
+            config.update(w2s_clean_source=s.w2s_clean_source, w2s_clean_size=s.w2s_clean_size,
+                          train_size=s.train_size)
         clean = self._w2s_set(name, seed)
 
         def train(out: Path) -> dict:

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
-from ..attacks.gradient_control_config import STATE_FILE, GradientControlTrainingArguments  # noqa: F401
+from ..attacks.gradient_control_config import (  # noqa: F401
+    BETA_SCHEDULES,
+    ILPROJ_MODES,
+    STATE_FILE,
+    GradientControlTrainingArguments,
+)
 from ..attacks.gradient_control_trainer import (  # noqa: F401
     BACKDOOR_NOTICE,
     GradientControlTrainer,
@@ -13,8 +18,12 @@ from ..attacks.gradient_control_trainer import (  # noqa: F401
     ilproj,
 )
 
+_BETA_SCHEDULES, _ILPROJ_MODES = BETA_SCHEDULES, ILPROJ_MODES  # their names before they became public
+
 __all__ = [
     "BACKDOOR_NOTICE",
+    "BETA_SCHEDULES",
+    "ILPROJ_MODES",
     "STATE_FILE",
     "beta_schedule_values",
     "clnorm_targets",

@@ -435,6 +435,28 @@ def test_auto_peft_model_from_saved_folder(tmp_path, arch, task):
 
 
 @pytest.mark.slow
+def test_registration_hook_survives_a_reload_and_a_broken_tuner_only_warns():
+    """One finder however often the package is reloaded (two would call each other forever), and a tuner that
+    cannot import leaves `import peft` working, with a warning that names the problem (fresh interpreter)."""
+    code = """
+import importlib, sys, warnings
+import hf_backdoor_defense._registration as registration
+registration = importlib.reload(registration)
+registration.register_with_peft()
+assert sum(getattr(f, "_hbd_after_peft_import", False) for f in sys.meta_path) == 1
+registration._TUNER = "hf_backdoor_defense.no_such_tuner"
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import peft
+assert any("could not register MuScleLoRA" in str(w.message) for w in caught), [str(w.message) for w in caught]
+assert not any(getattr(f, "_hbd_after_peft_import", False) for f in sys.meta_path)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_loading_without_import_fails_naming_the_type(tmp_path):
     """Without `import hf_backdoor_defense`, PEFT cannot know the type; the error must at least name it."""
     model = get_peft_model(_model("llama", "CAUSAL_LM"), MuScleLoRAConfig())
