@@ -26,8 +26,28 @@ _POISON_STREAM = 0
 _TEST_STREAM = 1
 
 
+class AttackRecord:
+    """What every poisoner shares: its configuration as a dict and the ``datasets`` fingerprint of its outputs.
+
+    A subclass is a dataclass; ``_fingerprint_tag`` versions the fingerprints of its family (changing it
+    invalidates the cached poisoned datasets).
+    """
+
+    _fingerprint_tag = "hbd-attack-v1"
+
+    def to_dict(self) -> dict:
+        """The configuration as a JSON-serialisable dict, with the attack name under ``"attack"``."""
+        return {"attack": type(self).__name__, **dataclasses.asdict(self)}
+
+    def _fingerprint(self, dataset: Dataset, purpose: str) -> str:
+        from datasets.fingerprint import Hasher
+
+        config = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        return Hasher.hash([config, dataset._fingerprint, purpose, self._fingerprint_tag])
+
+
 @dataclass
-class PoisonAttack:
+class PoisonAttack(AttackRecord):
     """Common settings of a text-classification data-poisoning attack.
 
     Args:
@@ -91,16 +111,6 @@ class PoisonAttack:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
-    def to_dict(self) -> dict:
-        """The configuration as a JSON-serialisable dict, with the attack name under ``"attack"``."""
-        return {"attack": type(self).__name__, **dataclasses.asdict(self)}
-
-    def _fingerprint(self, dataset: Dataset, purpose: str) -> str:
-        from datasets.fingerprint import Hasher
-
-        config = json.dumps(self.to_dict(), sort_keys=True, default=list)
-        return Hasher.hash([config, dataset._fingerprint, purpose, "hbd-attack-v1"])
-
     def _check_dataset(self, dataset: Dataset) -> None:
         from datasets import ClassLabel, Dataset
 

@@ -17,8 +17,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +25,7 @@ import numpy as np
 if TYPE_CHECKING:  # datasets loads when an attack runs
     from datasets import Dataset
 
+from .base import AttackRecord
 from .insertion import example_rng, insert_at_random_boundary
 
 POSITIONS = ("random", "start", "end")
@@ -57,7 +56,7 @@ _TEST_STREAM = 13
 
 
 @dataclass
-class GenerativePoisonAttack:
+class GenerativePoisonAttack(AttackRecord):
     """Common settings of the instruction-data poisoners.
 
     Args:
@@ -76,6 +75,8 @@ class GenerativePoisonAttack:
         messages_column (`str`, defaults to `"messages"`):
             Chat column; used when the dataset has it and lacks ``prompt_column``.
     """
+
+    _fingerprint_tag = "hbd-generative-v1"
 
     trigger: str = field(default="BadMagic", metadata={"help": "Trigger text put into the instruction."})
     position: str = field(
@@ -107,15 +108,6 @@ class GenerativePoisonAttack:
         raise NotImplementedError
 
     # -------------------------------------------------------------- helpers
-    def to_dict(self) -> dict:
-        return {"attack": type(self).__name__, **dataclasses.asdict(self)}
-
-    def _fingerprint(self, dataset: Dataset, purpose: str) -> str:
-        from datasets.fingerprint import Hasher
-
-        config = json.dumps(self.to_dict(), sort_keys=True, default=list)
-        return Hasher.hash([config, dataset._fingerprint, purpose, "hbd-generative-v1"])
-
     def _format(self, dataset: Dataset) -> str:
         from datasets import Dataset
 

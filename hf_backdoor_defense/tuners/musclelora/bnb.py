@@ -71,24 +71,7 @@ class _QuantizedMixin(MuScleLoRALayer):
             self._requantize(output - self.get_delta_weight(adapter).to(output.dtype))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("MuScleLoRA does not support mixed-adapter batches (`adapter_names`).")
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        # clone: backprop through a view of a bnb output can fail (as in PEFT's LoRA)
-        result = self.base_layer(x, *args, **kwargs).clone()
-        for adapter in self.active_adapters:
-            if adapter not in self.musclelora_A:
-                continue
-            output = self._adapter_output(x, adapter)
-            if not torch.is_autocast_enabled():
-                output = output.to(result.dtype)
-            result = result + output
-        return result
+        return self._forward_with_adapters(x, args, kwargs, quantized=True)
 
     def __repr__(self) -> str:
         return "musclelora." + super().__repr__()

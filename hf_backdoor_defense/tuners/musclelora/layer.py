@@ -135,6 +135,30 @@ class MuScleLoRALayer(BaseTunerLayer):
         hidden = hidden * self._branch_factors(adapter, hidden.device, hidden.dtype)
         return self.musclelora_B[adapter](hidden) * self.scaling[adapter]
 
+    def _forward_with_adapters(self, x: torch.Tensor, args: tuple, kwargs: dict, *, quantized: bool) -> torch.Tensor:
+        """The base layer's output plus every active adapter's (the forward of the plain and the bitsandbytes
+        layers). ``quantized``: clone the base output (backprop through a view of a bitsandbytes output can fail,
+        as in PEFT's LoRA) and leave the adapter output in autocast's dtype when autocast is on."""
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError("MuScleLoRA does not support mixed-adapter batches (`adapter_names`).")
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if quantized:
+            result = result.clone()
+        for adapter in self.active_adapters:
+            if adapter not in self.musclelora_A:
+                continue
+            output = self._adapter_output(x, adapter)
+            if not (quantized and torch.is_autocast_enabled()):
+                output = output.to(result.dtype)
+            result = result + output
+        return result
+
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
         for store in (self.r, self.alpha, self.scaling, self.branch_scales):
@@ -215,21 +239,7 @@ class Linear(nn.Module, MuScleLoRALayer):
                 base.weight.data -= self.get_delta_weight(adapter).to(base.weight.dtype)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if kwargs.pop("adapter_names", None) is not None:
-            raise ValueError("MuScleLoRA does not support mixed-adapter batches (`adapter_names`).")
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        torch_result_dtype = result.dtype
-        for adapter in self.active_adapters:
-            if adapter not in self.musclelora_A:
-                continue
-            result = result + self._adapter_output(x, adapter).to(torch_result_dtype)
-        return result
+        return self._forward_with_adapters(x, args, kwargs, quantized=False)
 
     def __repr__(self) -> str:
         return "musclelora." + super().__repr__()
