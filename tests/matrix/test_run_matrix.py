@@ -474,6 +474,25 @@ def test_w2s_settings_name_the_field_and_keep_the_old_keys():
             MatrixSettings(**kwargs)
 
 
+def test_verdicts_sort_defenses_by_what_they_left():
+    from hf_backdoor_defense.matrix.render import _verdicts
+
+    def stats(cacc, asr, gap):
+        return {"cacc": {"mean": cacc}, "asr": {"mean": asr}, "asr_minus_floor": {"mean": gap, "n": 3}}
+
+    payload = {"grid": {"threats": ["badnets-dirty", "addsent-dirty"],
+                        "defenses": ["none", "lora", "musclelora", "fine_purifying", "w2sdefense"]}}
+    summary = {DATA: {"badnets-dirty": {"none": stats(0.80, 1.0, 0.78), "lora": stats(0.79, 1.0, 0.78),
+                                        "musclelora": stats(0.75, 0.24, 0.02), "fine_purifying": stats(0.79, 0.25, 0.03),
+                                        "w2sdefense": stats(0.80, 0.5, 0.30)},
+                      "addsent-dirty": {"none": stats(0.80, 0.6, 0.40)}}}  # not planted: no verdict
+    (header, _, line) = _verdicts(payload, DATA, summary)
+    assert "removed: Δ ≤ 5 points" in header
+    assert line.startswith("- **BadNets, dirty-label** (undefended Δ +78.0): removed: Fine-purifying (Δ +3.0, CACC -1.0)")
+    assert "at a cost in clean accuracy: MuScleLoRA (Δ +2.0, CACC -5.0)" in line
+    assert "lowered: W2SDefense (Δ +30.0, CACC +0.0)" in line and "left in place: LoRA" in line
+
+
 def test_every_preset_and_study_builds():
     from hf_backdoor_defense.matrix import PRESETS, plan_cells
     from hf_backdoor_defense.matrix.config import estimate_seconds
