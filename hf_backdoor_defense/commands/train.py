@@ -3,7 +3,7 @@ command for multi-process runs.
 
 Example:
     $ hbd train --config recipes/configs/demo.yaml -- --max_steps 5
-    $ hbd train --recipe musclelora_mistral --config recipes/configs/musclelora_mistral.yaml --num-processes 4
+    $ hbd train --recipe musclelora_mistral --num-processes 4   # musclelora_llama2.py with the Mistral config
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import shlex
 import sys
 from pathlib import Path
 
-#: Recipes ``hbd train`` knows by name (scripts in the recipes folder).
+#: Recipes ``hbd train`` knows by name (scripts in the recipes folder, or a script with a config below).
 RECIPES = ("musclelora_llama2", "musclelora_mistral", "w2sdefense_llama2", "fine_purifying", "fine_mixing",
            "gradient_control_attack")
+#: Recipes that are a config of another recipe's script: name -> (script, default config in the recipes folder).
+RECIPE_CONFIGS = {"musclelora_mistral": ("musclelora_llama2", "configs/musclelora_mistral.yaml")}
 
 
 def register(subparsers) -> None:
@@ -73,7 +75,14 @@ def resolve_recipe(recipe: str, folder: str | None = None) -> Path:
         return path
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)} or give a .py path.")
-    return recipes_dir(folder) / f"{recipe}.py"
+    return recipes_dir(folder) / f"{RECIPE_CONFIGS.get(recipe, (recipe,))[0]}.py"
+
+
+def default_config(recipe: str, folder: str | None = None) -> Path | None:
+    """The config a named recipe runs with when ``--config`` is not given (``None``: the script's defaults)."""
+    if recipe not in RECIPE_CONFIGS:
+        return None
+    return recipes_dir(folder) / RECIPE_CONFIGS[recipe][1]
 
 
 def launch_command(script: Path, recipe_args: list[str], num_processes: int, accelerate_config: str | None) -> str:
@@ -95,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
     recipe_args = list(args.recipe_args)
     if recipe_args and recipe_args[0] == "--":
         recipe_args = recipe_args[1:]
-    if args.config is not None:
-        if not Path(args.config).is_file():
-            raise FileNotFoundError(f"--config {args.config}: no such file.")
-        recipe_args = ["--config", args.config, *recipe_args]
+    config = args.config if args.config is not None else default_config(args.recipe, args.recipes_dir)
+    if config is not None:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"--config {config}: no such file.")
+        recipe_args = ["--config", str(config), *recipe_args]
     if args.num_processes > 1 or args.print_command:
         command = launch_command(script, recipe_args, args.num_processes, args.accelerate_config)
         if args.num_processes > 1 and not args.print_command:

@@ -1,6 +1,6 @@
 """Recipes, accelerate configs and the `hbd train` / `hbd push` plumbing.
 
-The two end-to-end tests launch `recipes/musclelora_llama2.py` and `recipes/musclelora_mistral.py` for real
+The two end-to-end tests launch `recipes/musclelora_llama2.py` on a tiny Llama and a tiny Mistral for real
 with `accelerate launch` and 2 CPU processes (gloo DDP) on tiny random 4-bit checkpoints; they run side by
 side to keep the file short. The push tests patch `huggingface_hub.HfApi` at its network boundary
 (`create_repo` / `upload_folder`) and check what would have been uploaded.
@@ -212,7 +212,7 @@ def _check_run(output_dir: Path, model_dir: Path, log: str, model_type: str):
 def test_two_process_cpu_ddp_llama_and_mistral_4bit(tiny_checkpoints, tmp_path):
     runs = {
         "llama": ("musclelora_llama2.py", tmp_path / "llama"),
-        "mistral": ("musclelora_mistral.py", tmp_path / "mistral"),
+        "mistral": ("musclelora_llama2.py", tmp_path / "mistral"),  # Mistral is a config, not a script
     }
     procs = {k: _launch(script, tiny_checkpoints[k], out) for k, (script, out) in runs.items()}
     logs = {k: p.communicate(timeout=600)[0] for k, p in procs.items()}
@@ -307,7 +307,11 @@ def test_train_command_prints_accelerate_command_and_rejects_unknown_recipe(caps
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("accelerate launch --config_file ")
     assert "cpu_ddp.yaml --num_processes 2" in printed and printed.endswith("--max_steps 3")
-    assert "musclelora_mistral.py --config" in printed
+    assert "musclelora_llama2.py --config" in printed and "demo.yaml" in printed  # an explicit config wins
+    args = parser.parse_args(["train", "--recipe", "musclelora_mistral", "--print-command"])
+    assert args.func(args) == 0
+    assert "musclelora_llama2.py --config" in capsys.readouterr().out.strip().replace(str(RECIPES) + "/", "")
+    assert train.default_config("musclelora_mistral").name == "musclelora_mistral.yaml"
     args = parser.parse_args(["train", "--recipe", "nope"])
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         args.func(args)
