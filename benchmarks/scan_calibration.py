@@ -8,7 +8,10 @@ the drift reference) with clean validation sentences of its task (the test split
 * **AUC** of the scan score between backdoored (positive) and clean (negative) models, overall and per trigger;
 * the share of backdoored / clean models flagged at each of a few thresholds (true and false positive rates);
 * **trigger recall@k**: the share of backdoored models whose top ``k`` candidates hold one of the trigger's
-  tokens (a BadNets word, or a word of the AddSent sentence).
+  tokens (a BadNets word, or a word of the AddSent sentence);
+
+each for several values of ``max_clean_frequency`` (candidates found in more than that share of the clean
+texts, the task's own words, do not count), recomputed from every tested candidate of one scan per model.
 
 Only models already trained are scanned (nothing is trained here). Writes
 ``benchmarks/results/scan_calibration.json`` after every model (a rerun skips the models already in it) and
@@ -40,6 +43,7 @@ from hf_backdoor_defense.scan import ScanConfig, scan_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "scan_calibration.json"
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+CAPS = (None, 0.05, 0.01, 0.0)  # max_clean_frequency values compared
 # The v2 regime's models only: other budgets (studies, older runs) answer another question.
 V2_KEYS = ("train_size", "max_length", "epochs", "full_ft_lr", "pooling")
 
@@ -71,7 +75,17 @@ def auc(positives: list[float], negatives: list[float]) -> float | None:
     return wins / (len(positives) * len(negatives))
 
 
-def summarise(records: list[dict], k: int) -> dict:
+def rescore(record: dict, cap: float | None, k: int) -> tuple[float, bool | None]:
+    """A model's score and trigger-in-top-k with ``max_clean_frequency=cap``, from its tested candidates."""
+    counted = [c for c in record["tested"] if cap is None or c["clean_frequency"] <= cap]
+    counted.sort(key=lambda c: -c["flip_rate"])
+    score = counted[0]["flip_rate"] if counted else 0.0
+    found = bool(set(record["trigger_tokens"]) & {c["token"] for c in counted[:k]}) if record["backdoored"] else None
+    return score, found
+
+
+def summarise(records: list[dict], k: int, cap: float | None = None) -> dict:
+    records = [{**r, **dict(zip(("score", "trigger_found"), rescore(r, cap, k)))} for r in records]
     groups: dict[str, list[dict]] = {"all": [r for r in records if r["backdoored"]]}
     for r in records:
         if r["backdoored"]:
@@ -127,17 +141,20 @@ def main(argv: list[str] | None = None) -> dict:
             "folder": folder.name, "kind": cfg["kind"], "dataset": cfg["dataset"], "seed": cfg["seed"],
             "threat": threat, "backdoored": attack is not None, "score": report.score,
             "suspicious": report.suspicious, "target_label": report.target_label, "candidates": found,
-            "trigger_found": bool(wanted & set(found)) if attack else None,
+            "trigger_found": bool(wanted & set(found)) if attack else None, "trigger_tokens": sorted(wanted),
+            "tested": [{k: c[k] for k in ("token", "label", "flip_rate", "clean_frequency")}
+                       for c in report.tested],
         })
         done.update(settings={"num_inputs": args.num_inputs, "top_k": args.top_k, "thresholds": list(THRESHOLDS)},
-                    machine=machine, summary=summarise(done["models"], args.top_k))
+                    machine=machine,
+                    summary={str(cap): summarise(done["models"], args.top_k, cap) for cap in CAPS})
         write_json_atomic(output, done)
         print(f"[{index}/{len(models)}] {folder.name} ({threat}): score {report.score:.2f}", flush=True)
-    summary = summarise(done["models"], args.top_k)
-    rows = [[name, s["n_backdoored"], s["n_clean"], "-" if s["auc"] is None else f"{s['auc']:.2f}",
+    rows = [[f"{name}, cap {cap}", s["n_backdoored"], s["n_clean"], "-" if s["auc"] is None else f"{s['auc']:.2f}",
              *(f"{percent(s['tpr'][str(t)], 0)} / {percent(s['fpr'][str(t)], 0)}" for t in THRESHOLDS),
-             percent(s[f"trigger_recall_at_{args.top_k}"], 0)] for name, s in summary.items()]
-    print(markdown_table(["backdoored models", "n", "clean n", "AUC",
+             percent(s[f"trigger_recall_at_{args.top_k}"], 0)]
+            for cap in CAPS for name, s in summarise(done["models"], args.top_k, cap).items()]
+    print(markdown_table(["backdoored models, max_clean_frequency", "n", "clean n", "AUC",
                           *(f"flagged at {t} (backdoored / clean)" for t in THRESHOLDS), f"trigger in top {args.top_k}"],
                          rows, align="lrrr" + "r" * len(THRESHOLDS) + "r"))
     return done

@@ -50,6 +50,10 @@ class ScanConfig:
         batch_size: Batch size.
         max_length: Truncation length.
         seed: Seed of the choice of clean inputs.
+        max_clean_frequency: Candidates found in more than this share of the clean texts do not count toward
+            the score (they are the task's own vocabulary: on a sentiment task "stunning" sends most negative
+            reviews to positive in a clean model too); ``None``: every candidate counts. Being calibrated on the
+            matrix's models (``benchmarks/scan_calibration.py``).
         show_progress: Progress bars.
     """
 
@@ -60,10 +64,15 @@ class ScanConfig:
     batch_size: int = field(default=32, metadata={"help": "Batch size."})
     max_length: int = field(default=128, metadata={"help": "Truncation length."})
     seed: int = field(default=0, metadata={"help": "Seed of the choice of clean inputs."})
+    max_clean_frequency: float | None = field(default=None, metadata={
+        "help": "Candidates in more than this share of the clean texts do not count toward the score (None: all)."})
     show_progress: bool = field(default=True, metadata={"help": "Progress bars."})
 
     def __post_init__(self) -> None:
         check_positive_ints(self, "candidates", "top_k", "num_inputs", "batch_size", "max_length")
+        if self.max_clean_frequency is not None and not 0.0 <= self.max_clean_frequency <= 1.0:
+            raise ValueError(f"`max_clean_frequency` must lie in [0, 1] (a share of texts) or be None, got "
+                             f"{self.max_clean_frequency}.")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"`threshold` must lie in (0, 1] (a flip rate), got {self.threshold}.")
 
@@ -78,8 +87,10 @@ class ScanReport:
         threshold: The threshold used.
         target_label: The label the best candidate flips to.
         candidates: The ``top_k`` candidates: ``token``, ``token_id``, ``label``, ``flip_rate``, ``n_tested``,
-            ``sources`` (``"gradient"``, ``"drift"``) and ``rank`` (the best place a source gave it). Ordered by
-            flip rate; ties go to candidates found by more sources, then placed higher.
+            ``sources`` (``"gradient"``, ``"drift"``), ``rank`` (the best place a source gave it) and
+            ``clean_frequency`` (the share of the clean texts holding the token). Ordered by flip rate (those
+            over ``max_clean_frequency`` last); ties go to candidates found by more sources, then placed higher.
+        tested: Every candidate tested, in the same order and form (for calibration).
         n_inputs: Clean inputs used.
         mode: ``"full"`` or ``"adapter"``.
     """
@@ -91,6 +102,7 @@ class ScanReport:
     candidates: list[dict]
     n_inputs: int
     mode: str
+    tested: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +115,8 @@ class ScanReport:
         if self.suspicious:
             lines.append(f"Likely target label: {self.target_label}.")
         lines.append("Top candidate tokens (flip rate, label, found by):")
-        lines += [f"  {c['token']!r}: {c['flip_rate']:.2f} -> {c['label']} ({', '.join(c['sources'])})"
-                  for c in self.candidates]
+        lines += [f"  {c['token']!r}: {c['flip_rate']:.2f} -> {c['label']} ({', '.join(c['sources'])}; in "
+                  f"{100 * c.get('clean_frequency', 0.0):.1f} % of the clean texts)" for c in self.candidates]
         return "\n".join(lines)
 
 
@@ -193,6 +205,7 @@ def scan_model(model: Any, tokenizer: Any, clean: Any, *, reference: Any = None,
     if not texts:
         raise ValueError("`clean` is empty: the scan needs clean texts of the model's task.")
     rng = np.random.default_rng(c.seed)
+    every_text = texts
     texts = [texts[i] for i in rng.permutation(len(texts))[: c.num_inputs]]
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -237,11 +250,19 @@ def scan_model(model: Any, tokenizer: Any, clean: Any, *, reference: Any = None,
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
         model.train(was_training)
-    # Highest flip rate first; among equal rates, found by more sources, then placed higher by one.
-    rows.sort(key=lambda r: (-r["flip_rate"], -len(r["sources"]), r["rank"]))
-    best = rows[0] if rows else None
+    in_texts = [set(x) for x in _encode(tokenizer, every_text, c.max_length)]
+    for row in rows:
+        row["clean_frequency"] = sum(row["token_id"] in x for x in in_texts) / len(in_texts)
+
+    def counts(row: dict) -> bool:
+        return c.max_clean_frequency is None or row["clean_frequency"] <= c.max_clean_frequency
+
+    # Highest flip rate first (the task's own words last); among equal rates, found by more sources, then
+    # placed higher by one.
+    rows.sort(key=lambda r: (not counts(r), -r["flip_rate"], -len(r["sources"]), r["rank"]))
+    best = rows[0] if rows and counts(rows[0]) else None
     score = best["flip_rate"] if best else 0.0
     mode = "adapter" if hasattr(model, "peft_config") else "full"
     return ScanReport(score=score, suspicious=score >= c.threshold, threshold=c.threshold,
                       target_label=best["label"] if best else None, candidates=rows[: c.top_k],
-                      n_inputs=len(texts), mode=mode)
+                      n_inputs=len(texts), mode=mode, tested=rows)

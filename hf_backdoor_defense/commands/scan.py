@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..atomic import write_json_atomic
+from .arguments import float_or_none
 
 
 def register(subparsers) -> None:
@@ -31,6 +32,9 @@ def register(subparsers) -> None:
                         help="Flip rate at or above which the model is reported suspicious (default 0.5).")
     parser.add_argument("--candidates", type=int, default=30, help="Tokens tested per label and source (default 30).")
     parser.add_argument("--top-k", type=int, default=5, help="Candidates listed (default 5).")
+    parser.add_argument("--max-clean-frequency", type=float_or_none, default=None,
+                        help="Candidates in more than this share of the clean texts do not count toward the score "
+                             "(default: all count; being calibrated).")
     parser.add_argument("--max-length", type=int, default=128, help="Truncation length (default 128).")
     parser.add_argument("--pooling", default="cls", choices=("cls", "mean"),
                         help="Adapters: how the base classifier reads the encoder (default cls).")
@@ -62,7 +66,8 @@ def _scan(args: argparse.Namespace):
     from .evaluate import load_classifier
 
     config = ScanConfig(num_inputs=args.num_clean, threshold=args.threshold, candidates=args.candidates,
-                        top_k=args.top_k, max_length=args.max_length, show_progress=not args.no_progress)
+                        top_k=args.top_k, max_length=args.max_length, max_clean_frequency=args.max_clean_frequency,
+                        show_progress=not args.no_progress)
     splits = load_text_classification(args.clean_data)
     if args.clean_split not in splits:
         raise ValueError(f"--clean-split {args.clean_split!r} is not a split of --clean-data: {list(splits)}.")

@@ -39,9 +39,32 @@ def test_the_clean_twin_scores_lower(tiny_backdoor, bert_tokenizer):
     assert all(c["token"] != "cf" or c["flip_rate"] < 0.9 for c in clean.candidates)
 
 
+def test_the_tasks_own_words_can_be_left_out_of_the_score(tiny_backdoor, bert_tokenizer):
+    """Every candidate carries the share of clean texts holding it; with `max_clean_frequency` the frequent ones
+    (the task's vocabulary) sort last and do not count, while "cf", absent from clean text, still does."""
+    texts = tiny_backdoor["texts"]
+    config = ScanConfig(candidates=10, show_progress=False, max_clean_frequency=0.05)
+    backdoored = scan_model(tiny_backdoor["model"], bert_tokenizer, texts, reference=tiny_backdoor["reference"],
+                            config=config)
+    assert backdoored.candidates[0]["token"] == "cf" and backdoored.candidates[0]["clean_frequency"] == 0.0
+    assert backdoored.score >= 0.9 and len(backdoored.tested) >= len(backdoored.candidates)
+    clean_all, clean_rare = (scan_model(tiny_backdoor["clean_model"], bert_tokenizer, texts,
+                                        reference=tiny_backdoor["reference"],
+                                        config=ScanConfig(candidates=10, show_progress=False, max_clean_frequency=m))
+                             for m in (None, 0.05))
+    counted = [r["clean_frequency"] <= 0.05 for r in clean_rare.tested]
+    assert counted == sorted(counted, reverse=True)  # every counted candidate before every frequent one
+    assert clean_rare.score == max((r["flip_rate"] for r in clean_rare.tested if r["clean_frequency"] <= 0.05),
+                                   default=0.0) <= clean_all.score
+    frequent = [r for r in clean_all.tested if r["clean_frequency"] > 0.05]
+    assert all(0.0 < r["clean_frequency"] <= 1.0 for r in frequent)
+
+
 def test_scan_config_and_input_errors(tiny_backdoor, bert_tokenizer):
     with pytest.raises(ValueError, match="threshold"):
         ScanConfig(threshold=0.0)
+    with pytest.raises(ValueError, match="max_clean_frequency"):
+        ScanConfig(max_clean_frequency=1.5)
     with pytest.raises(ValueError, match="empty"):
         scan_model(tiny_backdoor["model"], bert_tokenizer, [], config=ScanConfig(show_progress=False))
 
