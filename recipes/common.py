@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import warnings
@@ -417,88 +416,48 @@ class ScriptArguments:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def _yaml_to_argv(config: dict[str, Any], path: str) -> list[str]:
-    argv: list[str] = []
-    for key, value in config.items():
-        if not isinstance(key, str):
-            raise ValueError(f"{path}: keys must be argument names, got {key!r}.")
-        if value is None:
-            continue
-        flag = f"--{key}"
-        if isinstance(value, bool):
-            argv += [flag, str(value).lower()]
-        elif isinstance(value, (list, tuple)):
-            if not value:
-                raise ValueError(f"{path}: {key} is an empty list; remove it to keep the default.")
-            argv += [flag, *[str(v) for v in value]]
-        elif isinstance(value, dict):
-            argv += [flag, json.dumps(value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _split_config_flag(argv: list[str]) -> tuple[str | None, list[str]]:
-    config, rest, i = None, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise ValueError("--config needs a YAML file path.")
-            config, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    return config, rest
-
-
-def expand_config(argv: list[str] | None = None) -> list[str]:
-    """``argv`` with ``--config file.yaml`` replaced by the file's arguments, placed first so that the command
-    line overrides the file."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config_path, rest = _split_config_flag(argv)
-    if config_path is None:
-        return rest
-    path = Path(config_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {config_path}: no such file.")
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{config_path}: expected a mapping of argument names to values.")
-    return _yaml_to_argv(loaded, config_path) + rest
-
-
-def peek_bool(argv: list[str], name: str, default: bool) -> bool:
-    """The value of boolean argument ``--name`` in an (expanded) ``argv``, without building any dataclass."""
-    import argparse
-
+def config_value(argv: list[str] | None, name: str, default: Any) -> Any:
+    """The value of argument ``name`` before any dataclass is built: the command line's ``--name VALUE``, else
+    the ``--config`` YAML file's ``name``, else ``default`` (``"true"`` / ``"false"`` become booleans). Lets a
+    recipe refuse an impossible launch before `TrainingArguments` sets anything up."""
     from transformers.hf_argparser import string_to_bool
 
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument(f"--{name}", type=string_to_bool, nargs="?", const=True, default=default)
-    known, _ = parser.parse_known_args(argv)
-    return bool(getattr(known, name))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    value = default
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        path = Path(argv[argv.index("--config") + 1])
+        if path.is_file():
+            value = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get(name, value)
+    flag = f"--{name}"
+    if flag in argv:
+        position = argv.index(flag)
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        value = True if following is None or following.startswith("--") else following
+    return string_to_bool(value) if isinstance(value, str) and isinstance(default, bool) else value
 
 
 def parse_args(dataclass_types, argv: list[str] | None = None):
-    """Parse ``argv`` into instances of ``dataclass_types`` (via `HfArgumentParser`).
+    """Parse ``argv`` into instances of ``dataclass_types`` with `trl.TrlParser`.
 
-    ``--config file.yaml`` (a flat mapping of argument names to values) is expanded into command-line
-    arguments placed *before* the real ones, so anything given on the command line overrides the file.
-    Unknown keys in the file or on the command line are errors.
+    ``--config file.yaml`` (a flat mapping of argument names to values, plus an optional ``env:`` mapping of
+    environment variables) sets the defaults, so anything on the command line overrides the file. Unknown
+    keys in the file or on the command line are errors.
 
     Example:
         >>> from transformers import TrainingArguments
         >>> script, training = parse_args([ScriptArguments, TrainingArguments],
         ...                               ["--config", "demo.yaml", "--max_steps", "3"])  # doctest: +SKIP
     """
-    from transformers import HfArgumentParser
+    from trl import TrlParser
 
-    parser = HfArgumentParser(dataclass_types)
-    return parser.parse_args_into_dataclasses(args=expand_config(argv), return_remaining_strings=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 >= len(argv) or argv[position + 1].startswith("--"):
+            raise ValueError("--config needs a YAML file path.")
+        if not Path(argv[position + 1]).is_file():
+            raise FileNotFoundError(f"--config {argv[position + 1]}: no such file.")
+    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
 
 
 def convert_training_arguments(args, cls, **overrides):

@@ -55,7 +55,6 @@ from common import (  # noqa: E402
     check_recipe_output_dir,
     convert_training_arguments,
     distributed_backend,
-    expand_config,
     fit_splits_to_window,
     load_model_and_tokenizer,
     load_tokenizer,
@@ -141,7 +140,7 @@ def check_launch() -> None:
 
 def parse(argv=None):
     """``(script_args, model_args, retune_args, training_args)``; without CUDA ``--use_cpu true`` is implied."""
-    argv = expand_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     check_launch()
     import torch
 

@@ -44,12 +44,11 @@ from common import (  # noqa: E402
     build_peft_config,
     check_launch_supported,
     check_recipe_output_dir,
-    expand_config,
+    config_value,
     format_table,
     load_model_and_tokenizer,
     load_tokenizer,
     parse_args,
-    peek_bool,
     push_results,
     resolve_model_path,
     run_cli,
@@ -62,9 +61,9 @@ from instruction_sft import format_instruction_table, train_one_instruction  # n
 def parse(argv=None, model_arguments_class=ModelArguments):
     """(script_args, model_args, training_args); on a machine without CUDA, ``--use_cpu true`` is implied so
     that ``accelerate launch`` with 2 processes really runs CPU DDP (gloo)."""
-    argv = expand_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     # Refuse impossible launches before TrainingArguments sets up DeepSpeed/FSDP or any model is loaded.
-    check_launch_supported(peek_bool(argv, "gradient_alignment", True))
+    check_launch_supported(config_value(argv, "gradient_alignment", True))
     import torch
 
     from hf_backdoor_defense.trainers import MuScleLoRATrainingArguments

@@ -51,7 +51,6 @@ from common import (  # noqa: E402
     compute_dtype,
     convert_training_arguments,
     distributed_backend,
-    expand_config,
     load_model_and_tokenizer,
     load_tokenizer,
     parse_args,
@@ -287,7 +286,7 @@ def check_arguments(script_args, model_args, purify_args, training_args, *, need
 def parse(argv, method_arguments_class):
     """``(script_args, model_args, purify_args, method_args, training_args)``; refuses unsupported launches
     first. On a machine without CUDA ``--use_cpu true`` is implied."""
-    argv = expand_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     check_single_process()
     import torch
     from transformers import TrainingArguments

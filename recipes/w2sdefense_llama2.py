@@ -47,7 +47,6 @@ from common import (  # noqa: E402
     compute_dtype,
     convert_training_arguments,
     distributed_backend,
-    expand_config,
     format_table,
     load_model_and_tokenizer,
     load_tokenizer,
@@ -225,7 +224,7 @@ def check_w2s_launch_supported(training_args=None) -> None:
 
 def parse(argv=None, model_arguments_class=W2SModelArguments):
     """(script_args, model_args, w2s_args, training_args); ``--use_cpu true`` is implied without CUDA."""
-    argv = expand_config(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     check_w2s_launch_supported()
     import torch
     from transformers import TrainingArguments

@@ -91,6 +91,30 @@ def test_yaml_config_is_overridden_by_command_line(tmp_path):
         common.parse_args([common.ScriptArguments, MuScleLoRATrainingArguments], ["--config", str(config)])
 
 
+def test_config_value_reads_the_file_then_the_command_line_and_env_is_set(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"gradient_alignment": False}))
+    assert common.config_value(["--config", str(config)], "gradient_alignment", True) is False
+    assert common.config_value(["--config", str(config), "--gradient_alignment", "true"], "gradient_alignment",
+                               False) is True
+    assert common.config_value(["--gradient_alignment"], "gradient_alignment", False) is True
+    assert common.config_value([], "gradient_alignment", True) is True
+    monkeypatch.delenv("HBD_TEST_FROM_CONFIG", raising=False)
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "report_to": "none",
+                                      "env": {"HBD_TEST_FROM_CONFIG": "yes"}}))
+    (training,) = common.parse_args([TrainingArguments], ["--config", str(config)])
+    assert training.output_dir == str(tmp_path / "out")
+    import os
+
+    assert os.environ.pop("HBD_TEST_FROM_CONFIG") == "yes"  # TRL's `env:` block of a config file
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        common.parse_args([TrainingArguments], ["--config", str(tmp_path / "missing.yaml")])
+    with pytest.raises(ValueError, match="needs a YAML file path"):
+        common.parse_args([TrainingArguments], ["--config"])
+
+
 def test_argument_validation_names_the_field():
     with pytest.raises(ValueError, match="load_in_4bit and load_in_8bit"):
         common.ModelArguments(load_in_4bit=True, load_in_8bit=True)
