@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import sys
@@ -62,11 +61,10 @@ from hf_backdoor_defense.matrix import (  # noqa: E402
     PRESETS,
     MatrixGrid,
     MatrixSettings,
-    cell_status,
+    render_from_cache,
     render_results,
     run_matrix,
 )
-from hf_backdoor_defense.matrix.runner import assemble  # noqa: E402
 from hf_backdoor_defense.matrix.studies import render_studies_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -128,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shared models (~90 MB each for MiniLM; default <HBD cache>/matrix_work)")
     run = p.add_argument_group("actions")
     run.add_argument("--dry_run", action="store_true", help="list the cells and which are cached; run nothing")
-    run.add_argument("--render", action="store_true", help="only render the page and figure from matrix.json")
+    run.add_argument("--render", action="store_true",
+                     help="only render the page and figure of the grid from the cell cache (nothing runs)")
     run.add_argument("--no_progress", action="store_true", help="one log line per cell instead of a tqdm bar")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable CPU)")
     return p
@@ -163,12 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings, grid, paths = resolve(args)
     command = " ".join([SCRIPT, *map(shlex.quote, [a for a in argv if a != "--render"])])
-    if args.render and paths["output"].is_file():
-        payload = json.loads(paths["output"].read_text())
-    elif args.render:  # nothing has run: a page stating the plan, with the cached cells if there are any
-        print(f"{paths['output']} does not exist: rendering the planned grid from the cell cache.")
-        status = cell_status(grid, settings, paths["results_dir"])
-        payload = assemble(grid, settings, status, command=command, preset=args.preset, invocations=[])
+    if args.render:  # the whole grid from the cell cache: the cells finished so far, the rest listed missing
+        payload = render_from_cache(grid, settings, paths["results_dir"], paths["output"], command=command,
+                                    preset=args.preset)
     else:
         if not args.dry_run:
             import datasets

@@ -33,7 +33,7 @@ from .config import (
     plan_cells,
 )
 from .render import render_markdown, render_results
-from .runner import cell_path, cell_status, run_matrix
+from .runner import cell_path, cell_status, render_from_cache, run_matrix
 
 __all__ = [
     "ATTACKS",
@@ -54,5 +54,6 @@ __all__ = [
     "plan_cells",
     "render_markdown",
     "render_results",
+    "render_from_cache",
     "run_matrix",
 ]

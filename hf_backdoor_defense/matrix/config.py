@@ -467,6 +467,12 @@ _KEY_DEFAULTS = {f.name: f.metadata["key_default"] for f in dataclasses.fields(M
 cells were measured with, so adding a setting re-runs nothing until it is changed."""
 
 
+def settings_signature(settings: dict) -> dict:
+    """``settings`` (a :meth:`MatrixSettings.to_dict`, possibly written before some settings existed) without
+    the later settings that keep their former behaviour: equal signatures mean the same experiment."""
+    return {k: v for k, v in settings.items() if _KEY_DEFAULTS.get(k, _NO_DEFAULT) != v}
+
+
 @dataclass
 class MatrixGrid:
     """Which cells to run: datasets x threats x defenses x seeds, plus the floors of each trigger.

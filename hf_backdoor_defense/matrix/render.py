@@ -165,9 +165,14 @@ def _wall_line(payload: dict) -> str:
     runs = payload.get("invocations") or []
     if not runs:
         return "- Wall time: not run yet."
+    cells = format_duration(payload.get("cell_seconds_total"))
+    if payload.get("rendered_from_cache"):
+        return (f"- Wall time: {format_duration(payload.get('wall_seconds'))} over the "
+                f"{_n(len(runs), 'invocation')} recorded in the JSON file that finished cells of this grid (with "
+                f"any cells they ran outside it); the finished cells' own wall times add up to {cells}.")
     return (f"- Wall time: {format_duration(payload.get('wall_seconds'))} over {_n(len(runs), 'invocation')} "
             f"of this grid that ran cells (cells reused from runs of a smaller grid, e.g. fewer seeds, are not in "
-            f"it); the finished cells' own wall times add up to {format_duration(payload.get('cell_seconds_total'))}.")
+            f"it); the finished cells' own wall times add up to {cells}.")
 
 
 def _busy_line(payload: dict) -> str | None:

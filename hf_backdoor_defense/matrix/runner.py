@@ -34,9 +34,11 @@ from .config import (
     parse_dataset,
     parse_threat,
     plan_cells,
+    settings_signature,
 )
 
-__all__ = ["CELLS_DIR", "assemble", "cell_path", "cell_status", "format_duration", "run_matrix", "summarise_cells"]
+__all__ = ["CELLS_DIR", "assemble", "cell_path", "cell_status", "format_duration", "render_from_cache", "run_matrix",
+           "summarise_cells"]
 
 CELLS_DIR = "matrix_cells"
 _HARDWARE_PER_CELL = ("cpu_model", "cpus_usable", "torch_threads", "torch", "load_average_1min")
@@ -112,6 +114,19 @@ def summarise_cells(cells: list[dict]) -> dict:
             "paired_seeds": [r["seed"] for r, _ in paired],
         }
     return summary
+
+
+def render_from_cache(grid: MatrixGrid, settings: MatrixSettings, results_dir: str | os.PathLike,
+                      output: str | os.PathLike, *, command: str | None, preset: str | None) -> dict:
+    """The payload of ``grid`` from the cell cache alone, without running anything: for a page of the whole
+    grid while only some seeds have run. The invocations recorded in ``output`` (of any grid with these
+    settings) that finished one of its cells give the wall time."""
+    status = cell_status(grid, settings, results_dir)
+    cached = [record for _, _, record in status if record is not None]
+    # a cached cell's key already pins its settings: any run that finished one of them counts
+    invocations = _previous_invocations(Path(output), None, None, cached)
+    return {**assemble(grid, settings, status, command=command, preset=preset, invocations=invocations),
+            "rendered_from_cache": True}
 
 
 def assemble(grid: MatrixGrid, settings: MatrixSettings, status: list[tuple[CellSpec, str, dict | None]], *,
@@ -271,16 +286,19 @@ def run_matrix(
     return {**payload, "run_stats": {"cells_run": current["cells_run"], "models_trained": list(ctx.trained)}}
 
 
-def _previous_invocations(output: Path, grid: MatrixGrid, settings: MatrixSettings,
+def _previous_invocations(output: Path, grid: MatrixGrid | None, settings: MatrixSettings | None,
                           cached: list[dict]) -> list[dict]:
-    """The invocations recorded in an existing ``output`` of the same grid and settings (else none), keeping
-    only those that finished at least one of the ``cached`` cells: a run whose cells were all deleted and
-    re-run no longer counts towards the wall time."""
+    """The invocations recorded in an existing ``output`` of the same grid and settings (either check skipped
+    when ``None``), keeping only those that finished at least one of the ``cached`` cells: a run whose cells
+    were all deleted and re-run no longer counts towards the wall time."""
     try:
         previous = json.loads(output.read_text())
     except (OSError, ValueError):
         return []
-    if previous.get("grid") != grid.to_dict() or previous.get("settings") != settings.to_dict():
+    if grid is not None and previous.get("grid") != grid.to_dict():
+        return []
+    if settings is not None and (settings_signature(previous.get("settings") or {})
+                                 != settings_signature(settings.to_dict())):
         return []
     finished = [datetime.fromisoformat(r["finished_at"]) for r in cached if r.get("finished_at")]
 

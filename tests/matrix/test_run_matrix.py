@@ -285,11 +285,17 @@ def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
     assert script.main(args) == 0
     printed = capsys.readouterr().out
     assert "2 cells: 0 cached, 2 to run" in printed and f"{folder}/badnets-dirty/none/s0" in printed
-    # --render works from matrix.json alone
+    # --render builds the page of a grid from the cell cache alone (nothing runs; the data are not even loaded),
+    # with the wall time of the recorded run that finished its cells
     shutil.copy(matrix_env["results"] / "matrix.json", tmp_path / "m.json")
-    assert script.main(["--render", "--output", str(tmp_path / "m.json"), "--docs", str(tmp_path / "p.md"),
+    grid = ["--datasets", DATA, "--threats", "badnets-dirty", "--defenses", "none", "lora", "w2sdefense", "--floors",
+            "clean_floor", "--seeds", "0", "--model", str(matrix_env["root"] / "model"), *options,
+            "--full_ft_lr", str(MatrixSettings().full_ft_lr), "--results_dir", str(matrix_env["results"])]
+    assert script.main(["--render", *grid, "--output", str(tmp_path / "m.json"), "--docs", str(tmp_path / "p.md"),
                         "--figure", str(tmp_path / "p.png")]) == 0
-    assert "| W2SDefense |" in (tmp_path / "p.md").read_text() and (tmp_path / "p.png").is_file()
+    page = (tmp_path / "p.md").read_text()
+    assert "| W2SDefense |" in page and "4 of 4 cells finished" in page and (tmp_path / "p.png").is_file()
+    assert "over the 1 invocation recorded in the JSON file" in page
 
 
 @pytest.mark.slow
