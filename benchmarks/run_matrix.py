@@ -36,7 +36,7 @@ Usage:
     python benchmarks/run_matrix.py --preset quick          # smoke run
     python benchmarks/run_matrix.py --dry_run               # list the v2 cells and which are cached
     python benchmarks/run_matrix.py                         # the v2 matrix (resumable)
-    python benchmarks/run_matrix.py --render                # rebuild docs/results.md from matrix.json
+    python benchmarks/run_matrix.py --render                # rebuild docs/results.md from the cell cache
                                                             # (or, before any run, from the cell cache)
 """
 
