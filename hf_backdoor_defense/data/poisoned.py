@@ -23,7 +23,7 @@ OVERFLOW_WARNING_SHARE = 0.25
 
 
 def fit_splits_to_window(splits: Mapping, tokenizer, *, max_length: int, trigger_room: int | None,
-                         text_column: str = "text") -> dict:
+                         text_column: str = "text", _stacklevel: int = 2) -> dict:
     """``splits`` with every text cut to ``tokenizer``'s window minus ``trigger_room`` tokens (a new dict; the
     datasets are copies, ``None`` entries pass through).
 
@@ -46,7 +46,7 @@ def fit_splits_to_window(splits: Mapping, tokenizer, *, max_length: int, trigger
                     "is weaker than its poison rate says. Set trigger_room (e.g. 8) to cut the texts to the "
                     "window before poisoning, or raise max_length.",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=_stacklevel,
                 )
         return dict(splits)
     if tokenizer is None:
@@ -86,5 +86,6 @@ def build_poisoned_splits(raw: Mapping, attack, *, seed: int, train_size: int | 
     if tokenizer is not None or trigger_room is not None:
         if max_length is None:
             raise ValueError("max_length is needed to fit the splits to the model's window.")
-        splits = fit_splits_to_window(splits, tokenizer, max_length=max_length, trigger_room=trigger_room)
+        splits = fit_splits_to_window(splits, tokenizer, max_length=max_length, trigger_room=trigger_room,
+                                      _stacklevel=3)  # the warning names the caller's line
     return {**splits, "clean_train": splits["train"], "train": attack.poison(splits["train"])}
