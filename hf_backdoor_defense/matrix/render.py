@@ -168,7 +168,7 @@ def _wall_line(payload: dict) -> str:
     cells = format_duration(payload.get("cell_seconds_total"))
     if payload.get("rendered_from_cache"):
         return (f"- Wall time: {format_duration(payload.get('wall_seconds'))} over the "
-                f"{_n(len(runs), 'invocation')} recorded in the JSON file that finished cells of this grid (with "
+                f"{_n(len(runs), 'invocation')} recorded (matrix_invocations.json) that finished cells of this grid (with "
                 f"any cells they ran outside it); the finished cells' own wall times add up to {cells}.")
     return (f"- Wall time: {format_duration(payload.get('wall_seconds'))} over {_n(len(runs), 'invocation')} "
             f"of this grid that ran cells (cells reused from runs of a smaller grid, e.g. fewer seeds, are not in "

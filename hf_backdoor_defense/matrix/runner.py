@@ -41,6 +41,9 @@ __all__ = ["CELLS_DIR", "assemble", "cell_path", "cell_status", "format_duration
            "summarise_cells"]
 
 CELLS_DIR = "matrix_cells"
+INVOCATIONS_FILE = "matrix_invocations.json"
+"""Every run's invocation record (start, command, wall time, cells run, hardware), whatever its grid: the
+wall time of a page rendered from the cell cache comes from the runs that finished its cells."""
 _HARDWARE_PER_CELL = ("cpu_model", "cpus_usable", "torch_threads", "torch", "load_average_1min")
 
 
@@ -116,6 +119,16 @@ def summarise_cells(cells: list[dict]) -> dict:
     return summary
 
 
+def _record_invocation(path: Path, invocation: dict) -> None:
+    """Add (or update, by start time) ``invocation`` in the run log at ``path``."""
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        runs = []
+    runs = [r for r in runs if r.get("started_at") != invocation["started_at"]] + [invocation]
+    write_json_atomic(path, sorted(runs, key=lambda r: r.get("started_at", "")))
+
+
 def render_from_cache(grid: MatrixGrid, settings: MatrixSettings, results_dir: str | os.PathLike,
                       output: str | os.PathLike, *, command: str | None, preset: str | None) -> dict:
     """The payload of ``grid`` from the cell cache alone, without running anything: for a page of the whole
@@ -123,8 +136,17 @@ def render_from_cache(grid: MatrixGrid, settings: MatrixSettings, results_dir: s
     settings) that finished one of its cells give the wall time."""
     status = cell_status(grid, settings, results_dir)
     cached = [record for _, _, record in status if record is not None]
-    # a cached cell's key already pins its settings: any run that finished one of them counts
-    invocations = _previous_invocations(Path(output), None, None, cached)
+    # a cached cell's key already pins its settings: any run that finished one of them counts, from the run
+    # log and from ``output`` (runs from before the log existed)
+    log = Path(results_dir) / INVOCATIONS_FILE
+    found = _previous_invocations(Path(output), None, None, cached)
+    if log.is_file():
+        found += _previous_invocations(log, None, None, cached)
+    latest: dict[str, dict] = {}  # one record per run: the one written last (the longest wall time)
+    for i in found:
+        if i["started_at"] not in latest or i["wall_seconds"] > latest[i["started_at"]]["wall_seconds"]:
+            latest[i["started_at"]] = i
+    invocations = sorted(latest.values(), key=lambda i: i["started_at"])
     return {**assemble(grid, settings, status, command=command, preset=preset, invocations=invocations),
             "rendered_from_cache": True}
 
@@ -239,6 +261,8 @@ def run_matrix(
         runs = invocations + ([current] if current["cells_run"] else [])
         payload = assemble(grid, settings, status, command=command, preset=preset, invocations=runs)
         write_json_atomic(output, payload)
+        if current["cells_run"]:
+            _record_invocation(Path(results_dir) / INVOCATIONS_FILE, current)
         return payload
 
     bar = None
@@ -295,6 +319,8 @@ def _previous_invocations(output: Path, grid: MatrixGrid | None, settings: Matri
         previous = json.loads(output.read_text())
     except (OSError, ValueError):
         return []
+    if isinstance(previous, list):  # the run log: invocations only
+        previous = {"invocations": previous}
     if grid is not None and previous.get("grid") != grid.to_dict():
         return []
     if settings is not None and (settings_signature(previous.get("settings") or {})
