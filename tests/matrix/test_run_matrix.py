@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -295,9 +296,9 @@ def test_script_dry_run_and_render(matrix_env, tmp_path, capsys, monkeypatch):
                         "--figure", str(tmp_path / "p.png")]) == 0
     page = (tmp_path / "p.md").read_text()
     assert "| W2SDefense |" in page and "4 of 4 cells finished" in page and (tmp_path / "p.png").is_file()
-    assert "over the 1 invocation recorded (matrix_invocations.json)" in page
     runs = json.loads((matrix_env["results"] / "matrix_invocations.json").read_text())  # the run log
-    assert len(runs) == 1 and runs[0]["cells_run"] == 4
+    assert runs[0]["cells_run"] == 4  # the fixture's first run (other tests of this module may add runs)
+    assert re.search(r"over the \d+ invocations? recorded \(matrix_invocations\.json\)", page)
 
 
 @pytest.mark.slow
