@@ -23,24 +23,25 @@ from ._registration import register_with_peft  # noqa: E402
 
 register_with_peft()  # now if PEFT is loaded, else right after its first import
 
-# Everything loads on first attribute access, so `import hf_backdoor_defense` (and `hbd --help`) stays fast.
+# Everything loads on first attribute access, so `import hf_backdoor_defense` (and `hbd --help`) stays fast; the
+# trainers come through `hf_backdoor_defense.trainers`, which knows the module of each.
 _LAZY = {
     "MuScleLoRAConfig": "hf_backdoor_defense.tuners.musclelora",
     "MuScleLoRALayer": "hf_backdoor_defense.tuners.musclelora",
     "MuScleLoRAModel": "hf_backdoor_defense.tuners.musclelora",
-    "MuScleLoRATrainer": "hf_backdoor_defense.trainers.musclelora_trainer",
-    "MuScleLoRATrainingArguments": "hf_backdoor_defense.trainers.musclelora_config",
-    "MuScleLoRASFTTrainer": "hf_backdoor_defense.trainers.musclelora_sft",
-    "MuScleLoRASFTConfig": "hf_backdoor_defense.trainers.musclelora_sft",
+    "MuScleLoRATrainer": "hf_backdoor_defense.trainers",
+    "MuScleLoRATrainingArguments": "hf_backdoor_defense.trainers",
+    "MuScleLoRASFTTrainer": "hf_backdoor_defense.trainers",
+    "MuScleLoRASFTConfig": "hf_backdoor_defense.trainers",
     "W2SDefenseTrainer": "hf_backdoor_defense.trainers.w2sdefense_trainer",
     "W2SDefenseTrainingArguments": "hf_backdoor_defense.trainers.w2sdefense_config",
-    "W2STeacher": "hf_backdoor_defense.models.teacher",
+    "W2STeacher": "hf_backdoor_defense.trainers",
     "W2SDataCollator": "hf_backdoor_defense.trainers.w2sdefense_trainer",
-    "train_teacher": "hf_backdoor_defense.models.teacher",
-    "GradientControlTrainer": "hf_backdoor_defense.attacks.gradient_control_trainer",
-    "GradientControlTrainingArguments": "hf_backdoor_defense.attacks.gradient_control_config",
-    "PurificationTrainer": "hf_backdoor_defense.trainers.purification",
-    "PurificationTrainingArguments": "hf_backdoor_defense.trainers.purification",
+    "train_teacher": "hf_backdoor_defense.trainers",
+    "GradientControlTrainer": "hf_backdoor_defense.trainers",
+    "GradientControlTrainingArguments": "hf_backdoor_defense.trainers",
+    "PurificationTrainer": "hf_backdoor_defense.trainers",
+    "PurificationTrainingArguments": "hf_backdoor_defense.trainers",
     "FineMixing": "hf_backdoor_defense.purification",
     "FinePurifying": "hf_backdoor_defense.purification",
     "EmbeddingPurification": "hf_backdoor_defense.purification",

@@ -82,9 +82,8 @@ def load_text_classification(
                 raise ValueError(f"collection must be 1 or 2 for spamassassin, got {collection!r}.")
             full = full.filter(lambda c: c == collection, input_columns="collection")
         raw = datasets.DatasetDict({"train": full})
-    else:
+    else:  # split names normalised there (dev -> validation...)
         raw = load_dataset_splits(name, config_name, trust_remote_code=trust_remote_code, **load_kwargs)
-    raw = datasets.DatasetDict({SPLIT_ALIASES.get(k.lower(), k): v for k, v in raw.items()})
     if "train" not in raw:
         raise ValueError(
             f"{name}: no 'train' split (found {sorted(raw)}). Name the files train.* / validation.* / test.*, "
