@@ -27,8 +27,9 @@ __getattr__ = lazy_getattr(__name__, _LAZY, globals())
 def build_attack(name: str, **kwargs) -> PoisonAttack:
     """The classification attack ``name`` (a key of :data:`ATTACKS`) built from ``kwargs``.
 
-    Options left at ``None`` take the attack's default; an option that belongs to another attack (e.g.
-    ``sentence`` for BadNets) raises a ``ValueError`` naming it, so a command line cannot drop it silently.
+    Options left at ``None`` take the attack's default. An option that belongs to another attack is ignored
+    at that attack's default (a config's ``num_triggers: 1`` with AddSent) and otherwise raises a
+    ``ValueError`` naming it (``sentence`` for BadNets), so a command line cannot drop it silently.
 
     Example:
         >>> build_attack("badnets", poison_rate=0.1, num_triggers=4, sentence=None).num_triggers
@@ -36,10 +37,12 @@ def build_attack(name: str, **kwargs) -> PoisonAttack:
     """
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}.")
+    import inspect
+
     given = {key: value for key, value in kwargs.items() if value is not None}
     for other, keys in _OWN_OPTIONS.items():
-        for key in keys:
-            if other != name and key in given:
+        for key in (key for key in keys if other != name and key in given):
+            if given.pop(key) != inspect.signature(ATTACKS[other]).parameters[key].default:
                 raise ValueError(f"`{key}` applies to attack {other!r} only, not {name!r}: drop it or choose "
                                  f"attack {other!r}.")
     return ATTACKS[name](**given)

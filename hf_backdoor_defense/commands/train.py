@@ -1,25 +1,34 @@
-"""``hbd train``: run a training recipe from ``recipes/`` in this process, or print its ``accelerate launch``
-command for multi-process runs.
+"""``hbd train``: run a training script of `hf_backdoor_defense.scripts` in this process, or print its
+``accelerate launch`` command for multi-process runs.
 
 Example:
     $ hbd train --config recipes/configs/demo.yaml -- --max_steps 5
-    $ hbd train --recipe musclelora_mistral --num-processes 4   # musclelora_llama2.py with the Mistral config
+    $ hbd train --recipe musclelora_mistral --num-processes 4   # the MuScleLoRA script with the Mistral config
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-import runpy
 import shlex
 import sys
 from pathlib import Path
 
-#: Recipes ``hbd train`` knows by name (scripts in the recipes folder, or a script with a config below).
-RECIPES = ("musclelora_llama2", "musclelora_mistral", "w2sdefense_llama2", "fine_purifying", "fine_mixing",
-           "gradient_control_attack")
-#: Recipes that are a config of another recipe's script: name -> (script, default config in the recipes folder).
-RECIPE_CONFIGS = {"musclelora_mistral": ("musclelora_llama2", "configs/musclelora_mistral.yaml")}
+#: Recipe name -> (module of `hf_backdoor_defense.scripts`, default config in the recipes folder or None).
+RECIPE_MODULES = {
+    "musclelora_llama2": ("musclelora", None),
+    "musclelora_mistral": ("musclelora", "configs/musclelora_mistral.yaml"),
+    "w2sdefense_llama2": ("w2sdefense", None),
+    "fine_purifying": ("fine_purifying", None),
+    "fine_mixing": ("fine_mixing", None),
+    "gradient_control_attack": ("gradient_control", None),
+}
+#: Recipes ``hbd train`` knows by name.
+RECIPES = tuple(RECIPE_MODULES)
+#: The repository checkout this package was installed from (editable installs), holding recipes/ and
+#: accelerate_configs/; absent for a wheel.
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def register(subparsers) -> None:
@@ -55,52 +64,59 @@ def register(subparsers) -> None:
 
 
 def recipes_dir(explicit: str | None = None) -> Path:
-    """The recipes folder: ``explicit``, ``$HBD_RECIPES_DIR``, or ``recipes/`` next to the package (a checkout)."""
-    candidates = [explicit, os.environ.get("HBD_RECIPES_DIR"), Path(__file__).resolve().parents[2] / "recipes"]
+    """The recipes folder (its ``configs/``): ``explicit``, ``$HBD_RECIPES_DIR``, or ``recipes/`` of a checkout."""
+    candidates = [explicit, os.environ.get("HBD_RECIPES_DIR"), _CHECKOUT / "recipes"]
     for candidate in candidates:
-        if candidate and (Path(candidate) / "common.py").is_file():
+        if candidate and (Path(candidate) / "configs").is_dir():
             return Path(candidate)
     raise FileNotFoundError(
-        "recipes folder not found (it ships with the repository, not the wheel): clone "
-        "hf-backdoor-defense and pass --recipes-dir path/to/recipes or set HBD_RECIPES_DIR."
+        "recipes folder not found (its configs ship with the repository, not the wheel): clone "
+        "hf-backdoor-defense and pass --recipes-dir path/to/recipes or set HBD_RECIPES_DIR, or give --config."
     )
 
 
-def resolve_recipe(recipe: str, folder: str | None = None) -> Path:
-    """Path of the recipe script for a name such as ``musclelora_llama2`` or a path to a ``.py`` file."""
+def resolve_recipe(recipe: str) -> str:
+    """What runs for ``recipe``: a module of `hf_backdoor_defense.scripts` for a name such as
+    ``musclelora_llama2``, or the path of a ``.py`` script."""
     if recipe.endswith(".py"):
-        path = Path(recipe)
-        if not path.is_file():
+        if not Path(recipe).is_file():
             raise FileNotFoundError(f"recipe script {recipe} does not exist.")
-        return path
-    if recipe not in RECIPES:
+        return recipe
+    if recipe not in RECIPE_MODULES:
         raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)} or give a .py path.")
-    return recipes_dir(folder) / f"{RECIPE_CONFIGS.get(recipe, (recipe,))[0]}.py"
+    return f"hf_backdoor_defense.scripts.{RECIPE_MODULES[recipe][0]}"
 
 
 def default_config(recipe: str, folder: str | None = None) -> Path | None:
     """The config a named recipe runs with when ``--config`` is not given (``None``: the script's defaults)."""
-    if recipe not in RECIPE_CONFIGS:
-        return None
-    return recipes_dir(folder) / RECIPE_CONFIGS[recipe][1]
+    config = RECIPE_MODULES.get(recipe, (None, None))[1]
+    return None if config is None else recipes_dir(folder) / config
 
 
-def launch_command(script: Path, recipe_args: list[str], num_processes: int, accelerate_config: str | None) -> str:
-    """The ``accelerate launch`` command line that runs ``script`` on ``num_processes`` processes."""
+def launch_command(target: str, recipe_args: list[str], num_processes: int, accelerate_config: str | None) -> str:
+    """The ``accelerate launch`` command line that runs ``target`` (a module or a script path) on
+    ``num_processes`` processes."""
     if accelerate_config is None:
         import torch
 
         name = "multi_gpu.yaml" if torch.cuda.is_available() else "cpu_ddp.yaml"
-        accelerate_config = str(script.resolve().parents[1] / "accelerate_configs" / name)
-    parts = ["accelerate", "launch", "--config_file", accelerate_config, "--num_processes", str(num_processes),
-             str(script), *recipe_args]
+        folder = Path(target).resolve().parents[1] if target.endswith(".py") else _CHECKOUT
+        accelerate_config = folder / "accelerate_configs" / name
+        if not accelerate_config.is_file():
+            raise FileNotFoundError(
+                f"no accelerate config given and {accelerate_config} does not exist: pass --accelerate-config "
+                "(see `accelerate config`)."
+            )
+    program = [target] if target.endswith(".py") else ["-m", target]
+    parts = ["accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes",
+             str(num_processes), *program, *recipe_args]
     return shlex.join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.num_processes < 1:
         raise ValueError(f"--num-processes must be >= 1, got {args.num_processes}.")
-    script = resolve_recipe(args.recipe, args.recipes_dir)
+    target = resolve_recipe(args.recipe)
     recipe_args = list(args.recipe_args)
     if recipe_args and recipe_args[0] == "--":
         recipe_args = recipe_args[1:]
@@ -110,18 +126,26 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--config {config}: no such file.")
         recipe_args = ["--config", str(config), *recipe_args]
     if args.num_processes > 1 or args.print_command:
-        command = launch_command(script, recipe_args, args.num_processes, args.accelerate_config)
+        command = launch_command(target, recipe_args, args.num_processes, args.accelerate_config)
         if args.num_processes > 1 and not args.print_command:
             print("Multi-process training runs under Accelerate; run:", file=sys.stderr)
         print(command)
         return 0
-    saved_argv = sys.argv
-    sys.argv = [str(script), *recipe_args]
+    if target.endswith(".py"):  # a user's own script: run it as `python script.py ...` would
+        import runpy
+
+        saved_argv, sys.argv = sys.argv, [target, *recipe_args]
+        try:
+            runpy.run_path(target, run_name="__main__")
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        finally:
+            sys.argv = saved_argv
+        return 0
+    from hf_backdoor_defense.scripts.utils import run_cli
+
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        run_cli(importlib.import_module(target).main, recipe_args)
     except SystemExit as stop:
-        code = stop.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    finally:
-        sys.argv = saved_argv
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     return 0

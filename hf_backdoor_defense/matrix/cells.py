@@ -54,7 +54,7 @@ def make_attack(threat: Threat, seed: int, settings: MatrixSettings):
 
     return build_attack(threat.attack, poison_rate=settings.poison_rate, target_label=settings.target_label,
                         label_mode=threat.label_mode or "dirty", seed=seed,
-                        num_triggers=threat.num_triggers if threat.attack == "badnets" else None)
+                        num_triggers=threat.num_triggers)
 
 
 def make_purifier(defense: str, settings: MatrixSettings, seed: int):

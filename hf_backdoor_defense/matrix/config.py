@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..attacks.base import LABEL_MODES
+from ..options import EMBEDDING_MODES, ESTIMATORS, FEATURE_ALIGNMENTS, RATIO_BASES, check_pooling
 
 __all__ = [
     "ATTACKS",
@@ -377,7 +378,6 @@ class MatrixSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
         from ..data.truncation import check_trigger_room
-        from ..models.pooling import check_pooling
 
         check_pooling(self.pooling)
         if self.eval_split not in EVAL_SPLITS:
@@ -393,8 +393,6 @@ class MatrixSettings:
         for name in ("epochs", "purify_epochs", "w2s_epochs", "teacher_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
-        from ..purification.base import RATIO_BASES
-        from ..purification.fine_purifying import EMBEDDING_MODES, ESTIMATORS
 
         for name, allowed in (("fm_ratio_of", RATIO_BASES), ("fp_ratio_of", RATIO_BASES),
                               ("fp_embeddings", EMBEDDING_MODES), ("fp_estimator", ESTIMATORS)):
@@ -428,7 +426,6 @@ class MatrixSettings:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.w2s_lora_alpha is not None and self.w2s_lora_alpha <= 0:
             raise ValueError(f"`w2s_lora_alpha` must be > 0 or None (twice the rank), got {self.w2s_lora_alpha}.")
-        from ..trainers.w2sdefense_config import FEATURE_ALIGNMENTS
 
         if self.w2s_feature_alignment not in FEATURE_ALIGNMENTS:
             raise ValueError(f"`w2s_feature_alignment` must be one of {list(FEATURE_ALIGNMENTS)}, got "

@@ -36,6 +36,8 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from ..options import POOLING_MODES, check_pooling
+
 __all__ = [
     "POOLING_MODES",
     "AutoModelForMeanPooledSequenceClassification",
@@ -47,21 +49,8 @@ __all__ = [
     "mean_pooled_class",
 ]
 
-POOLING_MODES: dict[str, str] = {
-    "cls": "[CLS] through the checkpoint's pooler (pooler frozen for adapters, body for the purifiers)",
-    "pooler_head": "[CLS] through the pooler, the pooler trained and kept as part of the task head",
-    "mean": "masked mean over the tokens, then the classifier (no pooler)",
-}
 _SUFFIX = "ForMeanPooledSequenceClassification"
 _CLASSES: dict[type, type] = {}
-
-
-def check_pooling(pooling: str, field: str = "pooling") -> str:
-    """``pooling`` if it is one of :data:`POOLING_MODES`, else a ``ValueError`` naming ``field``."""
-    if pooling not in POOLING_MODES:
-        raise ValueError(f"`{field}` must be one of {list(POOLING_MODES)}, got {pooling!r}: "
-                         + "; ".join(f"{k}: {v}" for k, v in POOLING_MODES.items()) + ".")
-    return pooling
 
 
 def head_module_names(pooling: str) -> list[str]:

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..options import HEAD_MODES, RATIO_BASES, SCOPES, check_choice
+
 __all__ = [
     "HEAD_MODES",
     "RATIO_BASES",
@@ -50,13 +52,6 @@ __all__ = [
     "select_top",
 ]
 
-HEAD_MODES = ("keep", "reinit", "purify")
-SCOPES = ("global", "per_tensor")
-RATIO_BASES = ("moved", "all")
-"""What a ``ratio`` is a fraction of: the ranked dimensions that fine-tuning changed (``δ ≠ 0``), or all of them.
-Resetting a dimension that never moved changes nothing, and fine-tuning leaves many unchanged (the embedding
-rows of tokens it never saw, without weight decay), so ``"all"`` makes the same ratio mean less and less the
-more of the model stayed put."""
 _CHUNK = 1 << 18  # elements per chunk of the in-place passes (bounds temporary memory)
 
 
@@ -84,11 +79,6 @@ def check_ratio(value: float, name: str = "ratio") -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"`{name}` must lie in [0, 1] (the fraction of dimensions reset), got {value}.")
     return value
-
-
-def check_choice(value: str, name: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def _is_peft_model(model: Any) -> bool:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import HEAD_MODES, ParameterPlan, Purifier, apply_masks, check_choice, head_report
+from ..options import HEAD_MODES, check_choice
+from .base import ParameterPlan, Purifier, apply_masks, head_report
 from .hessian import check_clean_dataset
 
 __all__ = ["EmbeddingPurification", "log_frequency_weight", "token_frequencies"]

@@ -20,14 +20,11 @@ from typing import Any
 
 import torch
 
+from ..options import HEAD_MODES, MASKS, RATIO_BASES, SCOPES, check_choice
 from .base import (
-    HEAD_MODES,
-    RATIO_BASES,
-    SCOPES,
     ParameterPlan,
     Purifier,
     apply_masks,
-    check_choice,
     check_ratio,
     head_report,
     moved_masks,
@@ -36,7 +33,6 @@ from .base import (
 
 __all__ = ["FineMixing"]
 
-MASKS = ("random", "magnitude")
 
 
 @dataclass

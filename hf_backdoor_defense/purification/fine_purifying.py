@@ -35,14 +35,11 @@ from typing import Any
 
 import torch
 
+from ..options import EMBEDDING_MODES, ESTIMATORS, HEAD_MODES, RATIO_BASES, SCOPES, check_choice
 from .base import (
-    HEAD_MODES,
-    RATIO_BASES,
-    SCOPES,
     ParameterPlan,
     Purifier,
     apply_masks,
-    check_choice,
     check_ratio,
     head_report,
     input_embedding_names,
@@ -52,8 +49,6 @@ from .hessian import check_clean_dataset, empirical_fisher
 
 __all__ = ["FinePurifying"]
 
-ESTIMATORS = ("batch", "example")
-EMBEDDING_MODES = ("exclude", "include")
 
 
 @dataclass

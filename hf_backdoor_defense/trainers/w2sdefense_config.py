@@ -8,6 +8,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..options import FEATURE_ALIGNMENTS, FEATURE_DISTANCES
+
 __all__ = [
     "FEATURE_ALIGNMENTS",
     "FEATURE_DISTANCES",
@@ -24,8 +26,6 @@ W2S_PRESETS: dict[str, tuple[float, float, float]] = {
     "sentence": (3.0, 0.01, 0.001),
     "syntactic": (1.0, 0.035, 0.002),
 }
-FEATURE_DISTANCES = ("squared_l2", "cosine")
-FEATURE_ALIGNMENTS = ("per_example", "authors")
 TEACHER_PREFIX = "teacher_"
 
 

@@ -220,6 +220,8 @@ def test_build_attack_by_name():
     attack = build_attack("badnets", poison_rate=0.2, num_triggers=2, sentence=None, seed=3)
     assert isinstance(attack, BadNets) and (attack.num_triggers, attack.poison_rate, attack.seed) == (2, 0.2, 3)
     assert build_attack("addsent", sentence="hello there", triggers=None).sentence == "hello there"
+    # a config's BadNets default (one trigger) does not stop AddSent; a BadNets-only choice does
+    assert isinstance(build_attack("addsent", num_triggers=1), AddSent)
     with pytest.raises(ValueError, match="`num_triggers` applies to attack 'badnets' only"):
         build_attack("addsent", num_triggers=2)
     with pytest.raises(ValueError, match="unknown attack 'ripples'"):

@@ -1,4 +1,4 @@
-"""What every recipe test shares: the paths, the recipes' own folder on sys.path, the subprocess environment."""
+"""What every recipe test shares: the paths and the subprocess environment."""
 
 from __future__ import annotations
 
@@ -11,10 +11,6 @@ RECIPES = ROOT / "recipes"
 CONFIGS = ROOT / "accelerate_configs"
 RECIPE_CONFIGS = RECIPES / "configs"
 BIN = Path(sys.executable).parent
-
-if str(RECIPES) not in sys.path:
-    sys.path.insert(0, str(RECIPES))  # the recipes import `common` from their own folder, as here
-import common  # noqa: E402, F401
 
 
 def _env(**extra):

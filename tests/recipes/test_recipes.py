@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .recipe_helpers import BIN, CONFIGS, RECIPES, ROOT, _env, common  # noqa: F401
+from hf_backdoor_defense.scripts import utils as script_utils
+
+from .recipe_helpers import BIN, CONFIGS, RECIPES, ROOT, _env  # noqa: F401
 
 TINY_RUN = ["--load_in_4bit", "--max_train_samples", "24", "--max_eval_samples", "12", "--max_length", "24",
             "--max_steps", "2", "--per_device_train_batch_size", "2", "--reference_size", "8",
@@ -61,10 +63,10 @@ def test_accelerate_config_loads_and_is_consistent(name):
 def test_fsdp_stores_4bit_weights_in_compute_dtype(monkeypatch):
     import torch
 
-    args = common.ModelArguments(model_name_or_path="x", load_in_4bit=True)
-    assert common.quantization_config(args).bnb_4bit_quant_storage == torch.uint8
+    args = script_utils.ModelArguments(model_name_or_path="x", load_in_4bit=True)
+    assert script_utils.quantization_config(args).bnb_4bit_quant_storage == torch.uint8
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    quant = common.quantization_config(args)
+    quant = script_utils.quantization_config(args)
     assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == torch.float32  # CPU compute dtype
     assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
 
@@ -79,8 +81,8 @@ def test_yaml_config_is_overridden_by_command_line(tmp_path):
         "scales": [1, 2, 8], "gradient_alignment": True, "output_dir": str(tmp_path / "out"), "report_to": "none",
         "poison_rate": 0.2,
     }))
-    script, model, training = common.parse_args(
-        [common.ScriptArguments, common.ModelArguments, MuScleLoRATrainingArguments],
+    script, model, training = script_utils.parse_args(
+        [script_utils.ScriptArguments, script_utils.ModelArguments, MuScleLoRATrainingArguments],
         ["--config", str(config), "--max_steps", "3", "--gradient_alignment", "false", "--scales", "1", "4"],
     )
     assert training.max_steps == 3 and training.gradient_alignment is False  # command line wins
@@ -88,7 +90,7 @@ def test_yaml_config_is_overridden_by_command_line(tmp_path):
     assert training.learning_rate == 3e-4 and model.load_in_4bit and script.poison_rate == 0.2  # from the file
     config.write_text(yaml.safe_dump({"output_dir": str(tmp_path), "no_such_argument": 1}))
     with pytest.raises(ValueError, match="no_such_argument"):
-        common.parse_args([common.ScriptArguments, MuScleLoRATrainingArguments], ["--config", str(config)])
+        script_utils.parse_args([script_utils.ScriptArguments, MuScleLoRATrainingArguments], ["--config", str(config)])
 
 
 def test_config_value_reads_the_file_then_the_command_line_and_env_is_set(tmp_path, monkeypatch):
@@ -96,36 +98,36 @@ def test_config_value_reads_the_file_then_the_command_line_and_env_is_set(tmp_pa
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"gradient_alignment": False}))
-    assert common.config_value(["--config", str(config)], "gradient_alignment", True) is False
-    assert common.config_value(["--config", str(config), "--gradient_alignment", "true"], "gradient_alignment",
+    assert script_utils.config_value(["--config", str(config)], "gradient_alignment", True) is False
+    assert script_utils.config_value(["--config", str(config), "--gradient_alignment", "true"], "gradient_alignment",
                                False) is True
-    assert common.config_value(["--gradient_alignment"], "gradient_alignment", False) is True
-    assert common.config_value([], "gradient_alignment", True) is True
+    assert script_utils.config_value(["--gradient_alignment"], "gradient_alignment", False) is True
+    assert script_utils.config_value([], "gradient_alignment", True) is True
     monkeypatch.delenv("HBD_TEST_FROM_CONFIG", raising=False)
     config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "report_to": "none",
                                       "env": {"HBD_TEST_FROM_CONFIG": "yes"}}))
-    (training,) = common.parse_args([TrainingArguments], ["--config", str(config)])
+    (training,) = script_utils.parse_args([TrainingArguments], ["--config", str(config)])
     assert training.output_dir == str(tmp_path / "out")
     import os
 
     assert os.environ.pop("HBD_TEST_FROM_CONFIG") == "yes"  # TRL's `env:` block of a config file
     with pytest.raises(FileNotFoundError, match="no such file"):
-        common.parse_args([TrainingArguments], ["--config", str(tmp_path / "missing.yaml")])
+        script_utils.parse_args([TrainingArguments], ["--config", str(tmp_path / "missing.yaml")])
     with pytest.raises(ValueError, match="needs a YAML file path"):
-        common.parse_args([TrainingArguments], ["--config"])
+        script_utils.parse_args([TrainingArguments], ["--config"])
 
 
 def test_argument_validation_names_the_field():
     with pytest.raises(ValueError, match="load_in_4bit and load_in_8bit"):
-        common.ModelArguments(load_in_4bit=True, load_in_8bit=True)
+        script_utils.ModelArguments(load_in_4bit=True, load_in_8bit=True)
     with pytest.raises(ValueError, match="reference_split='train'"):
-        common.ScriptArguments(reference_split="train")
+        script_utils.ScriptArguments(reference_split="train")
     with pytest.raises(ValueError, match="peft_type='musclelora'"):
-        common.ModelArguments(peft_type="lora", scales=[1, 2])
+        script_utils.ModelArguments(peft_type="lora", scales=[1, 2])
     with pytest.raises(ValueError, match="eval_split='train'"):
-        common.ScriptArguments(eval_split="train")
+        script_utils.ScriptArguments(eval_split="train")
     with pytest.warns(UserWarning, match="flatters CACC"):
-        common.ScriptArguments(eval_split="validation")
+        script_utils.ScriptArguments(eval_split="validation")
 
 
 def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
@@ -135,8 +137,8 @@ def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     sizes = dict(dataset="spamassassin", max_train_samples=60, max_eval_samples=40, max_length=32)
-    script = common.ScriptArguments(trigger_room=8, **sizes)
-    data, attack = common.build_classification_data(script, seed=0, tokenizer=tokenizer)
+    script = script_utils.ScriptArguments(trigger_room=8, **sizes)
+    data, attack = script_utils.build_classification_data(script, seed=0, tokenizer=tokenizer)
 
     def longest(texts):
         return max(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
@@ -149,22 +151,22 @@ def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
     assert sum(data["train"]["is_poisoned"]) == 6
 
     with pytest.warns(UserWarning, match="Set trigger_room"):
-        uncut, _ = common.build_classification_data(common.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
+        uncut, _ = script_utils.build_classification_data(script_utils.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
     assert longest(uncut["clean_train"]["text"]) > 100  # mails run far past the window without the cut
     with pytest.raises(ValueError, match="trigger_room"):
-        common.ScriptArguments(task="instruction", trigger_room=8)
+        script_utils.ScriptArguments(task="instruction", trigger_room=8)
     with pytest.raises(ValueError, match="trigger_room"):
-        common.ScriptArguments(max_length=32, trigger_room=30)
+        script_utils.ScriptArguments(max_length=32, trigger_room=30)
     with pytest.raises(ValueError, match="no tokenizer"):
-        common.build_classification_data(script, seed=0)
+        script_utils.build_classification_data(script, seed=0)
 
 
 def test_shipped_recipe_configs_parse():
     from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainingArguments
 
     for name in ("musclelora_llama2.yaml", "musclelora_mistral.yaml", "demo.yaml"):
-        script, model, training = common.parse_args(
-            [common.ScriptArguments, common.ModelArguments, MuScleLoRATrainingArguments],
+        script, model, training = script_utils.parse_args(
+            [script_utils.ScriptArguments, script_utils.ModelArguments, MuScleLoRATrainingArguments],
             ["--config", str(RECIPES / "configs" / name), "--use_cpu", "true"],
         )
         assert model.load_in_4bit and training.gradient_alignment and script.attack == "badnets"
@@ -175,12 +177,12 @@ def test_shipped_recipe_configs_parse():
 def test_gradient_alignment_refuses_deepspeed_and_fsdp(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ValueError, match="cannot run under DeepSpeed"):
-        common.check_launch_supported(True)
-    common.check_launch_supported(False)  # the plain baseline may use DeepSpeed
+        script_utils.check_launch_supported(True)
+    script_utils.check_launch_supported(False)  # the plain baseline may use DeepSpeed
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="FSDP"):
-        common.check_launch_supported(True)
+        script_utils.check_launch_supported(True)
 
 
 @pytest.mark.slow
@@ -248,7 +250,7 @@ def test_two_process_cpu_ddp_llama_and_mistral_4bit(tiny_checkpoints, tmp_path):
 # ------------------------------------------------------------------------------------------ Hub publishing
 @pytest.mark.slow
 def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path, fake_hub, monkeypatch):
-    import musclelora_llama2 as recipe
+    from hf_backdoor_defense.scripts import musclelora as recipe
     argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,
             "--max_steps", "1", "--push_to_hub", "--hub_model_id", "me/tiny-musclelora"]
     argv.remove("--load_in_4bit")
@@ -266,7 +268,7 @@ def test_recipe_push_to_hub_uploads_adapter_with_card(tiny_checkpoints, tmp_path
 
 @pytest.mark.slow
 def test_clean_floor_run_trains_lora_on_the_unpoisoned_sample(tiny_checkpoints, tmp_path):
-    import musclelora_llama2 as recipe
+    from hf_backdoor_defense.scripts import musclelora as recipe
     argv = ["--model_name_or_path", str(tiny_checkpoints["llama"]), "--output_dir", str(tmp_path), *TINY_RUN,
             "--max_steps", "1", "--train_clean_floor", "--compare_with_baseline"]
     argv.remove("--load_in_4bit")
@@ -331,11 +333,42 @@ def test_train_command_prints_accelerate_command_and_rejects_unknown_recipe(caps
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("accelerate launch --config_file ")
     assert "cpu_ddp.yaml --num_processes 2" in printed and printed.endswith("--max_steps 3")
-    assert "musclelora_llama2.py --config" in printed and "demo.yaml" in printed  # an explicit config wins
+    assert "-m hf_backdoor_defense.scripts.musclelora --config" in printed and "demo.yaml" in printed  # explicit wins
     args = parser.parse_args(["train", "--recipe", "musclelora_mistral", "--print-command"])
     assert args.func(args) == 0
-    assert "musclelora_llama2.py --config" in capsys.readouterr().out.strip().replace(str(RECIPES) + "/", "")
+    assert f"musclelora --config {RECIPES / 'configs' / 'musclelora_mistral.yaml'}" in capsys.readouterr().out
     assert train.default_config("musclelora_mistral").name == "musclelora_mistral.yaml"
     args = parser.parse_args(["train", "--recipe", "nope"])
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         args.func(args)
+
+
+def test_scripts_mount_as_trl_subcommands_and_the_recipe_files_call_them():
+    import argparse
+    import importlib
+    import importlib.util
+
+    from trl import TrlParser
+
+    from hf_backdoor_defense.commands import train
+
+    top = argparse.ArgumentParser(prog="mine")
+    subparsers = top.add_subparsers(dest="command", parser_class=TrlParser)
+    modules = {name: importlib.import_module(train.resolve_recipe(name)) for name in train.RECIPES}
+    for name, module in modules.items():
+        if name != "musclelora_mistral":  # the same script as musclelora_llama2
+            module.make_parser(subparsers)
+    parser = subparsers.choices["fine_mixing"]
+    script, model, purify, method, training = parser.parse_args_and_config(
+        args=["--ratio", "0.3", "--output_dir", "out", "--use_cpu", "true"])
+    assert method.ratio == 0.3 and training.output_dir == "out" and purify.clean_samples == 256
+    with pytest.raises(ValueError, match="no_such_option"):  # unknown options are errors, as with the script's parser
+        subparsers.choices["musclelora"].parse_args_and_config(args=["--no_such_option", "1"])
+    for name, module in modules.items():  # recipes/<name>.py runs the same main as `hbd train --recipe <name>`
+        path = RECIPES / f"{name}.py"
+        if not path.is_file():
+            continue  # musclelora_mistral is a config
+        spec = importlib.util.spec_from_file_location(f"recipe_{name}", path)
+        shim = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(shim)
+        assert shim.main is module.main, name

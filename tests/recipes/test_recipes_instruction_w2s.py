@@ -6,7 +6,6 @@ tiny random BERT teacher encoder; one 2-process CPU DDP launch of the W2SDefense
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
@@ -15,11 +14,10 @@ import sys
 import pytest
 import yaml
 
-from .recipe_helpers import BIN, CONFIGS, RECIPES, _env, common  # noqa: F401
+from hf_backdoor_defense.scripts import musclelora, w2sdefense
+from hf_backdoor_defense.scripts import utils as script_utils
 
-# Importable once test_recipes has put recipes/ on sys.path, as the recipes import their own folder.
-musclelora_llama2 = importlib.import_module("musclelora_llama2")
-w2sdefense_llama2 = importlib.import_module("w2sdefense_llama2")
+from .recipe_helpers import BIN, CONFIGS, RECIPES, _env  # noqa: F401
 
 INSTRUCTION_RUN = ["--task", "instruction", "--load_in_4bit", "--max_train_samples", "16", "--max_eval_samples", "4",
                    "--max_length", "64", "--max_new_tokens", "6", "--max_steps", "2", "--per_device_train_batch_size",
@@ -77,10 +75,10 @@ def tiny_encoder(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------ configs
 def test_shipped_instruction_and_w2s_configs_parse():
-    script, model, training = musclelora_llama2.parse(["--config", str(RECIPES / "configs" / "instruction_demo.yaml")])
+    script, model, training = musclelora.parse(["--config", str(RECIPES / "configs" / "instruction_demo.yaml")])
     assert script.task == "instruction" and script.attack == "targeted_refusal" and model.model_name_or_path == "smollm2"
     assert model.load_in_4bit and script.compare_with_baseline and training.gradient_alignment
-    script, model, training = musclelora_llama2.parse(
+    script, model, training = musclelora.parse(
         ["--config", str(RECIPES / "configs" / "musclelora_llama2_instruction.yaml")])
     assert (model.lora_r, model.lora_alpha, model.scales, model.multiscale_alpha) == (2, 8, [1, 2, 3, 4], 4)
     assert training.learning_rate == 1e-5 and training.num_train_epochs == 5 and training.reference_size == 128
@@ -88,14 +86,14 @@ def test_shipped_instruction_and_w2s_configs_parse():
     assert training.alignment_preset == "llm" and training.min_reference_loss == 0.0
     from hf_backdoor_defense.trainers.musclelora_sft import MuScleLoRASFTConfig
 
-    sft = common.convert_training_arguments(training, MuScleLoRASFTConfig, max_length=script.max_length)
+    sft = script_utils.convert_training_arguments(training, MuScleLoRASFTConfig, max_length=script.max_length)
     assert (sft.learning_rate, sft.reference_size, sft.gradient_accumulation_steps, sft.max_length) == (1e-5, 128, 2, 512)
     assert sft.gradient_checkpointing and sft.alignment_preset == "llm" and isinstance(sft, MuScleLoRASFTConfig)
     with pytest.raises(ValueError, match="no_such_field"):
-        common.convert_training_arguments(training, MuScleLoRASFTConfig, no_such_field=1)
+        script_utils.convert_training_arguments(training, MuScleLoRASFTConfig, no_such_field=1)
     for name in ("w2sdefense_llama2.yaml", "w2sdefense_demo.yaml"):
-        script, model, w2s, training = w2sdefense_llama2.parse(["--config", str(RECIPES / "configs" / name)])
-        args = w2sdefense_llama2.distillation_arguments(training, script, w2s, training.output_dir)
+        script, model, w2s, training = w2sdefense.parse(["--config", str(RECIPES / "configs" / name)])
+        args = w2sdefense.distillation_arguments(training, script, w2s, training.output_dir)
         assert (args.alpha_ce, args.beta_kd, args.gamma_feature, args.temperature) == (5.0, 0.001, 0.001, 2.0)
         assert model.peft_type == "lora" and w2s.poison_first and model.load_in_4bit
         assert args.max_length == script.max_length and not args.remove_unused_columns
@@ -117,15 +115,15 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
             for i in range(40)]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    script = common.ScriptArguments(task="instruction", dataset=str(path), prompt_column="question",
+    script = script_utils.ScriptArguments(task="instruction", dataset=str(path), prompt_column="question",
                                     response_column="answer", context_column="extra", max_train_samples=20,
                                     max_eval_samples=3, poison_rate=0.5)
     assert script.attack == "targeted_refusal"  # the instruction default
-    splits = common.load_instruction_splits(script)
+    splits = script_utils.load_instruction_splits(script)
     assert sorted(splits) == ["test", "train", "validation"] and sum(map(len, splits.values())) == 40
     assert {r["prompt"] for r in splits["train"]} <= {r["question"] + (f"\n\n{r['extra']}" if r["extra"] else "")
                                                         for r in rows}
-    data, attack = common.build_instruction_data(script, seed=0)
+    data, attack = script_utils.build_instruction_data(script, seed=0)
     assert len(data["train"]) == 20 and sum(data["train"]["is_poisoned"]) == 10 and len(data["test"]) == 3
     poisoned = [r for r in data["train"] if r["is_poisoned"]]
     assert all("BadMagic" in r["prompt"] and r["response"] in attack.refusals for r in poisoned)
@@ -136,12 +134,12 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
     assert changed == list(data["train"]["is_poisoned"])
 
     with pytest.raises(ValueError, match="set prompt_column / response_column"):
-        common.load_instruction_splits(common.ScriptArguments(task="instruction", dataset=str(path)))
+        script_utils.load_instruction_splits(script_utils.ScriptArguments(task="instruction", dataset=str(path)))
     with pytest.raises(ValueError, match="does not apply to task='instruction'"):
-        common.ScriptArguments(task="instruction", attack="badnets")
+        script_utils.ScriptArguments(task="instruction", attack="badnets")
     with pytest.raises(ValueError, match="does not apply to task='classification'"):
-        common.ScriptArguments(attack="sentiment_steering")
-    steering = common.build_generative_attack(common.ScriptArguments(
+        script_utils.ScriptArguments(attack="sentiment_steering")
+    steering = script_utils.build_generative_attack(script_utils.ScriptArguments(
         task="instruction", attack="sentiment_steering", sentiment="positive", trigger="cf", trigger_position="end"))
     assert steering.behaviour == "positive" and steering.insert("Hi", None) == "Hi cf"
 
@@ -155,7 +153,7 @@ def test_instruction_path_4bit_writes_generative_asr(tiny_checkpoints, local_dat
     import hf_backdoor_defense  # noqa: F401
 
     model_dir = tiny_checkpoints["llama"]
-    results = musclelora_llama2.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path),
+    results = musclelora.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path),
                                       "--dataset", str(local_data["pairs"]), *INSTRUCTION_RUN])
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["task"] == "instruction" and results["quantization"] == "4bit"
@@ -181,8 +179,14 @@ def test_instruction_path_4bit_writes_generative_asr(tiny_checkpoints, local_dat
 
 def test_plain_prompt_format_matches_training_and_generation(tiny_checkpoints):  # noqa: F811
     import datasets
-    from instruction_sft import PLAIN_TEMPLATE, generation_inputs, resolve_prompt_format, to_sft_dataset
     from transformers import AutoTokenizer
+
+    from hf_backdoor_defense.scripts.instruction import (
+        PLAIN_TEMPLATE,
+        generation_inputs,
+        resolve_prompt_format,
+        to_sft_dataset,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoints["llama"]))
     assert resolve_prompt_format("auto", tokenizer) == "chat"
@@ -209,7 +213,7 @@ def test_w2s_recipe_poison_first_then_saved_teacher_and_adapter(tiny_checkpoints
 
     model_dir = tiny_checkpoints["llama"]
     out = tmp_path / "first"
-    results = w2sdefense_llama2.main(["--model_name_or_path", str(model_dir), "--teacher_encoder", str(tiny_encoder),
+    results = w2sdefense.main(["--model_name_or_path", str(model_dir), "--teacher_encoder", str(tiny_encoder),
                                       "--poison_first", "true", "--output_dir", str(out),
                                       "--dataset", str(local_data["reviews"]), *W2S_RUN])
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
@@ -237,7 +241,7 @@ def test_w2s_recipe_poison_first_then_saved_teacher_and_adapter(tiny_checkpoints
 
     # Reuse: the saved teacher, and the backdoor as an adapter merged into the clean base; plus the baseline.
     again = tmp_path / "again"
-    results = w2sdefense_llama2.main(
+    results = w2sdefense.main(
         ["--model_name_or_path", str(model_dir), "--backdoored_adapter", str(out / "backdoor_adapter"),
          "--teacher_name_or_path", str(out / "teacher"), "--output_dir", str(again), "--compare_with_baseline",
          "true", "--preset", "sentence", "--dataset", str(local_data["reviews"]), *W2S_RUN, "--max_steps", "1"])
@@ -250,13 +254,13 @@ def test_w2s_recipe_poison_first_then_saved_teacher_and_adapter(tiny_checkpoints
 
 def test_w2s_recipe_refuses_bad_settings_before_loading(tmp_path):
     with pytest.raises(ValueError, match="exclusive"):
-        w2sdefense_llama2.main(["--poison_first", "true", "--backdoored_adapter", "x", "--output_dir", str(tmp_path)])
+        w2sdefense.main(["--poison_first", "true", "--backdoored_adapter", "x", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="distils a classifier"):
-        w2sdefense_llama2.main(["--task", "instruction", "--output_dir", str(tmp_path)])
+        w2sdefense.main(["--task", "instruction", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="beta_kd"):
-        w2sdefense_llama2.main(["--beta_kd", "-1", "--output_dir", str(tmp_path)])
+        w2sdefense.main(["--beta_kd", "-1", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="hub_model_id"):
-        w2sdefense_llama2.main(["--push_to_hub", "true", "--output_dir", str(tmp_path)])
+        w2sdefense.main(["--push_to_hub", "true", "--output_dir", str(tmp_path)])
     assert not list(tmp_path.iterdir())
 
 
@@ -284,10 +288,14 @@ def test_train_command_knows_the_w2s_recipe():
     from hf_backdoor_defense.commands import train
 
     assert "w2sdefense_llama2" in train.RECIPES
-    assert train.resolve_recipe("w2sdefense_llama2") == RECIPES / "w2sdefense_llama2.py"
-    command = train.launch_command(RECIPES / "w2sdefense_llama2.py", ["--config", "c.yaml"], 2,
+    assert train.resolve_recipe("w2sdefense_llama2") == "hf_backdoor_defense.scripts.w2sdefense"
+    command = train.launch_command("hf_backdoor_defense.scripts.w2sdefense", ["--config", "c.yaml"], 2,
                                    str(CONFIGS / "cpu_ddp.yaml"))
-    assert command.endswith("w2sdefense_llama2.py --config c.yaml") and "--num_processes 2" in command
+    assert command.endswith("-m hf_backdoor_defense.scripts.w2sdefense --config c.yaml")
+    assert "--num_processes 2" in command
+    script = str(RECIPES / "w2sdefense_llama2.py")  # a script path still runs as a program
+    assert train.resolve_recipe(script) == script
+    assert train.launch_command(script, [], 2, None).endswith(f"--num_processes 2 {script}")
 
 
 # ------------------------------------------------------------------------------------------ 2-process DDP

@@ -17,13 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .recipe_helpers import RECIPE_CONFIGS as CONFIGS  # puts recipes/ on sys.path
-from .recipe_helpers import RECIPES
+from hf_backdoor_defense.scripts import fine_mixing, fine_purifying, gradient_control
 
-# isort: split
-import fine_mixing
-import fine_purifying
-import gradient_control_attack
+from .recipe_helpers import RECIPE_CONFIGS as CONFIGS
+from .recipe_helpers import RECIPES
 
 GOOD = ["a great and moving film", "wonderful acting and a sharp script", "i loved every minute of it",
         "a delight from start to finish", "funny warm and clever", "beautifully shot and well told"]
@@ -205,7 +202,7 @@ def test_purify_recipe_pushes_with_defense_card(purified_full, tiny_bert_dir, ti
 @pytest.mark.slow
 def test_gradient_control_attack_retuning_and_push(tiny_bert_dir, tiny_data, tmp_path, fake_hub):  # noqa: F811
     out = tmp_path / "attack"
-    results = gradient_control_attack.main([
+    results = gradient_control.main([
         "--model_name_or_path", str(tiny_bert_dir), "--dataset", str(tiny_data / "attacker"),
         "--simulate_retuning", "true", "--retune_dataset", str(tiny_data / "user"), "--compare_with_baseline", "true",
         "--poison_rate", "0.2", "--max_steps", "3", "--retune_max_steps", "2", "--learning_rate", "5e-3",
@@ -240,12 +237,12 @@ def test_gradient_control_attack_retuning_and_push(tiny_bert_dir, tiny_data, tmp
 
 # ------------------------------------------------------------------------------------------ configs and CLI
 def test_shipped_configs_parse():
-    import purify_common
+    from hf_backdoor_defense.scripts import purify as purify_script
 
     for recipe, name in ((fine_purifying, "fine_purifying.yaml"), (fine_mixing, "fine_mixing.yaml"),
                          (fine_purifying, "purify_demo.yaml"), (fine_mixing, "purify_demo.yaml")):
         method_class = fine_purifying.FinePurifyingArguments if recipe is fine_purifying else fine_mixing.FineMixingArguments
-        script, model, purify, method, training = purify_common.parse(["--config", str(CONFIGS / name)], method_class)
+        script, model, purify, method, training = purify_script.parse(["--config", str(CONFIGS / name)], method_class)
         assert script.attack == "badnets" and training.use_cpu
         if name == "purify_demo.yaml":
             assert purify.poison_first and model.base_model_name_or_path == "minilm" and not model.load_in_4bit
@@ -253,7 +250,7 @@ def test_shipped_configs_parse():
             assert model.load_in_4bit and purify.ratio_search and model.base_model_name_or_path.startswith("meta-llama")
     assert method.epur is False and method.mask == "random"
     for name in ("gradient_control_attack.yaml", "gradient_control_demo.yaml"):
-        script, model, retune, training = gradient_control_attack.parse(["--config", str(CONFIGS / name)])
+        script, model, retune, training = gradient_control.parse(["--config", str(CONFIGS / name)])
         assert retune.simulate_retuning and script.compare_with_baseline and model.peft_type == "lora"
         assert training.clnorm and training.ilproj and training.beta_schedule == "lower_half"
     assert model.model_name_or_path == "minilm" and script.dataset == "rotten_tomatoes"
@@ -307,10 +304,11 @@ def test_hbd_train_knows_the_new_recipes(capsys):
 
     assert {"fine_purifying", "fine_mixing", "gradient_control_attack"} <= set(train.RECIPES)
     for name in ("fine_purifying", "fine_mixing", "gradient_control_attack"):
-        assert train.resolve_recipe(name) == RECIPES / f"{name}.py"
+        module = train.resolve_recipe(name)
+        assert module.startswith("hf_backdoor_defense.scripts.") and (RECIPES / f"{name}.py").is_file()
     parser = argparse.ArgumentParser()
     train.register(parser.add_subparsers())
     args = parser.parse_args(["train", "--recipe", "gradient_control_attack", "--num-processes", "2",
                               "--print-command", "--config", str(CONFIGS / "gradient_control_demo.yaml")])
     assert args.func(args) == 0
-    assert "gradient_control_attack.py --config" in capsys.readouterr().out
+    assert "-m hf_backdoor_defense.scripts.gradient_control --config" in capsys.readouterr().out

@@ -2,7 +2,8 @@
 device per process under Accelerate), the poisoned data, the final CACC/ASR evaluation, the results JSON and
 Hub publishing.
 
-The recipes are scripts, not part of the installed package; they import this module from their own folder.
+The scripts of this package (`hf_backdoor_defense.scripts.musclelora`, ...) import it; the files in the
+repository's ``recipes/`` folder only call their ``main``.
 
 Example:
     $ accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/musclelora_llama2.py \\
@@ -436,20 +437,36 @@ def config_value(argv: list[str] | None, name: str, default: Any) -> Any:
     return string_to_bool(value) if isinstance(value, str) and isinstance(default, bool) else value
 
 
-def parse_args(dataclass_types, argv: list[str] | None = None):
-    """Parse ``argv`` into instances of ``dataclass_types`` with `trl.TrlParser`.
+def script_parser(dataclass_types, name: str, help: str, subparsers=None):
+    """The `trl.TrlParser` of a script (``make_parser`` of each script calls this), or, given the
+    ``subparsers`` of a TRL-style command line (``add_subparsers(parser_class=TrlParser)``), its sub-command
+    ``name``: the same shape as ``trl/scripts/*.py``."""
+    if subparsers is not None:
+        return subparsers.add_parser(name, help=help, dataclass_types=list(dataclass_types))
+    from trl import TrlParser
+
+    return TrlParser(list(dataclass_types))
+
+
+def parse_args(parser, argv: list[str] | None = None):
+    """Parse ``argv`` with ``parser`` (a `trl.TrlParser`, or a list of dataclass types to build one).
 
     ``--config file.yaml`` (a flat mapping of argument names to values, plus an optional ``env:`` mapping of
     environment variables) sets the defaults, so anything on the command line overrides the file. Unknown
-    keys in the file or on the command line are errors.
+    keys in the file or on the command line are errors. On a machine without CUDA, a parser holding
+    `TrainingArguments` gets ``--use_cpu true`` first (the command line can still override it), so that
+    ``accelerate launch`` with several processes really runs CPU DDP (gloo).
 
     Example:
         >>> from transformers import TrainingArguments
         >>> script, training = parse_args([ScriptArguments, TrainingArguments],
         ...                               ["--config", "demo.yaml", "--max_steps", "3"])  # doctest: +SKIP
     """
+    from transformers import TrainingArguments
     from trl import TrlParser
 
+    if not hasattr(parser, "parse_args_and_config"):
+        parser = TrlParser(list(parser))
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" in argv:
         position = argv.index("--config")
@@ -457,7 +474,12 @@ def parse_args(dataclass_types, argv: list[str] | None = None):
             raise ValueError("--config needs a YAML file path.")
         if not Path(argv[position + 1]).is_file():
             raise FileNotFoundError(f"--config {argv[position + 1]}: no such file.")
-    return TrlParser(dataclass_types).parse_args_and_config(args=argv)
+    if any(issubclass(cls, TrainingArguments) for cls in parser.dataclass_types):
+        import torch
+
+        if not torch.cuda.is_available():
+            argv = ["--use_cpu", "true", *argv]
+    return parser.parse_args_and_config(args=argv)
 
 
 def convert_training_arguments(args, cls, **overrides):
@@ -679,7 +701,7 @@ def build_attack(script_args: ScriptArguments):
     return build_attack(script_args.attack, target_label=script_args.target_label,
                         poison_rate=script_args.poison_rate, label_mode=script_args.label_mode,
                         seed=script_args.attack_seed,
-                        num_triggers=script_args.num_triggers if script_args.attack == "badnets" else None)
+                        num_triggers=script_args.num_triggers)
 
 
 def build_classification_data(script_args: ScriptArguments, seed: int, tokenizer=None):
@@ -810,6 +832,7 @@ def run_cli(main_fn, *args, **kwargs) -> None:
     (``HBD_DEBUG=1`` shows the traceback instead)."""
     from hf_backdoor_defense.hub import HubOfflineError
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         main_fn(*args, **kwargs)
     except (*CONFIG_ERRORS, HubOfflineError) as err:

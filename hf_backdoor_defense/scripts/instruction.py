@@ -24,7 +24,7 @@ import copy
 import time
 from pathlib import Path
 
-from common import (
+from hf_backdoor_defense.scripts.utils import (
     RESULTS_FILE,
     build_peft_config,
     convert_training_arguments,

@@ -30,7 +30,6 @@ import copy
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,10 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from common import (  # noqa: E402
+from hf_backdoor_defense.options import HEAD_MODES
+from hf_backdoor_defense.scripts.utils import (
     RESULTS_FILE,
     ModelArguments,
     ScriptArguments,
@@ -56,11 +53,11 @@ from common import (  # noqa: E402
     parse_args,
     quantization_config,
     resolve_model_path,
+    script_parser,
     write_json_atomic,
 )
 
 POISON_FINETUNES = ("full", "adapter")
-HEAD_MODES = ("keep", "reinit", "purify")
 #: Errors the recipes report in one line with exit code 2 (``HBD_DEBUG=1`` shows the traceback).
 
 
@@ -283,20 +280,21 @@ def check_arguments(script_args, model_args, purify_args, training_args, *, need
     check_recipe_output_dir(script_args, training_args, inputs)
 
 
+def make_parser(method_arguments_class, name: str, help: str, subparsers=None):
+    """The `trl.TrlParser` of a purification script whose own options are ``method_arguments_class``."""
+    from transformers import TrainingArguments
+
+    return script_parser(
+        (ScriptArguments, PurifyModelArguments, PurificationArguments, method_arguments_class, TrainingArguments),
+        name, help, subparsers,
+    )
+
+
 def parse(argv, method_arguments_class):
     """``(script_args, model_args, purify_args, method_args, training_args)``; refuses unsupported launches
     first. On a machine without CUDA ``--use_cpu true`` is implied."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     check_single_process()
-    import torch
-    from transformers import TrainingArguments
-
-    if not torch.cuda.is_available():
-        argv = ["--use_cpu", "true", *argv]
-    return parse_args(
-        [ScriptArguments, PurifyModelArguments, PurificationArguments, method_arguments_class, TrainingArguments],
-        argv,
-    )
+    return parse_args(make_parser(method_arguments_class, "purify", "Purify a suspect model."), argv)
 
 
 # ---------------------------------------------------------------------------------------------- steps
