@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="results page (default docs/results.md; quick: <results_dir>/matrix_quick.md)")
     io.add_argument("--figure", type=Path, default=None,
                     help="scatter PNG (default docs/figures/matrix_scatter.png; quick: next to the page)")
+    io.add_argument("--snippets", type=Path, default=None,
+                    help="folder of the per-defense tables the concept pages include (default docs/snippets when "
+                         "the page is docs/results.md; otherwise none unless given)")
     io.add_argument("--workdir", type=Path, default=None,
                     help="shared models (~90 MB each for MiniLM; default <HBD cache>/matrix_work)")
     run = p.add_argument_group("actions")
@@ -152,6 +155,7 @@ def resolve(args: argparse.Namespace) -> tuple[MatrixSettings, MatrixGrid, dict]
         "docs": args.docs or (results_dir / "matrix_quick.md" if quick else DOCS / "results.md"),
         "workdir": args.workdir or cache_dir() / "matrix_work",
     }
+    paths["snippets"] = args.snippets or (DOCS / "snippets" if paths["docs"] == DOCS / "results.md" else None)
     paths["figure"] = args.figure or (results_dir / "matrix_quick_scatter.png" if quick
                                       else DOCS / "figures" / "matrix_scatter.png")
     return settings, grid, paths
@@ -180,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
     extra = [] if quick_preset(args) else render_studies_section(RESULTS / "studies", REGIME_STUDIES, intro=REGIME)
-    written = render_results(payload, paths["docs"], paths["figure"], extra=extra)
-    print(f"rendered {written['markdown']}" + (f" and {written['figure']}" if written["figure"] else ""))
+    written = render_results(payload, paths["docs"], paths["figure"], extra=extra,
+                             snippet_dir=paths["snippets"])
+    print(f"rendered {written['markdown']}" + (f" and {written['figure']}" if written["figure"] else "")
+          + (f" and {len(written['snippets'])} defense snippets" if written["snippets"] else ""))
     return 0
 
 

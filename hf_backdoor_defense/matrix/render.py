@@ -21,7 +21,8 @@ from ..reporting import markdown_table
 from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, FLOORS, parse_threat
 from .runner import format_duration, summarise_cells
 
-__all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "render_markdown", "render_results"]
+__all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "render_defense_snippet", "render_markdown",
+           "render_results", "verdict"]
 
 PLANTED_ASR = 0.90
 """A threat counts as planted when the undefended model (``none``) reaches this ASR; below it, no defense
@@ -101,37 +102,80 @@ def _unplanted(payload: dict, dataset: str, summary: dict) -> list[str]:
     return out
 
 
-def _verdicts(payload: dict, dataset: str, summary: dict) -> list[str]:
-    """One line per planted threat of ``dataset``: which defenses removed the backdoor (ASR − floor ≤
-    :data:`REMOVED_GAP`), at what clean-accuracy cost (more than :data:`KEPT_CACC` below the undefended model),
-    which only lowered it (to at most half of the undefended gap), and which left it."""
-    lines = []
+def verdict(base: dict, entry: dict) -> str:
+    """Where a defense's ``entry`` stands against the undefended ``base`` of the same column (paired means):
+    ``"removed"`` (ASR − floor ≤ :data:`REMOVED_GAP`), ``"removed, at a cost in clean accuracy"`` (CACC more
+    than :data:`KEPT_CACC` below the undefended model), ``"lowered"`` (to at most half the undefended gap) or
+    ``"left in place"``."""
+    gap, loss = entry["asr_minus_floor"]["mean"], base["cacc"]["mean"] - entry["cacc"]["mean"]
+    if gap <= REMOVED_GAP:
+        return "removed" if loss <= KEPT_CACC else "removed, at a cost in clean accuracy"
+    return "lowered" if gap <= base["asr_minus_floor"]["mean"] / 2 else "left in place"
+
+
+def _judged(payload: dict, dataset: str, summary: dict):
+    """``(threat, column, base)`` for every threat of ``dataset`` whose backdoor is planted (undefended ASR ≥
+    :data:`PLANTED_ASR`) and paired with its floor."""
     for t in _threats(payload, dataset):
         column = summary.get(dataset, {}).get(t, {})
         base = column.get("none")
-        if not base or not base["asr_minus_floor"].get("n") or base["asr"]["mean"] < PLANTED_ASR:
-            continue
-        base_gap, base_cacc = base["asr_minus_floor"]["mean"], base["cacc"]["mean"]
+        if base and base["asr_minus_floor"].get("n") and base["asr"]["mean"] >= PLANTED_ASR:
+            yield t, column, base
+
+
+def _cacc_change(base: dict, entry: dict) -> str:
+    return f"{100 * (entry['cacc']['mean'] - base['cacc']['mean']):+.1f}".replace("-0.0", "+0.0")
+
+
+_VERDICT_RULE = (f"removed: Δ ≤ {100 * REMOVED_GAP:g} points; a cost: CACC more than {100 * KEPT_CACC:g} points "
+                 "below the undefended full fine-tune; lowered: Δ at most half the undefended one")
+
+
+def _verdicts(payload: dict, dataset: str, summary: dict) -> list[str]:
+    """One line per planted threat of ``dataset``: the defenses grouped by :func:`verdict`."""
+    lines = []
+    for t, column, base in _judged(payload, dataset, summary):
         bins: dict[str, list[str]] = {"removed": [], "removed, at a cost in clean accuracy": [], "lowered": [],
                                       "left in place": []}
         for defense in payload["grid"]["defenses"]:
             entry = column.get(defense)
             if defense == "none" or not entry or not entry["asr_minus_floor"].get("n"):
                 continue
-            gap, loss = entry["asr_minus_floor"]["mean"], base_cacc - entry["cacc"]["mean"]
-            change = f"{-100 * loss:+.1f}".replace("-0.0", "+0.0")
-            text = f"{DEFENSES.get(defense, defense)} (Δ {100 * gap:+.1f}, CACC {change})"
-            if gap <= REMOVED_GAP:
-                bins["removed" if loss <= KEPT_CACC else "removed, at a cost in clean accuracy"].append(text)
-            else:
-                bins["lowered" if gap <= base_gap / 2 else "left in place"].append(text)
+            bins[verdict(base, entry)].append(f"{DEFENSES.get(defense, defense)} (Δ "
+                                              f"{100 * entry['asr_minus_floor']['mean']:+.1f}, CACC "
+                                              f"{_cacc_change(base, entry)})")
         found = "; ".join(f"{name}: {', '.join(items)}" for name, items in bins.items() if items)
-        lines.append(f"- **{parse_threat(t).label}** (undefended Δ {100 * base_gap:+.1f}): {found or 'no defense ran'}.")
+        lines.append(f"- **{parse_threat(t).label}** (undefended Δ {100 * base['asr_minus_floor']['mean']:+.1f}): "
+                     f"{found or 'no defense ran'}.")
     if lines:
-        lines = [f"Verdicts (paired means; removed: Δ ≤ {100 * REMOVED_GAP:g} points; a cost: CACC more than "
-                 f"{100 * KEPT_CACC:g} points below the undefended full fine-tune; lowered: Δ at most half the "
-                 "undefended one; CACC change against the undefended model):", "", *lines]
+        lines = [f"Verdicts (paired means; {_VERDICT_RULE}; CACC change against the undefended model):", "", *lines]
     return lines
+
+
+def render_defense_snippet(payload: dict, defense: str) -> str:
+    """One defense's rows of the matrix (every dataset and threat with a planted backdoor): the undefended
+    model, the defense and its verdict, for the concept pages to include; the same figures as the results
+    page, from the same payload."""
+    summary = summarise_cells(payload["cells"])
+    seeds = len(payload["grid"]["seeds"])
+    rows = []
+    for dataset in payload["grid"]["datasets"]:
+        for t, column, base in _judged(payload, dataset, summary):
+            entry = column.get(defense)
+            if not entry or not entry["asr_minus_floor"].get("n"):
+                continue
+            rows.append([_dataset_label(dataset), parse_threat(t).label, format_cell(base, seeds),
+                         format_cell(entry, seeds), _cacc_change(base, entry), verdict(base, entry)])
+    name = DEFENSES.get(defense, defense)
+    split = payload["settings"].get("eval_split", "test")
+    if not rows:
+        return f"*No cell of {name} has finished in the matrix yet ([results](../results.md)).*\n"
+    table = markdown_table(["Data", "Threat", "undefended (full FT)", name, "CACC change", "verdict"], rows,
+                           align="llcccl")
+    return (f"{table}\n\nCACC / ASR in percent on the {split} split, mean ± std over the seeds that finished "
+            f"((n=k) when fewer than {seeds}); Δ = ASR minus the clean-data floor, paired per seed; verdicts: "
+            f"{_VERDICT_RULE}. Generated with the [results page](../results.md) from the same cells "
+            f"({payload['n_finished']} of {payload['n_cells']} finished).\n")
 
 
 def _cost_table(payload: dict) -> list[str]:
@@ -360,10 +404,13 @@ def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
 
 
 def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path: str | os.PathLike, *,
-                   title: str | None = None, extra: list[str] | None = None) -> dict:
-    """Write the scatter PNG (when a cell has finished) and the Markdown page that links it.
+                   title: str | None = None, extra: list[str] | None = None,
+                   snippet_dir: str | os.PathLike | None = None) -> dict:
+    """Write the scatter PNG (when a cell has finished) and the Markdown page that links it; with
+    ``snippet_dir``, also one ``matrix_<defense>.md`` per defense (:func:`render_defense_snippet`) that the
+    concept pages include.
 
-    Returns ``{"markdown": path, "figure": path or None}``.
+    Returns ``{"markdown": path, "figure": path or None, "snippets": [paths]}``.
     """
     markdown_path, figure_path = Path(markdown_path), Path(figure_path)
     figure = plot_scatter(payload, figure_path)
@@ -371,4 +418,11 @@ def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path:
     text = render_markdown(payload, figure=relative.replace(os.sep, "/") if relative else None, title=title,
                            extra=extra)
     write_text_atomic(markdown_path, text)
-    return {"markdown": markdown_path, "figure": figure}
+    snippets = []
+    if snippet_dir is not None:
+        for defense in payload["grid"]["defenses"]:
+            if defense != "none":
+                path = Path(snippet_dir) / f"matrix_{defense}.md"
+                write_text_atomic(path, render_defense_snippet(payload, defense))
+                snippets.append(path)
+    return {"markdown": markdown_path, "figure": figure, "snippets": snippets}

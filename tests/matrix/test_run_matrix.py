@@ -242,6 +242,24 @@ def test_render_writes_tables_and_scatter(matrix_env, tmp_path):
     assert f"Δ {100 * (lora['asr'] - floor['asr']):+.1f}".replace("+0.0", "0.0").replace("-0.0", "0.0") in text
     assert "```bash\npytest\n```" in text and "No cell is missing." in text
     assert out["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out["snippets"] == []  # only written when asked for
+
+
+@pytest.mark.slow
+def test_defense_snippets_carry_the_pages_figures_and_verdicts(matrix_env, tmp_path):
+    payload = json.loads((matrix_env["results"] / "matrix.json").read_text())
+    cells = {c["defense"]: c for c in payload["cells"] if c["seed"] == 0 and c["threat"] == "badnets-dirty"}
+    floor = next(c for c in payload["cells"] if c["defense"] == "clean_floor" and c["seed"] == 0)
+    cells["none"].update(asr=1.0)  # a planted backdoor, so that the column is judged
+    cells["lora"].update(asr=floor["asr"], cacc=cells["none"]["cacc"])  # at the floor, CACC kept: removed
+    out = render_results(payload, tmp_path / "r.md", tmp_path / "r.png", snippet_dir=tmp_path / "snippets")
+    names = sorted(p.name for p in out["snippets"])
+    assert "matrix_lora.md" in names and "matrix_none.md" not in names
+    lora = (tmp_path / "snippets" / "matrix_lora.md").read_text()
+    assert "| tiny_reviews | BadNets, dirty-label |" in lora and "| removed |" in lora and "Δ 0.0" in lora
+    assert "removed: Δ ≤ 5 points" in lora
+    # the results page judges the same cell the same way
+    assert "removed: LoRA (Δ +0.0, CACC +0.0)" in out["markdown"].read_text()
 
 
 @pytest.mark.slow
