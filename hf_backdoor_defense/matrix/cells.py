@@ -72,7 +72,7 @@ def make_purifier(defense: str, settings: MatrixSettings, seed: int):
         return EmbeddingPurification(num_tokens=settings.epur_tokens, head_names=head_names)
     if defense == "fine_purifying":
         return FinePurifying(ratio=settings.fp_ratio, ratio_of=settings.fp_ratio_of, embeddings=settings.fp_embeddings,
-                             estimator=settings.fp_estimator,
+                             estimator=settings.fp_estimator, alpha=settings.fp_alpha,
                              batch_size=16, max_length=settings.max_length, show_progress=False,
                              head_names=head_names)
     raise ValueError(f"{defense!r} is not a purifier; purifiers: fine_mixing, e_pur, fine_purifying.")

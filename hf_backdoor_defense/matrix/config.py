@@ -101,7 +101,7 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "musclelora": ("adapter_lr", "reference_size", *_MUSCLELORA_SETTINGS),
     "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
-    "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio", "fp_ratio_of", "fp_embeddings", "fp_estimator"),
+    "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio", "fp_ratio_of", "fp_embeddings", "fp_estimator", "fp_alpha"),
     "w2sdefense": (*_W2S_SETTINGS, "teacher_epochs", "teacher_lr", "w2s_feature_alignment"),
     "w2s_lora": _W2S_SETTINGS,
     "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
@@ -240,6 +240,8 @@ class MatrixSettings:
             ``"exclude"`` them (the library's default).
         fp_estimator: Fine-purifying: Fisher diagonal from squared ``"batch"`` gradients (first measured) or
             per-``"example"`` gradients (the library's default, the paper's).
+        fp_alpha: Fine-purifying: exponent of the curvature in ``δ²/(H + ε)^α`` (1: the paper's score; smaller
+            leans on the drift, for suspects trained with Adam, whose steps are about one learning rate each).
         epur_tokens: E-PUR: embedding rows reset.
         w2s_epochs: W2SDefense: epochs of the student's LoRA on the clean set.
         w2s_lr: W2SDefense: learning rate of the student's LoRA and head.
@@ -315,6 +317,8 @@ class MatrixSettings:
         "help": "Fine-purifying: 'include' or 'exclude' the embeddings from the ranking.", "key_default": "include"})
     fp_estimator: str = field(default="batch", metadata={
         "help": "Fine-purifying: Fisher from 'batch' or per-'example' gradients.", "key_default": "batch"})
+    fp_alpha: float = field(default=1.0, metadata={
+        "help": "Fine-purifying: exponent alpha of H in delta^2 / H^alpha (1: the paper).", "key_default": 1.0})
     epur_tokens: int = field(default=100, metadata={"help": "E-PUR: embedding rows reset."})
     w2s_epochs: float = field(default=5.0, metadata={"help": "W2SDefense: epochs of the student's LoRA."})
     w2s_lr: float = field(default=2e-4, metadata={"help": "W2SDefense: learning rate of the student's LoRA."})
@@ -398,6 +402,8 @@ class MatrixSettings:
                               ("fp_embeddings", EMBEDDING_MODES), ("fp_estimator", ESTIMATORS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
+        if isinstance(self.fp_alpha, bool) or not isinstance(self.fp_alpha, (int, float)) or self.fp_alpha < 0:
+            raise ValueError(f"`fp_alpha` must be a number >= 0 (1 is the paper's score), got {self.fp_alpha!r}.")
         for name in ("fm_ratio", "fp_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {getattr(self, name)}.")

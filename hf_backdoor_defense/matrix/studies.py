@@ -49,6 +49,11 @@ class Study:
     base: str = "v2"
 
 
+# The purifiers' ranking as the theory and the library's defaults have it: the ratio counts the weights the
+# fine-tune moved, the embeddings stay out of Fine-purifying's ranking, the Fisher is per example.
+_THEORY_RANKING = {"fm_ratio_of": "moved", "fp_ratio_of": "moved", "fp_embeddings": "exclude",
+                   "fp_estimator": "example"}
+
 # W2SDefense's schedule in its authors' code (docs/concepts/w2sdefense.md), on 2,000 unused training rows.
 _W2S_AUTHORS = {"w2s_clean_source": "unused_train", "w2s_clean_size": 2000, "w2s_batch_size": 32,
                 "w2s_weight_decay": 0.01, "w2s_max_grad_norm": 0.0, "w2s_best_dev": True, "w2s_epochs": 5.0,
@@ -116,6 +121,23 @@ STUDIES: dict[str, Study] = {
                       "the authors' regime: head frozen, paper init, lr 2e-5 x 10 epochs, best dev": {
                           "musclelora_init": "paper", "musclelora_lr": 2e-5, "musclelora_epochs": 10.0,
                           "musclelora_best_dev": True}},
+        ),
+        Study(
+            name="purification",
+            question="Which ranking and ratio should Fine-mixing and Fine-purifying use at the v2 budget: the first "
+                     "ranking (the ratio over all weights, embeddings ranked, batch Fisher) or the theory's (the "
+                     "ratio over the weights the fine-tune moved, embeddings left out, per-example Fisher), at which "
+                     "ratio, with which curvature exponent, and does a stronger clean fine-tune help? Rotten "
+                     "Tomatoes, the backdoored full fine-tune of the v2 matrix, 256 trusted sentences.",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
+                  "defenses": ["none", "fine_mixing", "fine_purifying"], "floors": ["clean_floor"], "seeds": [0]},
+            variants={"first ranking, Fine-mixing 0.5, Fine-purifying 0.3 (v2)": {},
+                      **{f"theory's ranking, ratio {r:g}": {**_THEORY_RANKING, "fm_ratio": r, "fp_ratio": r}
+                         for r in (0.3, 0.5, 0.7, 0.9)},
+                      "theory's ranking, ratio 0.5, alpha 0.5": {**_THEORY_RANKING, "fm_ratio": 0.5, "fp_ratio": 0.5,
+                                                                 "fp_alpha": 0.5},
+                      "theory's ranking, ratio 0.5, clean fine-tune lr 1e-4": {
+                          **_THEORY_RANKING, "fm_ratio": 0.5, "fp_ratio": 0.5, "purify_lr": 1e-4}},
         ),
         Study(
             name="w2sdefense",

@@ -206,6 +206,14 @@ def test_changing_a_setting_changes_the_keys_of_the_cells_that_read_it(matrix_en
                            ("fine_mixing", False), ("w2sdefense", False)):
         cell = CellSpec(DATA, "badnets-dirty", defense, 0)
         assert (cell.key(base) != cell.key(own)) is moves, defense
+    # Fine-purifying's curvature exponent: at the paper's 1 the cached keys stay, another value re-keys its cells
+    alpha = MatrixSettings(**{**base.to_dict(), "fp_alpha": 0.5})
+    for defense in ("fine_purifying", "fine_mixing", "none"):
+        cell = CellSpec(DATA, "badnets-dirty", defense, 0)
+        assert (cell.key(base) != cell.key(alpha)) is (defense == "fine_purifying"), defense
+    assert "fp_alpha" not in CellSpec(DATA, "badnets-dirty", "fine_purifying", 0).config(base)
+    with pytest.raises(ValueError, match="fp_alpha"):
+        MatrixSettings(fp_alpha=-1.0)
 
 
 @pytest.mark.slow
