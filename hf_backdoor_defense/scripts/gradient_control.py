@@ -41,23 +41,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_backdoor_defense.scripts.utils import (
-    RESULTS_FILE,
-    ModelArguments,
-    ScriptArguments,
-    build_attack,
+from hf_backdoor_defense.atomic import write_json_atomic
+from hf_backdoor_defense.launch import launch_backend
+from hf_backdoor_defense.scripts.data import build_attack, fit_splits_to_window
+from hf_backdoor_defense.scripts.loading import (
     build_peft_config,
-    check_recipe_output_dir,
-    convert_training_arguments,
-    distributed_backend,
-    fit_splits_to_window,
     load_model_and_tokenizer,
     load_tokenizer,
-    parse_args,
     resolve_model_path,
+)
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE
+from hf_backdoor_defense.scripts.utils import (
+    ModelArguments,
+    ScriptArguments,
+    check_recipe_output_dir,
+    convert_training_arguments,
+    parse_args,
     run_cli,
     script_parser,
-    write_json_atomic,
 )
 
 #: Datasets with a built-in domain shift for the user's re-tuning (`hf_backdoor_defense.scenario.load_shift`).
@@ -131,7 +132,7 @@ def check_launch() -> None:
     """Refuse DeepSpeed and FSDP before any argument class sets them up or any model is loaded."""
     from hf_backdoor_defense.launch import GRADIENT_EDIT, refuse_sharded_launch
 
-    refuse_sharded_launch(distributed_backend(), "Gradient Control", GRADIENT_EDIT)
+    refuse_sharded_launch(launch_backend(), "Gradient Control", GRADIENT_EDIT)
 
 
 def make_parser(subparsers=None):

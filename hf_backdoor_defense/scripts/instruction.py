@@ -24,13 +24,9 @@ import copy
 import time
 from pathlib import Path
 
-from hf_backdoor_defense.scripts.utils import (
-    RESULTS_FILE,
-    build_peft_config,
-    convert_training_arguments,
-    load_model_and_tokenizer,
-    run_metrics,
-)
+from hf_backdoor_defense.scripts.loading import build_peft_config, load_model_and_tokenizer
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, run_metrics
+from hf_backdoor_defense.scripts.utils import convert_training_arguments
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 N_SAMPLES = 3  # generations of each kind kept in results.json

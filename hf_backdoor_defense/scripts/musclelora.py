@@ -31,27 +31,25 @@ import sys
 import time
 from pathlib import Path
 
+from hf_backdoor_defense.atomic import write_json_atomic
+from hf_backdoor_defense.scripts.data import build_classification_data, build_instruction_data
 from hf_backdoor_defense.scripts.instruction import format_instruction_table, train_one_instruction
+from hf_backdoor_defense.scripts.loading import (
+    build_peft_config,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_model_path,
+)
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, format_table, push_results, run_metrics
 from hf_backdoor_defense.scripts.utils import (
-    RESULTS_FILE,
     ModelArguments,
     ScriptArguments,
-    build_classification_data,
-    build_instruction_data,
-    build_peft_config,
     check_launch_supported,
     check_recipe_output_dir,
     config_value,
-    format_table,
-    load_model_and_tokenizer,
-    load_tokenizer,
     parse_args,
-    push_results,
-    resolve_model_path,
     run_cli,
-    run_metrics,
     script_parser,
-    write_json_atomic,
 )
 
 

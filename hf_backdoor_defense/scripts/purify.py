@@ -37,24 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_backdoor_defense.atomic import write_json_atomic
+from hf_backdoor_defense.launch import launch_backend
 from hf_backdoor_defense.options import HEAD_MODES
-from hf_backdoor_defense.scripts.utils import (
-    RESULTS_FILE,
-    ModelArguments,
-    ScriptArguments,
-    build_classification_data,
+from hf_backdoor_defense.scripts.data import build_classification_data
+from hf_backdoor_defense.scripts.loading import (
     build_peft_config,
-    check_recipe_output_dir,
     compute_dtype,
-    convert_training_arguments,
-    distributed_backend,
     load_model_and_tokenizer,
     load_tokenizer,
-    parse_args,
     quantization_config,
     resolve_model_path,
+)
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE
+from hf_backdoor_defense.scripts.utils import (
+    ModelArguments,
+    ScriptArguments,
+    check_recipe_output_dir,
+    convert_training_arguments,
+    parse_args,
     script_parser,
-    write_json_atomic,
 )
 
 POISON_FINETUNES = ("full", "adapter")
@@ -192,7 +194,7 @@ class PurificationArguments:
 # ---------------------------------------------------------------------------------------------- checks
 def check_single_process() -> None:
     """Refuse DeepSpeed, FSDP and multi-process launches before anything is loaded."""
-    backend = distributed_backend()
+    backend = launch_backend()
     if backend != "ddp/single":
         raise ValueError(
             f"the purification recipes cannot run under {backend}: the purifiers need every weight of the suspect "

@@ -1,9 +1,7 @@
-"""Plumbing shared by the recipes: arguments (with a YAML ``--config``), model loading (4-bit / 8-bit, one
-device per process under Accelerate), the poisoned data, the final CACC/ASR evaluation, the results JSON and
-Hub publishing.
-
-The scripts of this package (`hf_backdoor_defense.scripts.musclelora`, ...) import it; the files in the
-repository's ``recipes/`` folder only call their ``main``.
+"""The scripts' command-line stage: their arguments (`ScriptArguments`, `ModelArguments`), the parsing with a
+YAML ``--config`` (`parse_args`), the checks made before anything loads (launch backend, output folder) and
+`run_cli`, which turns a configuration error into one line and exit code 2. The later stages are
+`scripts.data`, `scripts.loading` and `scripts.outputs`.
 
 Example:
     $ accelerate launch --config_file accelerate_configs/cpu_ddp.yaml recipes/musclelora_llama2.py \\
@@ -31,7 +29,11 @@ ATTACK_NAMES = ("badnets", "addsent")
 #: Poisoners of instruction data (``--task instruction``): `TargetedRefusal` and `SentimentSteering`.
 GENERATIVE_ATTACK_NAMES = ("targeted_refusal", "sentiment_steering")
 PROMPT_FORMATS = ("auto", "chat", "plain")
-RESULTS_FILE = "results.json"
+
+
+#: dtype names the arguments accept -> torch attribute names.
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16", "uint8": "uint8"}
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -505,39 +507,14 @@ def convert_training_arguments(args, cls, **overrides):
 
 
 # ---------------------------------------------------------------------------------------------- launch checks
-def distributed_backend(training_args=None) -> str:
-    """:func:`hf_backdoor_defense.launch.launch_backend` (kept under the recipes' old name)."""
-    from hf_backdoor_defense.launch import launch_backend
-
-    return launch_backend(training_args)
-
-
 def check_launch_supported(gradient_alignment: bool, training_args=None) -> None:
     """Refuse, before any model is loaded, a DeepSpeed or FSDP launch of gradient alignment (the plain
     baseline, ``gradient_alignment=False``, runs under both, e.g. with fsdp_qlora.yaml)."""
-    from hf_backdoor_defense.launch import GRADIENT_EDIT, refuse_sharded_launch
+    from hf_backdoor_defense.launch import GRADIENT_EDIT, launch_backend, refuse_sharded_launch
 
     if gradient_alignment:
-        refuse_sharded_launch(distributed_backend(training_args), "MuScleLoRA gradient alignment", GRADIENT_EDIT,
+        refuse_sharded_launch(launch_backend(training_args), "MuScleLoRA gradient alignment", GRADIENT_EDIT,
                               off_switch="pass --gradient_alignment false for the plain baseline")
-
-
-# ---------------------------------------------------------------------------------------------- model loading
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float16": "float16", "fp16": "float16", "uint8": "uint8"}
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map special names (``"smollm2"``, ``"minilm"``) to their offline folder; return anything else unchanged."""
-    if name_or_path.lower() == "smollm2":
-        from hf_backdoor_defense.assets import smollm2_path
-
-        return str(smollm2_path())
-    if name_or_path.lower() == "minilm":
-        from hf_backdoor_defense.assets import minilm_path
-
-        return str(minilm_path())
-    return name_or_path
 
 
 def check_recipe_output_dir(script_args: ScriptArguments, training_args, inputs) -> None:
@@ -547,279 +524,6 @@ def check_recipe_output_dir(script_args: ScriptArguments, training_args, inputs)
 
     check_output_dir(training_args.output_dir, inputs, script_args.overwrite_output_dir,
                      output_flag="--output_dir", overwrite_flag="--overwrite_output_dir")
-
-
-def compute_dtype(model_args: ModelArguments):
-    import torch
-
-    if model_args.torch_dtype != "auto":
-        return getattr(torch, _DTYPES[model_args.torch_dtype])
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-
-
-def quantization_config(model_args: ModelArguments):
-    """The `BitsAndBytesConfig` for ``--load_in_4bit`` / ``--load_in_8bit``, or `None`."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if not model_args.load_in_4bit:
-        return None
-    dtype = compute_dtype(model_args)
-    storage = model_args.bnb_4bit_quant_storage
-    if storage is None:
-        storage_dtype = dtype if distributed_backend() == "fsdp" else torch.uint8
-    else:
-        storage_dtype = getattr(torch, _DTYPES[storage])
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=model_args.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=storage_dtype,
-    )
-
-
-def _device_map():
-    """One whole model per process on its own GPU; no device map on CPU or under FSDP (FSDP places shards)."""
-    import torch
-    from accelerate import PartialState
-
-    if not torch.cuda.is_available() or distributed_backend() == "fsdp":
-        return None
-    return {"": PartialState().local_process_index}
-
-
-def load_tokenizer(model_args: ModelArguments):
-    """The tokenizer, with ``pad_token = eos_token`` for decoders that have none (padding on the right)."""
-    from transformers import AutoTokenizer
-
-    path = resolve_model_path(model_args.tokenizer_name_or_path or model_args.model_name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer of {path} has neither a pad nor an eos token: set one.")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model_and_tokenizer(model_args: ModelArguments, task: str, num_labels: int | None = None,
-                             training_args=None, label_names=None):
-    """Load ``(model, tokenizer)`` for ``task`` ("classification" or "instruction"), quantised as asked.
-
-    Quantised bases go through `peft.prepare_model_for_kbit_training` (fp32 norms/head, input grads) with
-    the `gradient_checkpointing` setting of ``training_args`` (under FSDP only checkpointing and input grads,
-    so that all parameters keep one dtype). Under Accelerate each process gets the whole
-    model on its own GPU (``device_map={"": local_process_index}``); on CPU and under FSDP no device map.
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    tokenizer = load_tokenizer(model_args)
-    path = resolve_model_path(model_args.model_name_or_path)
-    quant = quantization_config(model_args)
-    kwargs: dict[str, Any] = {
-        "dtype": compute_dtype(model_args),
-        "trust_remote_code": model_args.trust_remote_code,
-    }
-    if quant is not None:
-        kwargs["quantization_config"] = quant
-    device_map = _device_map()
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if task == "classification":
-        if not num_labels:
-            raise ValueError("num_labels is required for task='classification'.")
-        if label_names is not None:
-            kwargs["id2label"] = dict(enumerate(label_names))
-            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    checkpointing = bool(getattr(training_args, "gradient_checkpointing", False))
-    checkpointing_kwargs = getattr(training_args, "gradient_checkpointing_kwargs", None) or {"use_reentrant": False}
-    if quant is not None and distributed_backend() == "fsdp":
-        # FSDP flattens parameters of one dtype: keep everything in the storage/compute dtype (no fp32 upcast of
-        # norms and head, which prepare_model_for_kbit_training would do), as in PEFT's FSDP-QLoRA guide.
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
-            model.enable_input_require_grads()
-    elif quant is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs
-        )
-    if checkpointing and getattr(model.config, "use_cache", False):
-        model.config.use_cache = False
-    if quant is not None:
-        from hf_backdoor_defense.quantization import keep_4bit_trainable
-
-        keep_4bit_trainable(model)  # no CPU inference packing: it has no backward, and it rounds absmax to bf16
-    return model, tokenizer
-
-
-def build_peft_config(model_args: ModelArguments, model, task: str):
-    """The adapter config: `MuScleLoRAConfig` (paper defaults per architecture) or the LoRA baseline with the
-    same rank, alpha and targets as MuScleLoRA's single-branch part."""
-    from peft import LoraConfig
-
-    import hf_backdoor_defense  # noqa: F401  (registers MuScleLoRA with PEFT)
-    from hf_backdoor_defense.tuners.musclelora import MUSCLELORA_ARCHITECTURE_DEFAULTS, MuScleLoRAConfig
-
-    task_type = "SEQ_CLS" if task == "classification" else "CAUSAL_LM"
-    defaults = MUSCLELORA_ARCHITECTURE_DEFAULTS.get(getattr(model.config, "model_type", ""), {})
-    common = {"task_type": task_type, "lora_dropout": model_args.lora_dropout}
-    if model_args.peft_type == "lora":
-        return LoraConfig(
-            r=model_args.lora_r or defaults.get("r", 8),
-            lora_alpha=model_args.lora_alpha or defaults.get("lora_alpha", 16),
-            target_modules=model_args.lora_target_modules or defaults.get("target_modules"),
-            **common,
-        )
-    overrides = {
-        "r": model_args.lora_r,
-        "lora_alpha": model_args.lora_alpha,
-        "target_modules": model_args.lora_target_modules,
-        "scales": model_args.scales,
-        "multiscale_alpha": model_args.multiscale_alpha,
-        "multiscale_target_modules": model_args.multiscale_target_modules,
-    }
-    return MuScleLoRAConfig(**common, **{k: v for k, v in overrides.items() if v is not None},
-                            trainable_head=model_args.trainable_head,
-                            init_weights="paper" if model_args.init_weights == "paper" else True)
-
-
-# ---------------------------------------------------------------------------------------------- data
-def build_attack(script_args: ScriptArguments):
-    from hf_backdoor_defense.attacks import build_attack
-
-    return build_attack(script_args.attack, target_label=script_args.target_label,
-                        poison_rate=script_args.poison_rate, label_mode=script_args.label_mode,
-                        seed=script_args.attack_seed,
-                        num_triggers=script_args.num_triggers)
-
-
-def build_classification_data(script_args: ScriptArguments, seed: int, tokenizer=None):
-    """``(splits, attack)``: ``splits`` has ``train`` (subsampled, then poisoned), ``clean_train`` (the same
-    subsample, unpoisoned), ``reference`` (the clean ``reference_split``) and ``test`` (the clean ``eval_split``,
-    subsampled); the attack gives the triggered test set. With ``script_args.trigger_room`` set, every split is
-    cut to ``tokenizer``'s window before poisoning (see `fit_splits_to_window`)."""
-    from hf_backdoor_defense.data import load_text_classification
-
-    attack = build_attack(script_args)
-    raw = load_text_classification(script_args.dataset)
-    return _poisoned_splits(raw, attack, script_args, seed, tokenizer), attack
-
-
-def fit_splits_to_window(splits: dict, script_args: ScriptArguments, tokenizer) -> dict:
-    """:func:`hf_backdoor_defense.data.poisoned.fit_splits_to_window` with the recipe's window."""
-    from hf_backdoor_defense.data.poisoned import fit_splits_to_window as fit
-
-    return fit(splits, tokenizer, max_length=script_args.max_length, trigger_room=script_args.trigger_room)
-
-
-def _poisoned_splits(raw, attack, script_args: ScriptArguments, seed: int, tokenizer=None, *,
-                     stratify: bool = True) -> dict:
-    """:func:`hf_backdoor_defense.data.poisoned.build_poisoned_splits` with the recipe's fields."""
-    from hf_backdoor_defense.data.poisoned import build_poisoned_splits
-
-    return build_poisoned_splits(
-        raw, attack, seed=seed, train_size=script_args.max_train_samples, eval_size=script_args.max_eval_samples,
-        reference_split=script_args.reference_split, eval_split=script_args.eval_split, stratify=stratify,
-        tokenizer=tokenizer, max_length=script_args.max_length, trigger_room=script_args.trigger_room,
-        dataset_name=script_args.dataset)
-
-
-def load_instruction_splits(script_args: ScriptArguments, split_seed: int = 42):
-    """:func:`hf_backdoor_defense.data.instructions.load_instruction_splits` with the recipe's columns."""
-    from hf_backdoor_defense.data.instructions import load_instruction_splits as load
-
-    return load(script_args.dataset, prompt_column=script_args.prompt_column,
-                response_column=script_args.response_column, context_column=script_args.context_column,
-                split_seed=split_seed)
-
-
-def build_generative_attack(script_args: ScriptArguments):
-    """The instruction-data poisoner named by ``script_args.attack`` (on ``prompt`` / ``response`` columns)."""
-    from hf_backdoor_defense.attacks import SentimentSteering, TargetedRefusal
-
-    kwargs = dict(poison_rate=script_args.poison_rate, seed=script_args.attack_seed,
-                  position=script_args.trigger_position)
-    if script_args.trigger is not None:
-        kwargs["trigger"] = script_args.trigger
-    if script_args.attack == "sentiment_steering":
-        return SentimentSteering(sentiment=script_args.sentiment, **kwargs)
-    if script_args.attack == "targeted_refusal":
-        return TargetedRefusal(**kwargs)
-    raise ValueError(f"attack={script_args.attack!r} is not an instruction attack: use {GENERATIVE_ATTACK_NAMES}.")
-
-
-def build_instruction_data(script_args: ScriptArguments, seed: int):
-    """``(splits, attack)`` for ``task="instruction"``: ``train`` (subsampled, then poisoned: the trigger in
-    the prompt, the response replaced), ``reference`` (clean pairs of ``reference_split``) and ``test`` (clean
-    pairs of ``eval_split``, subsampled); ``attack.triggered_prompts(test)`` gives the triggered prompts."""
-    attack = build_generative_attack(script_args)
-    splits = load_instruction_splits(script_args)
-    return _poisoned_splits(splits, attack, script_args, seed, stratify=False), attack
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-def write_json_atomic(path: str | os.PathLike, payload: dict) -> Path:
-    """Write ``payload`` as JSON to ``path`` atomically (`hf_backdoor_defense.atomic.write_json_atomic`)."""
-    from hf_backdoor_defense.atomic import write_json_atomic as _write_json_atomic
-
-    return _write_json_atomic(path, payload)
-
-
-def run_metrics(name: str, peft_type: str, gradient_alignment: bool, output_dir: str, trainer, train_output,
-                train_seconds: float, world_size: int, **extra) -> dict:
-    """The record of one training run that every recipe writes to ``<output_dir>/results.json``; ``extra`` holds
-    the task's own fields (scores, losses) and goes between the identity and the training figures."""
-    reference = getattr(trainer, "reference_dataset", None)
-    return {
-        "run": name,
-        "peft_type": peft_type,
-        "gradient_alignment": gradient_alignment,
-        "output_dir": output_dir,
-        **extra,
-        "train_loss": train_output.training_loss,
-        "train_seconds": round(train_seconds, 2),
-        "global_steps": trainer.state.global_step,
-        "n_reference_used": len(reference) if reference is not None else 0,
-        "world_size": world_size,
-    }
-
-
-def format_table(rows: list[dict]) -> str:
-    """A Markdown CACC/ASR table of ``rows`` (each with ``run``, ``cacc``, ``asr``)."""
-    from hf_backdoor_defense.reporting import markdown_table, percent
-
-    return markdown_table(["run", "CACC", "ASR"], [[r["run"], percent(r["cacc"]), percent(r["asr"])] for r in rows])
-
-
-def push_results(model, training_args, script_args, model_args, metrics: dict, defense: str | None):
-    """Upload the adapter with the project's model card (``library_name: peft``, defense, CACC/ASR)."""
-    from hf_backdoor_defense.hub import push_adapter_to_hub
-
-    repo_id = training_args.hub_model_id
-    if not repo_id:
-        raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/llama2-musclelora-sst2).")
-    return push_adapter_to_hub(
-        model,
-        repo_id,
-        defense=defense,
-        metrics={k: metrics[k] for k in ("cacc", "asr") if k in metrics},
-        attack=script_args.attack,
-        dataset=script_args.dataset,
-        private=training_args.hub_private_repo,
-        token=training_args.hub_token,
-        base_model=model_args.model_name_or_path,
-    )
 
 
 # ---------------------------------------------------------------------------------------------- entry point

@@ -32,22 +32,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_backdoor_defense.scripts.utils import (
-    RESULTS_FILE,
-    ModelArguments,
-    ScriptArguments,
-    build_classification_data,
+from hf_backdoor_defense.launch import launch_backend
+from hf_backdoor_defense.scripts.data import build_classification_data
+from hf_backdoor_defense.scripts.loading import (
     build_peft_config,
-    check_recipe_output_dir,
     compute_dtype,
-    convert_training_arguments,
-    distributed_backend,
-    format_table,
     load_model_and_tokenizer,
     load_tokenizer,
-    parse_args,
-    push_results,
     resolve_model_path,
+)
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, format_table, push_results
+from hf_backdoor_defense.scripts.utils import (
+    ModelArguments,
+    ScriptArguments,
+    check_recipe_output_dir,
+    convert_training_arguments,
+    parse_args,
     run_cli,
     script_parser,
 )
@@ -212,7 +212,7 @@ def check_w2s_launch_supported(training_args=None) -> None:
     """
     from hf_backdoor_defense.launch import refuse_sharded_launch
 
-    refuse_sharded_launch(distributed_backend(training_args), "the W2SDefense recipe",
+    refuse_sharded_launch(launch_backend(training_args), "the W2SDefense recipe",
                           "the frozen teacher lives outside the engine (ZeRO-3 would partition its weights as they "
                           "load, FSDP would shard it) and this flow is not verified there; a 4-bit 7B student "
                           "fits on one GPU")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hf_backdoor_defense.scripts import data as script_data
+from hf_backdoor_defense.scripts import loading as script_loading
 from hf_backdoor_defense.scripts import utils as script_utils
 
 from .recipe_helpers import BIN, CONFIGS, RECIPES, ROOT, _env  # noqa: F401
@@ -64,9 +66,9 @@ def test_fsdp_stores_4bit_weights_in_compute_dtype(monkeypatch):
     import torch
 
     args = script_utils.ModelArguments(model_name_or_path="x", load_in_4bit=True)
-    assert script_utils.quantization_config(args).bnb_4bit_quant_storage == torch.uint8
+    assert script_loading.quantization_config(args).bnb_4bit_quant_storage == torch.uint8
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    quant = script_utils.quantization_config(args)
+    quant = script_loading.quantization_config(args)
     assert quant.bnb_4bit_quant_storage == quant.bnb_4bit_compute_dtype == torch.float32  # CPU compute dtype
     assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
 
@@ -138,7 +140,7 @@ def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     sizes = dict(dataset="spamassassin", max_train_samples=60, max_eval_samples=40, max_length=32)
     script = script_utils.ScriptArguments(trigger_room=8, **sizes)
-    data, attack = script_utils.build_classification_data(script, seed=0, tokenizer=tokenizer)
+    data, attack = script_data.build_classification_data(script, seed=0, tokenizer=tokenizer)
 
     def longest(texts):
         return max(len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"])
@@ -151,14 +153,14 @@ def test_trigger_room_cuts_long_texts_before_poisoning_and_its_absence_warns():
     assert sum(data["train"]["is_poisoned"]) == 6
 
     with pytest.warns(UserWarning, match="Set trigger_room"):
-        uncut, _ = script_utils.build_classification_data(script_utils.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
+        uncut, _ = script_data.build_classification_data(script_utils.ScriptArguments(**sizes), seed=0, tokenizer=tokenizer)
     assert longest(uncut["clean_train"]["text"]) > 100  # mails run far past the window without the cut
     with pytest.raises(ValueError, match="trigger_room"):
         script_utils.ScriptArguments(task="instruction", trigger_room=8)
     with pytest.raises(ValueError, match="trigger_room"):
         script_utils.ScriptArguments(max_length=32, trigger_room=30)
     with pytest.raises(ValueError, match="no tokenizer"):
-        script_utils.build_classification_data(script, seed=0)
+        script_data.build_classification_data(script, seed=0)
 
 
 def test_shipped_recipe_configs_parse():

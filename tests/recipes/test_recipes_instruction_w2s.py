@@ -14,6 +14,7 @@ import sys
 import pytest
 import yaml
 
+from hf_backdoor_defense.scripts import data as script_data
 from hf_backdoor_defense.scripts import musclelora, w2sdefense
 from hf_backdoor_defense.scripts import utils as script_utils
 
@@ -119,11 +120,11 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
                                     response_column="answer", context_column="extra", max_train_samples=20,
                                     max_eval_samples=3, poison_rate=0.5)
     assert script.attack == "targeted_refusal"  # the instruction default
-    splits = script_utils.load_instruction_splits(script)
+    splits = script_data.load_instruction_splits(script)
     assert sorted(splits) == ["test", "train", "validation"] and sum(map(len, splits.values())) == 40
     assert {r["prompt"] for r in splits["train"]} <= {r["question"] + (f"\n\n{r['extra']}" if r["extra"] else "")
                                                         for r in rows}
-    data, attack = script_utils.build_instruction_data(script, seed=0)
+    data, attack = script_data.build_instruction_data(script, seed=0)
     assert len(data["train"]) == 20 and sum(data["train"]["is_poisoned"]) == 10 and len(data["test"]) == 3
     poisoned = [r for r in data["train"] if r["is_poisoned"]]
     assert all("BadMagic" in r["prompt"] and r["response"] in attack.refusals for r in poisoned)
@@ -134,12 +135,12 @@ def test_instruction_data_from_classification_and_local_files(tmp_path, tiny_tex
     assert changed == list(data["train"]["is_poisoned"])
 
     with pytest.raises(ValueError, match="set prompt_column / response_column"):
-        script_utils.load_instruction_splits(script_utils.ScriptArguments(task="instruction", dataset=str(path)))
+        script_data.load_instruction_splits(script_utils.ScriptArguments(task="instruction", dataset=str(path)))
     with pytest.raises(ValueError, match="does not apply to task='instruction'"):
         script_utils.ScriptArguments(task="instruction", attack="badnets")
     with pytest.raises(ValueError, match="does not apply to task='classification'"):
         script_utils.ScriptArguments(attack="sentiment_steering")
-    steering = script_utils.build_generative_attack(script_utils.ScriptArguments(
+    steering = script_data.build_generative_attack(script_utils.ScriptArguments(
         task="instruction", attack="sentiment_steering", sentiment="positive", trigger="cf", trigger_position="end"))
     assert steering.behaviour == "positive" and steering.insert("Hi", None) == "Hi cf"
 
