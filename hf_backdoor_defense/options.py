@@ -27,6 +27,11 @@ ESTIMATORS = ("batch", "example")
 EMBEDDING_MODES = ("exclude", "include")
 """Fine-purifying: leave the word embeddings out of the ranking, or rank them with the rest."""
 
+# ------------------------------------------------------------------------------------------ MuScleLoRA
+GATES = ("tensor", "global")
+"""Where gradient alignment decides that the reference gradient vanished: per tensor, or on the mean norm over
+every trainable tensor (the authors' code)."""
+
 # ------------------------------------------------------------------------------------------ W2SDefense
 FEATURE_DISTANCES = ("squared_l2", "cosine")
 FEATURE_ALIGNMENTS = ("per_example", "authors")

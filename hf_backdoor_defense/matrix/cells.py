@@ -259,7 +259,9 @@ class MatrixContext:
             settings.adapter_config = {"trainable_head": s.musclelora_head == "trainable",
                                        "init_weights": "paper" if s.musclelora_init == "paper" else True}
             if s.musclelora_multiscale_lr is not None:
-                settings.extra_args = {"multiscale_learning_rate": s.musclelora_multiscale_lr}
+                settings.extra_args["multiscale_learning_rate"] = s.musclelora_multiscale_lr
+            if s.musclelora_gate != "tensor":
+                settings.extra_args["alignment_gate"] = s.musclelora_gate
         return settings
 
     def suspect(self, name: str, threat: Threat, seed: int) -> tuple[Path, dict]:

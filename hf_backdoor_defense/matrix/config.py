@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..attacks.base import LABEL_MODES
-from ..options import EMBEDDING_MODES, ESTIMATORS, FEATURE_ALIGNMENTS, RATIO_BASES, check_pooling
+from ..options import EMBEDDING_MODES, ESTIMATORS, FEATURE_ALIGNMENTS, GATES, RATIO_BASES, check_pooling
 
 __all__ = [
     "ATTACKS",
@@ -91,7 +91,7 @@ model and retrain on what they keep. ``w2s_lora`` is W2SDefense's own baseline (
 same LoRA on the same clean set with the cross-entropy alone, no teacher."""
 
 _MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
-                        "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev")
+                        "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev", "musclelora_gate")
 _PURIFY_SETTINGS = ("purify_epochs", "purify_lr")
 _W2S_SETTINGS = ("w2s_epochs", "w2s_lr", "w2s_lora_r", "w2s_lora_alpha", "w2s_clean_source", "w2s_clean_size",
                  "w2s_batch_size", "w2s_weight_decay", "w2s_max_grad_norm", "w2s_best_dev")
@@ -269,6 +269,8 @@ class MatrixSettings:
         musclelora_epochs: MuScleLoRA: training epochs; ``None``: ``epochs``.
         musclelora_best_dev: MuScleLoRA: score the clean examples outside the reference set after every
             epoch and keep the best epoch (the authors keep the best-dev checkpoint).
+        musclelora_gate: MuScleLoRA: judge a vanished reference gradient per ``"tensor"`` or on the ``"global"``
+            mean norm over every trainable tensor (the authors' code, threshold 5e-7).
         onion_model: ONION: causal LM scoring fluency (``"smollm2"``: the offline SmolLM2-135M; or a Hub id
             or folder).
         onion_threshold: ONION: remove the words whose deletion lowers the perplexity by more than this.
@@ -355,6 +357,9 @@ class MatrixSettings:
     musclelora_epochs: float | None = field(default=None, metadata={"help": "MuScleLoRA epochs; None: epochs."})
     musclelora_best_dev: bool = field(default=False, metadata={
         "help": "MuScleLoRA: keep the epoch best on the clean examples outside the reference set."})
+    musclelora_gate: str = field(default="tensor", metadata={
+        "help": "MuScleLoRA: vanished reference gradient judged per 'tensor' or on the 'global' mean norm.",
+        "key_default": "tensor"})
     onion_model: str = field(default="smollm2", metadata={
         "help": "ONION language model: 'smollm2' (offline) or a Hub id / folder."})
     onion_threshold: float = field(default=0.0, metadata={"help": "ONION: suspicion threshold (perplexity drop)."})
@@ -439,7 +444,7 @@ class MatrixSettings:
         if not math.isfinite(self.onion_threshold):
             raise ValueError(f"`onion_threshold` must be a finite number, got {self.onion_threshold}.")
         for name, allowed in (("musclelora_head", ("frozen", "trainable")), ("musclelora_init", ("zero", "paper")),
-                              ("musclelora_alignment", ("encoder", "llm"))):
+                              ("musclelora_alignment", ("encoder", "llm")), ("musclelora_gate", GATES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         for name in ("musclelora_lr", "musclelora_multiscale_lr", "musclelora_epochs"):

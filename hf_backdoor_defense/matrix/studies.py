@@ -120,7 +120,9 @@ STUDIES: dict[str, Study] = {
                       "head frozen, pure projection": {"musclelora_alignment": "llm"},
                       "the authors' regime: head frozen, paper init, lr 2e-5 x 10 epochs, best dev": {
                           "musclelora_init": "paper", "musclelora_lr": 2e-5, "musclelora_epochs": 10.0,
-                          "musclelora_best_dev": True}},
+                          "musclelora_best_dev": True},
+                      "head frozen, global gate": {"musclelora_gate": "global"},
+                      "head frozen, 384 reference sentences": {"clean_size": 384, "reference_size": 384}},
         ),
         Study(
             name="purification",

@@ -31,7 +31,6 @@ import torch
 
 MODES = ("projection", "mix", "raw", "skip")
 VANISHING_CHOICES = ("raw", "skip")
-GATES = ("tensor", "global")
 
 
 @dataclass

@@ -10,7 +10,8 @@ from transformers import TrainingArguments
 from transformers.training_args import OptimizerNames
 
 from ..launch import GRADIENT_EDIT, refuse_sharded_launch
-from .gradient_alignment import GATES, VANISHING_CHOICES
+from ..options import GATES
+from .gradient_alignment import VANISHING_CHOICES
 
 __all__ = [
     "ALIGNMENT_PRESETS",
