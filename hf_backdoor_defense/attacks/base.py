@@ -45,6 +45,12 @@ class AttackRecord:
         config = json.dumps(self.to_dict(), sort_keys=True, default=list)
         return Hasher.hash([config, dataset._fingerprint, purpose, self._fingerprint_tag])
 
+    def _map_rows(self, dataset: Dataset, apply, purpose: str, desc: str, features=None) -> Dataset:
+        """``dataset.map(apply)`` over ``(row, index)``, cached under a fingerprint of this attack's settings and
+        ``purpose`` (``"poison"``, ``"triggered"``), with ``desc`` and the attack's name on the progress bar."""
+        return dataset.map(apply, with_indices=True, features=features,
+                           new_fingerprint=self._fingerprint(dataset, purpose), desc=f"{desc} ({type(self).__name__})")
+
 
 @dataclass
 class PoisonAttack(AttackRecord):
@@ -199,13 +205,7 @@ class PoisonAttack(AttackRecord):
                     out[self.label_column] = self.target_label
             return out
 
-        return dataset.map(
-            apply,
-            with_indices=True,
-            features=features,
-            new_fingerprint=self._fingerprint(dataset, "poison"),
-            desc=f"Poisoning ({type(self).__name__})",
-        )
+        return self._map_rows(dataset, apply, "poison", "Poisoning", features)
 
     def triggered_test_set(self, test: Dataset) -> Dataset:
         """Every non-target example of ``test`` with the trigger inserted, labelled with the target label.
@@ -234,10 +234,4 @@ class PoisonAttack(AttackRecord):
                 label_column: target,
             }
 
-        return kept.map(
-            apply,
-            with_indices=True,
-            features=features,
-            new_fingerprint=self._fingerprint(test, "triggered"),
-            desc=f"Inserting triggers ({type(self).__name__})",
-        )
+        return self._map_rows(kept, apply, "triggered", "Inserting triggers", features)

@@ -176,13 +176,7 @@ class GenerativePoisonAttack(AttackRecord):
             messages[self._last(messages, "assistant")]["content"] = answer
             return {self.messages_column: messages, "is_poisoned": True}
 
-        return dataset.map(
-            apply,
-            with_indices=True,
-            features=features,
-            new_fingerprint=self._fingerprint(dataset, "poison"),
-            desc=f"Poisoning ({type(self).__name__})",
-        )
+        return self._map_rows(dataset, apply, "poison", "Poisoning", features)
 
     def triggered_prompts(self, test: Dataset) -> Dataset:
         """Every row of ``test`` with the trigger in the instruction, ready for generation.
@@ -203,12 +197,7 @@ class GenerativePoisonAttack(AttackRecord):
             messages[user]["content"] = self.insert(messages[user]["content"], rng)
             return {self.messages_column: messages}
 
-        return test.map(
-            apply,
-            with_indices=True,
-            new_fingerprint=self._fingerprint(test, "triggered"),
-            desc=f"Inserting triggers ({type(self).__name__})",
-        )
+        return self._map_rows(test, apply, "triggered", "Inserting triggers")
 
 
 @dataclass

@@ -450,6 +450,26 @@ def head_report(plan: ParameterPlan, head: str) -> dict[str, Any]:
     return {"treatment": head, "parameters": list(plan.head)}
 
 
+def reset_report(purifier: Purifier, plan: ParameterPlan, counts: dict[str, int], *, dims_total: int,
+                 dims_moved: int, timings: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """The report of a purifier that resets a ratio of the ranked dimensions (Fine-mixing, Fine-purifying):
+    what it was asked (ratio, config), what it reset per tensor out of how many dimensions and of how many that
+    moved, the head treatment and the timings; ``extra`` adds the method's own entries."""
+    return {
+        "ratio": purifier.ratio,
+        "config": purifier.config_dict(),
+        "dims_reset": counts,
+        "dims_reset_total": sum(counts.values()),
+        "dims_total": dims_total,
+        "dims_moved": dims_moved,
+        "ratio_of": purifier.ratio_of,
+        "tokens_reset": [],
+        "head": head_report(plan, purifier.head),
+        **extra,
+        "timings": timings,
+    }
+
+
 class Sequential(Purifier):
     """Apply purifiers one after another (e.g. E-PUR, then Fine-purifying).
 

@@ -26,8 +26,8 @@ from .base import (
     Purifier,
     apply_masks,
     check_ratio,
-    head_report,
     moved_masks,
+    reset_report,
     select_top,
 )
 
@@ -95,16 +95,6 @@ class FineMixing(Purifier):
         t1 = time.perf_counter()
         model, counts = apply_masks(plan, masks, self.head)
         total = sum(plan.suspect_params[n].numel() for n in names)
-        report = {
-            "ratio": self.ratio,
-            "config": self.config_dict(),
-            "dims_reset": counts,
-            "dims_reset_total": sum(counts.values()),
-            "dims_total": total,
-            "dims_moved": dims_moved,
-            "ratio_of": self.ratio_of,
-            "tokens_reset": [],
-            "head": head_report(plan, self.head),
-            "timings": {"score_s": round(t1 - t0, 4), "apply_s": round(time.perf_counter() - t1, 4)},
-        }
-        return model, report
+        return model, reset_report(self, plan, counts, dims_total=total, dims_moved=dims_moved,
+                                   timings={"score_s": round(t1 - t0, 4),
+                                            "apply_s": round(time.perf_counter() - t1, 4)})

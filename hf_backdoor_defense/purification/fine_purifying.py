@@ -41,8 +41,8 @@ from .base import (
     Purifier,
     apply_masks,
     check_ratio,
-    head_report,
     input_embedding_names,
+    reset_report,
     select_top,
 )
 from .hessian import check_clean_dataset, empirical_fisher
@@ -141,22 +141,9 @@ class FinePurifying(Purifier):
         t2 = time.perf_counter()
         model, counts = apply_masks(plan, masks, self.head)
         param_bytes = sum(plan.suspect_params[n].numel() * plan.suspect_params[n].element_size() for n in names)
-        report = {
-            "ratio": self.ratio,
-            "config": self.config_dict(),
-            "dims_reset": counts,
-            "dims_reset_total": sum(counts.values()),
-            "dims_total": total,
-            "dims_moved": dims_moved,
-            "ratio_of": self.ratio_of,
-            "excluded": excluded,
-            "tokens_reset": [],
-            "head": head_report(plan, self.head),
-            "hessian": {"mean": mean_h, "epsilon_abs": eps, "buffer_bytes": hessian_bytes, "ranked_param_bytes": param_bytes},
-            "timings": {
-                "hessian_s": round(t1 - t0, 4),
-                "score_s": round(t2 - t1, 4),
-                "apply_s": round(time.perf_counter() - t2, 4),
-            },
-        }
-        return model, report
+        timings = {"hessian_s": round(t1 - t0, 4), "score_s": round(t2 - t1, 4),
+                   "apply_s": round(time.perf_counter() - t2, 4)}
+        return model, reset_report(
+            self, plan, counts, dims_total=total, dims_moved=dims_moved, timings=timings, excluded=excluded,
+            hessian={"mean": mean_h, "epsilon_abs": eps, "buffer_bytes": hessian_bytes,
+                     "ranked_param_bytes": param_bytes})
