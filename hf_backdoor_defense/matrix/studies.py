@@ -122,7 +122,9 @@ STUDIES: dict[str, Study] = {
                           "musclelora_init": "paper", "musclelora_lr": 2e-5, "musclelora_epochs": 10.0,
                           "musclelora_best_dev": True},
                       "head frozen, global gate": {"musclelora_gate": "global"},
-                      "head frozen, 384 reference sentences": {"clean_size": 384, "reference_size": 384}},
+                      "head frozen, 384 reference sentences": {"clean_size": 384, "reference_size": 384},
+                      "head frozen, [CLS] + pooler, the multi-scale branch on the pooler (the authors' BERT "
+                      "placement)": {"pooling": "pooler_head"}},
         ),
         Study(
             name="purification",
