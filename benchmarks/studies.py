@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the studies")
     p.add_argument("--dry_run", action="store_true", help="list the cells and which are cached; run nothing")
     p.add_argument("--render", action="store_true", help="print the study's table from its JSON file")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="with --render: also draw ASR - floor against CACC - floor per variant into this PNG")
     p.add_argument("--no_progress", action="store_true", help="one log line per cell instead of a tqdm bar")
     return p
 
@@ -56,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     study = STUDIES[args.study]
     if args.render:
-        print("\n".join(render_study(json.loads((args.results_dir / f"{study.name}.json").read_text()))))
+        payload = json.loads((args.results_dir / f"{study.name}.json").read_text())
+        print("\n".join(render_study(payload)))
+        if args.figure:
+            from hf_backdoor_defense.matrix.render import plot_study
+
+            written = plot_study(payload, args.figure)
+            print(f"figure: {written}" if written else "figure: no cell is paired with its floor yet")
         return 0
     if not args.dry_run:
         import datasets

@@ -21,7 +21,7 @@ from ..reporting import markdown_table
 from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, FLOORS, parse_threat
 from .runner import format_duration, summarise_cells
 
-__all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "render_defense_snippet", "render_markdown",
+__all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "plot_study", "render_defense_snippet", "render_markdown",
            "render_results", "verdict"]
 
 PLANTED_ASR = 0.90
@@ -394,6 +394,53 @@ def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
     handles += [Line2D([], [], marker="o", color=colours[t], linestyle="none", label=parse_threat(t).label)
                 for t in threats]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def plot_study(payload: dict, path: str | os.PathLike) -> Path | None:
+    """A study's trade-off: ASR − floor against CACC − floor for every variant and defense, one panel per
+    (dataset, threat), the variants numbered in the order of the study (legend beside); ``None`` when no
+    cell is paired with its floor yet."""
+    panels = []  # (dataset, threat, [(variant index, defense, entry)])
+    labels = list(payload["variants"])
+    for dataset in payload["grid"]["datasets"]:
+        for threat in payload["grid"]["threats"]:
+            points = [(i, defense, entry) for i, label in enumerate(labels)
+                      for defense, entry in payload["variants"][label]["summary"].get(dataset, {}).get(threat, {}).items()
+                      if defense not in FLOORS and (entry.get("asr_minus_floor") or {}).get("n")]
+            if points:
+                panels.append((dataset, threat, points))
+    if not panels:
+        return None
+    from matplotlib.lines import Line2D
+
+    plt = _pyplot()
+    defenses = list(dict.fromkeys(d for _, _, points in panels for _, d, _ in points))
+    colours = {d: _THREAT_COLOURS[i % len(_THREAT_COLOURS)] for i, d in enumerate(defenses)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    for ax, (dataset, threat, points) in zip(axes[0], panels):
+        for i, defense, entry in points:
+            x, y = 100 * entry["asr_minus_floor"]["mean"], 100 * entry["cacc_minus_floor"]["mean"]
+            ax.plot(x, y, marker=_DEFENSE_MARKERS.get(defense, "o"), color=colours[defense], markersize=8,
+                    linestyle="none", alpha=0.9)
+            ax.annotate(str(i + 1), (x, y), textcoords="offset points", xytext=(5, 4), fontsize="small")
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_title(f"{_dataset_label(dataset)}, {parse_threat(threat).label}", fontsize="medium")
+        ax.set_xlabel("ASR − floor (points)")
+        ax.set_ylabel("CACC − floor (points)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker=_DEFENSE_MARKERS.get(d, "o"), color=colours[d], linestyle="none",
+                      label=DEFENSES.get(d, d)) for d in defenses]
+    handles += [Line2D([], [], linestyle="none", label=f"{i + 1}: {label}") for i, label in enumerate(labels)]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize="small", frameon=False,
+               ncol=2)
     fig.tight_layout()
     buffer = io.BytesIO()
     try:

@@ -591,6 +591,12 @@ def test_study_runs_through_the_engine_and_renders(matrix_env, tmp_path, monkeyp
     assert "**Does pooling matter here?**" in lines[0]
     assert sum(line.startswith("| mean | tiny_reviews | none (full FT) |") for line in lines) == 1
     assert studies.missing_cells(study, tmp_path) == {"cls": 0, "mean": 0}
+    from hf_backdoor_defense.matrix.render import plot_study
+
+    figure = plot_study(json.loads((tmp_path / "tiny.json").read_text()), tmp_path / "tiny.png")
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # one panel: the none cells against their floor
+    unpaired = {**both, "variants": {k: {**v, "summary": {}} for k, v in both["variants"].items()}}
+    assert plot_study(unpaired, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 @pytest.mark.slow
