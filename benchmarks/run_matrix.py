@@ -155,7 +155,8 @@ def resolve(args: argparse.Namespace) -> tuple[MatrixSettings, MatrixGrid, dict]
         "docs": args.docs or (results_dir / "matrix_quick.md" if quick else DOCS / "results.md"),
         "workdir": args.workdir or cache_dir() / "matrix_work",
     }
-    paths["snippets"] = args.snippets or (DOCS / "snippets" if paths["docs"] == DOCS / "results.md" else None)
+    default_page = Path(paths["docs"]).resolve() == (DOCS / "results.md").resolve()
+    paths["snippets"] = args.snippets or (DOCS / "snippets" if default_page else None)
     paths["figure"] = args.figure or (results_dir / "matrix_quick_scatter.png" if quick
                                       else DOCS / "figures" / "matrix_scatter.png")
     return settings, grid, paths

@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--accelerate-config", default=None,
         help="accelerate config for the printed command (default: accelerate_configs/cpu_ddp.yaml without "
-             "CUDA, multi_gpu.yaml with it).",
+             "CUDA, multi_gpu.yaml with it; from a pip install, accelerate's own default config).",
     )
     parser.add_argument(
         "--recipes-dir", default=None,
@@ -101,15 +101,12 @@ def launch_command(target: str, recipe_args: list[str], num_processes: int, acce
 
         name = "multi_gpu.yaml" if torch.cuda.is_available() else "cpu_ddp.yaml"
         folder = Path(target).resolve().parents[1] if target.endswith(".py") else _CHECKOUT
-        accelerate_config = folder / "accelerate_configs" / name
-        if not accelerate_config.is_file():
-            raise FileNotFoundError(
-                f"no accelerate config given and {accelerate_config} does not exist: pass --accelerate-config "
-                "(see `accelerate config`)."
-            )
+        shipped = folder / "accelerate_configs" / name
+        # a pip install has no accelerate_configs/: accelerate then uses its own default config (`accelerate config`)
+        accelerate_config = shipped if shipped.is_file() else None
     program = [target] if target.endswith(".py") else ["-m", target]
-    parts = ["accelerate", "launch", "--config_file", str(accelerate_config), "--num_processes",
-             str(num_processes), *program, *recipe_args]
+    config = ["--config_file", str(accelerate_config)] if accelerate_config is not None else []
+    parts = ["accelerate", "launch", *config, "--num_processes", str(num_processes), *program, *recipe_args]
     return shlex.join(parts)
 
 

@@ -409,6 +409,7 @@ class MatrixSettings:
                 raise ValueError(f"`{name}` must be one of {list(allowed)}, got {getattr(self, name)!r}.")
         if isinstance(self.fp_alpha, bool) or not isinstance(self.fp_alpha, (int, float)) or self.fp_alpha < 0:
             raise ValueError(f"`fp_alpha` must be a number >= 0 (1 is the paper's score), got {self.fp_alpha!r}.")
+        self.fp_alpha = float(self.fp_alpha)  # 2 and 2.0 are one setting, one cell key
         for name in ("fm_ratio", "fp_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must lie in [0, 1], got {getattr(self, name)}.")

@@ -10,8 +10,10 @@ and the files in the repository's ``recipes/`` folder call.
 | `fine_mixing` | ``fine_mixing`` |
 | `gradient_control` | ``gradient_control_attack`` |
 
-`utils` holds what they share (arguments, parsing, model loading, data, outputs), `purify` the purification
-scripts' common flow, `instruction` the instruction-tuning runs of `musclelora`.
+What they share is split by stage: `utils` (arguments, parsing, the checks made before anything loads,
+`run_cli`), `data` (the poisoned splits), `loading` (model, quantisation, PEFT config) and `outputs` (run
+records, tables, Hub upload); `purify` holds the purification scripts' common flow, `instruction` the
+instruction-tuning runs of `musclelora`.
 
 Example:
     $ accelerate launch -m hf_backdoor_defense.scripts.musclelora --config recipes/configs/demo.yaml

@@ -384,6 +384,9 @@ class ScriptArguments:
             raise ValueError(
                 f"attack={self.attack!r} does not apply to task={self.task!r}: use one of {allowed}."
             )
+        if self.num_triggers != 1 and self.attack != "badnets":
+            raise ValueError(f"num_triggers={self.num_triggers} applies to attack 'badnets' only, not "
+                             f"{self.attack!r}: drop it or use --attack badnets.")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format={self.prompt_format!r} is unknown: use one of {PROMPT_FORMATS}.")
         if self.max_new_tokens <= 0:
@@ -456,7 +459,7 @@ def parse_args(parser, argv: list[str] | None = None):
     ``--config file.yaml`` (a flat mapping of argument names to values, plus an optional ``env:`` mapping of
     environment variables) sets the defaults, so anything on the command line overrides the file. Unknown
     keys in the file or on the command line are errors. On a machine without CUDA, a parser holding
-    `TrainingArguments` gets ``--use_cpu true`` first (the command line can still override it), so that
+    `TrainingArguments` gets ``--use_cpu true`` unless the command line or the file sets ``use_cpu``, so that
     ``accelerate launch`` with several processes really runs CPU DDP (gloo).
 
     Example:
@@ -479,7 +482,7 @@ def parse_args(parser, argv: list[str] | None = None):
     if any(issubclass(cls, TrainingArguments) for cls in parser.dataclass_types):
         import torch
 
-        if not torch.cuda.is_available():
+        if not torch.cuda.is_available() and config_value(argv, "use_cpu", None) is None:
             argv = ["--use_cpu", "true", *argv]
     return parser.parse_args_and_config(args=argv)
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import GATES  # noqa: F401  (declared in options; importable from here as before)
+
 MODES = ("projection", "mix", "raw", "skip")
 VANISHING_CHOICES = ("raw", "skip")
 

@@ -374,3 +374,22 @@ def test_scripts_mount_as_trl_subcommands_and_the_recipe_files_call_them():
         shim = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(shim)
         assert shim.main is module.main, name
+
+
+def test_use_cpu_from_the_config_wins_and_addsent_refuses_a_trigger_count(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    from hf_backdoor_defense.commands import train
+
+    config = tmp_path / "c.yaml"
+    config.write_text("use_cpu: false\noutput_dir: out\n")
+    (training,) = script_utils.parse_args([TrainingArguments], ["--config", str(config)])
+    assert training.use_cpu is False  # the file's choice is kept; without it, CPU is implied here
+    (training,) = script_utils.parse_args([TrainingArguments], ["--output_dir", "out"])
+    assert training.use_cpu is True
+    with pytest.raises(ValueError, match="num_triggers=2 applies to attack 'badnets' only"):
+        script_utils.ScriptArguments(attack="addsent", num_triggers=2)
+    # a pip install has no accelerate_configs/: the printed command leaves the choice to accelerate
+    monkeypatch.setattr(train, "_CHECKOUT", tmp_path)
+    command = train.launch_command("hf_backdoor_defense.scripts.musclelora", ["--config", "c.yaml"], 4, None)
+    assert command == "accelerate launch --num_processes 4 -m hf_backdoor_defense.scripts.musclelora --config c.yaml"
