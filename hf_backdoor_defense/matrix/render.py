@@ -352,6 +352,17 @@ def _pyplot():
     return plt
 
 
+def _save_png(plt, fig, path: str | os.PathLike) -> Path:
+    """Lay ``fig`` out, write it as a PNG atomically and close it."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
 def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
     """ASR - floor against CACC - floor (paired per seed), one panel per dataset; ``None`` when nothing is paired."""
     summary = summarise_cells(payload["cells"])
@@ -394,13 +405,7 @@ def plot_scatter(payload: dict, path: str | os.PathLike) -> Path | None:
     handles += [Line2D([], [], marker="o", color=colours[t], linestyle="none", label=parse_threat(t).label)
                 for t in threats]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", frameon=False)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return _save_png(plt, fig, path)
 
 
 def plot_study(payload: dict, path: str | os.PathLike) -> Path | None:
@@ -441,13 +446,7 @@ def plot_study(payload: dict, path: str | os.PathLike) -> Path | None:
     handles += [Line2D([], [], linestyle="none", label=f"{i + 1}: {label}") for i, label in enumerate(labels)]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize="small", frameon=False,
                ncol=2)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return _save_png(plt, fig, path)
 
 
 def render_results(payload: dict, markdown_path: str | os.PathLike, figure_path: str | os.PathLike, *,
