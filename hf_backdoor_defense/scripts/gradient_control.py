@@ -50,7 +50,7 @@ from hf_backdoor_defense.scripts.loading import (
     load_tokenizer,
     resolve_model_path,
 )
-from hf_backdoor_defense.scripts.outputs import RESULTS_FILE
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, launch_record
 from hf_backdoor_defense.scripts.utils import (
     ModelArguments,
     ScriptArguments,
@@ -386,15 +386,9 @@ def _run(script_args, model_args, retune_args, training_args, staging: Path, out
     if script_args.compare_with_baseline:
         runs.insert(0, ("vanilla", False))
     results = {
-        "recipe": "gradient_control_attack",
-        "model_name_or_path": model_args.model_name_or_path,
+        **launch_record("gradient_control_attack", script_args, model_args, attack),
         "peft_type": model_args.peft_type,
-        "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
-        "dataset": script_args.dataset,
         "shift": data["shift"],
-        "eval_split": script_args.eval_split,
-        "trigger_room": script_args.trigger_room,
-        "attack": attack.to_dict(),
         "n_attacker_train": len(poisoned),
         "n_poisoned": int(sum(poisoned["is_poisoned"])),
         "n_user_train": len(data["user"]) if data["user"] is not None else 0,

@@ -40,7 +40,13 @@ from hf_backdoor_defense.scripts.loading import (
     load_tokenizer,
     resolve_model_path,
 )
-from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, format_table, push_results, run_metrics
+from hf_backdoor_defense.scripts.outputs import (
+    RESULTS_FILE,
+    format_table,
+    launch_record,
+    push_results,
+    run_metrics,
+)
 from hf_backdoor_defense.scripts.utils import (
     ModelArguments,
     ScriptArguments,
@@ -161,20 +167,9 @@ def main(argv=None, recipe="musclelora_llama2") -> dict | None:
         else:
             data, attack = build_classification_data(script_args, training_args.seed, load_tokenizer(model_args))
     label_names = None if instruction else data["train"].features["label"].names
-    results = {
-        "recipe": recipe,
-        "task": script_args.task,
-        "model_name_or_path": model_args.model_name_or_path,
-        "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
-        "dataset": script_args.dataset,
-        "eval_split": script_args.eval_split,
-        "trigger_room": script_args.trigger_room,
-        "attack": attack.to_dict(),
-        "n_train": len(data["train"]),
-        "n_poisoned": int(sum(data["train"]["is_poisoned"])),
-        "n_reference": len(data["reference"]),
-        "runs": [],
-    }
+    results = launch_record(recipe, script_args, model_args, attack, task=script_args.task,
+                            n_train=len(data["train"]), n_poisoned=int(sum(data["train"]["is_poisoned"])),
+                            n_reference=len(data["reference"]), runs=[])
     trainer = None
     for name, peft_type, alignment, output_dir, train_split in _runs(script_args, model_args, training_args):
         if trainer is not None:  # free the previous run's model before loading the next one

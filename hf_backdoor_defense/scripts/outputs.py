@@ -8,6 +8,15 @@ RESULTS_FILE = "results.json"
 """Each run's folder and the launch's ``--output_dir`` get one."""
 
 
+def launch_record(recipe: str, script_args, model_args, attack, **extra) -> dict:
+    """The head of a launch's ``results.json``: which recipe ran on which model (and its quantisation), data,
+    evaluation split, trigger room and attack; ``extra`` holds the recipe's own entries (``runs``, sizes)."""
+    quantization = "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None
+    return {"recipe": recipe, "model_name_or_path": model_args.model_name_or_path, "quantization": quantization,
+            "dataset": script_args.dataset, "eval_split": script_args.eval_split,
+            "trigger_room": script_args.trigger_room, "attack": attack.to_dict(), **extra}
+
+
 def run_metrics(name: str, peft_type: str, gradient_alignment: bool, output_dir: str, trainer, train_output,
                 train_seconds: float, world_size: int, **extra) -> dict:
     """The record of one training run that every recipe writes to ``<output_dir>/results.json``; ``extra`` holds

@@ -49,7 +49,7 @@ from hf_backdoor_defense.scripts.loading import (
     quantization_config,
     resolve_model_path,
 )
-from hf_backdoor_defense.scripts.outputs import RESULTS_FILE
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, launch_record
 from hf_backdoor_defense.scripts.utils import (
     ModelArguments,
     ScriptArguments,
@@ -396,16 +396,11 @@ def main(argv, *, method_arguments_class, build_purifier: Callable[..., Any], de
     clean, dev = clean_and_dev(data["reference"], purify_args, training_args.seed)
     base = _local_path(model_args.base_model_name_or_path)
     results: dict[str, Any] = {
-        "recipe": recipe,
+        **launch_record(recipe, script_args, model_args, attack),
         "defense": defense,
         "suspect": model_args.model_name_or_path,
         "base_model_name_or_path": model_args.base_model_name_or_path,
-        "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
-        "dataset": script_args.dataset,
-        "eval_split": script_args.eval_split,
-        "trigger_room": script_args.trigger_room,
         "reference_split": script_args.reference_split,
-        "attack": attack.to_dict(),
         "n_clean": len(clean),
         "n_dev": len(dev) if dev is not None else 0,
         "n_test": len(data["test"]),

@@ -41,7 +41,7 @@ from hf_backdoor_defense.scripts.loading import (
     load_tokenizer,
     resolve_model_path,
 )
-from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, format_table, push_results
+from hf_backdoor_defense.scripts.outputs import RESULTS_FILE, format_table, launch_record, push_results
 from hf_backdoor_defense.scripts.utils import (
     ModelArguments,
     ScriptArguments,
@@ -487,22 +487,10 @@ def main(argv=None, recipe="w2sdefense_llama2") -> dict | None:
     runs = [("w2sdefense", False, root)]
     if script_args.compare_with_baseline:
         runs = [("lora (clean fine-tune)", True, root / "baseline"), ("w2sdefense", False, root / "defense")]
-    results = {
-        "recipe": recipe,
-        "model_name_or_path": model_args.model_name_or_path,
-        "student": backdoor,
-        "quantization": "4bit" if model_args.load_in_4bit else "8bit" if model_args.load_in_8bit else None,
-        "dataset": script_args.dataset,
-        "eval_split": script_args.eval_split,
-        "trigger_room": script_args.trigger_room,
-        "clean_split": script_args.reference_split,
-        "attack": attack.to_dict(),
-        "n_train": len(data["train"]),
-        "n_poisoned": int(sum(data["train"]["is_poisoned"])),
-        "n_clean": len(clean),
-        "teacher": teacher_info,
-        "runs": [],
-    }
+    results = launch_record(recipe, script_args, model_args, attack, student=backdoor,
+                            clean_split=script_args.reference_split, n_train=len(data["train"]),
+                            n_poisoned=int(sum(data["train"]["is_poisoned"])), n_clean=len(clean),
+                            teacher=teacher_info, runs=[])
     trainer = None
     for i, (name, baseline, output_dir) in enumerate(runs):
         if trainer is not None:  # free the previous run's model before loading the next one
