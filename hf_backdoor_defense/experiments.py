@@ -77,8 +77,8 @@ def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling
         return model, METHODS[method]
     if method == "lora":
         extra_head = [n for n in head_module_names(pooling) if n != "classifier"] or None
-        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=["query", "value"],
-                            modules_to_save=extra_head)
+        # target_modules=None: PEFT's attention projections of the architecture (query/value for BERT)
+        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, modules_to_save=extra_head)
         return get_peft_model(model, config), METHODS[method]
     config = MuScleLoRAConfig(task_type="SEQ_CLS", **(adapter_config or {}))
     return get_peft_model(model, config), METHODS[method]
@@ -108,6 +108,8 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
         raise ValueError("method 'musclelora' needs a reference set of trusted clean examples (reference=).")
     model, description = build_classifier(method, model_dir, num_labels, settings.seed, settings.pooling,
                                           adapter_config=settings.adapter_config if align else None)
+    if model.config.pad_token_id is None:  # decoder LMs: batching and their last-token head need it
+        model.config.pad_token_id = tokenizer.pad_token_id
     best_dev = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
                 "metric_for_best_model": "accuracy", "save_total_limit": 1, "save_only_model": True,
                 "per_device_eval_batch_size": 64} if dev is not None else {"save_strategy": "no"}

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ __all__ = ["MatrixContext", "make_attack", "make_purifier"]
 
 _INFO_FILE = "hbd_matrix_model.json"
 _W2S_PRESET = {"badnets": "word", "addsent": "sentence"}  # the authors' loss weights per trigger family
+_W2S_LOGGED = ("loss_ce", "loss_kd", "loss_feature", "grad_share_ce", "grad_share_kd", "grad_share_feature")
 
 
 def make_attack(threat: Threat, seed: int, settings: MatrixSettings):
@@ -102,11 +104,17 @@ class MatrixContext:
     # ------------------------------------------------------------------ inputs
     @property
     def model_path(self) -> str:
-        if self.settings.model is not None:
-            return str(self.settings.model)
-        from ..assets import minilm_path
+        """The folder or Hub name of the backbone (``None``: the offline all-MiniLM-L6-v2)."""
+        from ..assets import resolve_model_path
 
-        return str(minilm_path())
+        return resolve_model_path("minilm" if self.settings.model is None else self.settings.model)
+
+    @property
+    def teacher_path(self) -> str:
+        """W2SDefense's teacher encoder: ``teacher_model``, else the backbone itself."""
+        from ..assets import resolve_model_path
+
+        return self.model_path if self.settings.teacher_model is None else resolve_model_path(self.settings.teacher_model)
 
     @property
     def tokenizer(self):
@@ -114,6 +122,8 @@ class MatrixContext:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            if self._tokenizer.pad_token is None:  # decoder LMs (SmolLM2, Llama) batch with their end token
+                self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
 
     def dataset(self, name: str):
@@ -303,6 +313,8 @@ class MatrixContext:
         s = self.settings
         config = {**self._data_config(name, seed), "clean_size": s.clean_size, "batch_size": s.batch_size,
                   "teacher_epochs": s.teacher_epochs, "teacher_lr": s.teacher_lr, "student_hidden": student_hidden}
+        if s.teacher_model is not None:  # (a teacher of the student's own backbone keeps its former key)
+            config["teacher_model"] = s.teacher_model
         if s.w2s_clean_source != "clean":  # (the trusted set keeps the keys of the teachers trained before)
             # the unused rows start after the poisoned sample: its size decides which rows the teacher learns
             config.update(w2s_clean_source=s.w2s_clean_source, w2s_clean_size=s.w2s_clean_size,
@@ -321,7 +333,7 @@ class MatrixContext:
                                          learning_rate=s.teacher_lr, per_device_train_batch_size=s.batch_size,
                                          save_strategy="no", report_to="none", seed=seed, use_cpu=True,
                                          disable_tqdm=self.disable_progress, logging_strategy="no")
-                teacher, tokenizer = train_teacher(self.model_path, student_hidden, clean, output_dir=scratch,
+                teacher, tokenizer = train_teacher(self.teacher_path, student_hidden, clean, output_dir=scratch,
                                                    args=args, max_length=s.max_length,
                                                    num_labels=self.num_labels(name), save=False)
             teacher.save_pretrained(out, safe_serialization=True)
@@ -524,11 +536,9 @@ class MatrixContext:
         if getattr(self, "_onion_cache", None) is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            source = self.settings.onion_model
-            if source == "smollm2":
-                from ..assets import smollm2_path
+            from ..assets import resolve_model_path
 
-                source = str(smollm2_path())
+            source = resolve_model_path(self.settings.onion_model)
             self._onion_cache = {"model": AutoModelForCausalLM.from_pretrained(source).eval(),
                                  "tokenizer": AutoTokenizer.from_pretrained(source)}
         return self._onion_cache
@@ -598,9 +608,15 @@ class MatrixContext:
             if distil:
                 preset = _W2S_PRESET[spec.parsed.attack]
                 details["preset"] = preset
-                args = W2SDefenseTrainingArguments(output_dir=scratch, preset=preset, max_length=s.max_length,
-                                                   teacher_max_length=s.max_length,
-                                                   feature_alignment=s.w2s_feature_alignment, **schedule)
+                weights = {"alpha_ce": s.w2s_ce_weight, "beta_kd": s.w2s_kd_weight, "gamma_feature": s.w2s_feature_weight}
+                # Each term's share of the update, measured on one batch per epoch (three extra backward passes).
+                steps_per_epoch = max(1, math.ceil(len(train) / s.w2s_batch_size))
+                args = W2SDefenseTrainingArguments(
+                    output_dir=scratch, preset=preset, max_length=s.max_length, teacher_max_length=s.max_length,
+                    feature_alignment=s.w2s_feature_alignment, gradient_shares=True,
+                    **{k: v for k, v in weights.items() if v is not None},
+                    **{**schedule, "logging_strategy": "steps", "logging_steps": steps_per_epoch})
+                details["loss_weights"] = {"ce": args.alpha_ce, "kd": args.beta_kd, "feature": args.gamma_feature}
                 trainer = W2SDefenseTrainer(model=student, teacher=teacher, teacher_tokenizer=teacher_tok,
                                             processing_class=self.tokenizer, args=args, train_dataset=train,
                                             eval_dataset=dev, compute_metrics=make_compute_metrics())
@@ -617,6 +633,9 @@ class MatrixContext:
             trainer.train()
         student.eval()
         if distil:
+            details["per_epoch"] = [
+                {"epoch": round(h["epoch"], 2), **{k: h[k] for k in _W2S_LOGGED if k in h}}
+                for h in trainer.state.log_history if "grad_share_ce" in h]
             teacher_scores = self._evaluate(teacher, spec.dataset, spec.seed,
                                             make_attack(spec.parsed, spec.seed, s), tokenizer=teacher_tok)
             details.update(teacher_cacc=teacher_scores["cacc"], teacher_asr=teacher_scores["asr"])

@@ -102,7 +102,8 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
     "e_pur": (*_PURIFY_SETTINGS, "epur_tokens"),
     "fine_purifying": (*_PURIFY_SETTINGS, "fp_ratio", "fp_ratio_of", "fp_embeddings", "fp_estimator", "fp_alpha"),
-    "w2sdefense": (*_W2S_SETTINGS, "teacher_epochs", "teacher_lr", "w2s_feature_alignment"),
+    "w2sdefense": (*_W2S_SETTINGS, "teacher_model", "teacher_epochs", "teacher_lr", "w2s_feature_alignment",
+                   "w2s_ce_weight", "w2s_kd_weight", "w2s_feature_weight"),
     "w2s_lora": _W2S_SETTINGS,
     "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
     "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
@@ -255,6 +256,13 @@ class MatrixSettings:
             decay and gradient clipping (``0``: none; the authors use 32, 0.01 and none).
         w2s_best_dev: W2SDefense: score every epoch on dev and keep the best (needs ``"unused_train"``).
         w2s_feature_alignment: W2SDefense: ``"per_example"`` or the authors' ``"authors"`` feature term.
+        w2s_ce_weight / w2s_kd_weight / w2s_feature_weight: W2SDefense: the weights of the cross-entropy, the
+            T²-scaled KL and the feature term; ``None``: the authors' weights for the trigger family (the
+            trainer's ``"word"`` preset for BadNets, ``"sentence"`` for AddSent).
+        teacher_model: W2SDefense: the teacher's encoder (``"minilm"``, a Hub id or a folder); ``None``: the
+            matrix's ``model``, so teacher and student share a backbone. With ``model="smollm2"`` and
+            ``teacher_model="minilm"`` the cells are weak-to-strong as the authors run them: a small clean
+            encoder teaches a larger backdoored decoder.
         teacher_epochs: W2SDefense: epochs of the clean teacher's full fine-tune.
         teacher_lr: W2SDefense: learning rate of the teacher.
         musclelora_head: MuScleLoRA: ``"frozen"`` (the task head stays at its random initialisation, the
@@ -344,6 +352,16 @@ class MatrixSettings:
         "help": "W2SDefense: 'per_example' or the authors' 'authors' feature term.", "key_default": "per_example"})
     teacher_epochs: float = field(default=3.0, metadata={"help": "W2SDefense: epochs of the clean teacher."})
     teacher_lr: float = field(default=5e-5, metadata={"help": "W2SDefense: learning rate of the teacher."})
+    teacher_model: str | None = field(default=None, metadata={
+        "help": "W2SDefense: teacher encoder ('minilm', Hub id or folder); None: the matrix's model.",
+        "key_default": None})
+    w2s_ce_weight: float | None = field(default=None, metadata={
+        "help": "W2SDefense: weight of the cross-entropy; None: the authors' for the trigger family.",
+        "key_default": None})
+    w2s_kd_weight: float | None = field(default=None, metadata={
+        "help": "W2SDefense: weight of the T^2-scaled KL term; None: the authors'.", "key_default": None})
+    w2s_feature_weight: float | None = field(default=None, metadata={
+        "help": "W2SDefense: weight of the feature term; None: the authors'.", "key_default": None})
     musclelora_head: str = field(default="frozen", metadata={
         "help": "MuScleLoRA task head: 'frozen' (authors) or 'trainable'."})
     musclelora_init: str = field(default="zero", metadata={
@@ -439,6 +457,18 @@ class MatrixSettings:
         if self.w2s_lora_alpha is not None and self.w2s_lora_alpha <= 0:
             raise ValueError(f"`w2s_lora_alpha` must be > 0 or None (twice the rank), got {self.w2s_lora_alpha}.")
 
+        weights = {name: getattr(self, name) for name in ("w2s_ce_weight", "w2s_kd_weight", "w2s_feature_weight")}
+        given = {name: value for name, value in weights.items() if value is not None}
+        if given and len(given) != 3:
+            raise ValueError(f"W2SDefense's loss weights are set together: give all of {list(weights)} or none "
+                             f"(None keeps the authors' weights), got {given}.")
+        for name, value in given.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+            setattr(self, name, float(value))
+        if given and not any(given.values()):
+            raise ValueError("`w2s_ce_weight`, `w2s_kd_weight` and `w2s_feature_weight` are all 0: give at least "
+                             "one term a weight > 0.")
         if self.w2s_feature_alignment not in FEATURE_ALIGNMENTS:
             raise ValueError(f"`w2s_feature_alignment` must be one of {list(FEATURE_ALIGNMENTS)}, got "
                              f"{self.w2s_feature_alignment!r}.")

@@ -131,8 +131,9 @@ STUDIES: dict[str, Study] = {
             question="Which ranking and ratio should Fine-mixing and Fine-purifying use at the v2 budget: the first "
                      "ranking (the ratio over all weights, embeddings ranked, batch Fisher) or the theory's (the "
                      "ratio over the weights the fine-tune moved, embeddings left out, per-example Fisher), at which "
-                     "ratio, with which curvature exponent, and does a stronger clean fine-tune help? Rotten "
-                     "Tomatoes, the backdoored full fine-tune of the v2 matrix, 256 trusted sentences.",
+                     "ratio, with which curvature exponent, does a stronger clean fine-tune help, and what do 64 or 128 "
+                     "trusted sentences leave? Rotten Tomatoes, the backdoored full fine-tune of the v2 matrix, 256 "
+                     "trusted sentences unless the variant says otherwise.",
             grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
                   "defenses": ["none", "fine_mixing", "fine_purifying"], "floors": ["clean_floor"], "seeds": [0]},
             variants={"first ranking, Fine-mixing 0.5, Fine-purifying 0.3 (v2)": {},
@@ -141,15 +142,21 @@ STUDIES: dict[str, Study] = {
                       "theory's ranking, ratio 0.5, alpha 0.5": {**_THEORY_RANKING, "fm_ratio": 0.5, "fp_ratio": 0.5,
                                                                  "fp_alpha": 0.5},
                       "theory's ranking, ratio 0.5, clean fine-tune lr 1e-4": {
-                          **_THEORY_RANKING, "fm_ratio": 0.5, "fp_ratio": 0.5, "purify_lr": 1e-4}},
+                          **_THEORY_RANKING, "fm_ratio": 0.5, "fp_ratio": 0.5, "purify_lr": 1e-4},
+                      # fewer trusted sentences (the papers' defender has little clean data); the evaluation set
+                      # is then drawn from a slightly larger rest of the validation split
+                      **{f"first ranking, {n} trusted sentences": {"clean_size": n, "reference_size": min(n, 96)}
+                         for n in (64, 128)}},
         ),
         Study(
             name="w2sdefense",
             question="Does W2SDefense beat its own baseline (the same LoRA on the same clean data, no teacher) once "
                      "it runs in its authors' regime: a clean set of 2,000 training rows the poisoned sample did not "
                      "draw (the trusted set becomes dev), a teacher trained on them, LoRA alpha = r, batch 32, weight "
-                     "decay 0.01, no clipping, 5 epochs at lr 2e-4, best dev epoch? Rotten Tomatoes, MiniLM teacher "
-                     "and student (not yet weak-to-strong).",
+                     "decay 0.01, no clipping, 5 epochs at lr 2e-4, best dev epoch? Do larger distillation weights "
+                     "or a student stronger than its teacher (weak-to-strong: a backdoored SmolLM2-135M taught by a "
+                     "clean MiniLM) change the answer? Rotten Tomatoes; MiniLM teacher and student unless the "
+                     "variant says otherwise.",
             grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
                   "defenses": ["none", "w2sdefense", "w2s_lora"], "floors": ["clean_floor"], "seeds": [0]},
             variants={"v2 (trusted set of 256, r 8)": {},
@@ -157,7 +164,13 @@ STUDIES: dict[str, Study] = {
                          for r in (64, 128)},
                       "authors' regime, r 64, the authors' feature term": {
                           **_W2S_AUTHORS, "w2s_lora_r": 64, "w2s_lora_alpha": 64.0,
-                          "w2s_feature_alignment": "authors"}},
+                          "w2s_feature_alignment": "authors"},
+                      "authors' regime, r 64, distillation weighted up (CE 1, KL 1, feature 0.01)": {
+                          **_W2S_AUTHORS, "w2s_lora_r": 64, "w2s_lora_alpha": 64.0, "w2s_ce_weight": 1.0,
+                          "w2s_kd_weight": 1.0, "w2s_feature_weight": 0.01},
+                      "weak-to-strong: SmolLM2-135M student (its own last-token head), MiniLM teacher, authors' "
+                      "regime, r 64": {**_W2S_AUTHORS, "model": "smollm2", "pooling": "cls",
+                                       "teacher_model": "minilm", "w2s_lora_r": 64, "w2s_lora_alpha": 64.0}},
         ),
     ]
 }

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hf_backdoor_defense.assets import resolve_model_path
 from hf_backdoor_defense.launch import launch_backend
 from hf_backdoor_defense.scripts.utils import _DTYPES
 
 if TYPE_CHECKING:
     from hf_backdoor_defense.scripts.utils import ModelArguments
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map special names (``"smollm2"``, ``"minilm"``) to their offline folder; return anything else unchanged."""
-    if name_or_path.lower() == "smollm2":
-        from hf_backdoor_defense.assets import smollm2_path
-
-        return str(smollm2_path())
-    if name_or_path.lower() == "minilm":
-        from hf_backdoor_defense.assets import minilm_path
-
-        return str(minilm_path())
-    return name_or_path
 
 
 def compute_dtype(model_args: ModelArguments):

@@ -21,8 +21,6 @@ import yaml
 
 from hf_backdoor_defense.attacks.base import LABEL_MODES
 
-#: Model names the recipes resolve to offline assets instead of the Hub.
-SPECIAL_MODEL_NAMES = ("smollm2", "minilm")
 PEFT_TYPES = ("lora", "musclelora")
 TASKS = ("classification", "instruction")
 ATTACK_NAMES = ("badnets", "addsent")

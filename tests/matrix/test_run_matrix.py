@@ -607,3 +607,56 @@ def test_cross_domain_cells_run(matrix_env, tmp_path):
     out = _run(matrix_env, grid=grid, datasets=data, results_dir=tmp_path / "results", output=tmp_path / "m.json")
     assert out["complete"] and {c["dataset"] for c in out["cells"]} == {pair}
     assert out["summary"][pair]["badnets-dirty"]["e_pur"]["asr_minus_floor"]["n"] == 1
+
+
+@pytest.mark.slow
+def test_weak_to_strong_w2s_cell_teaches_a_decoder_student_with_an_encoder(matrix_env, tmp_path):
+    """``model`` a tiny Llama (SmolLM2's tokenizer, no pad token), ``teacher_model`` the tiny BERT: the suspect is a
+    decoder with its last-token head, the teacher an encoder projected to the student's width; the cell records
+    the loss weights it used and each term's share of the update once per epoch."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_backdoor_defense.assets import smollm2_path
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    settings = MatrixSettings(**{**matrix_env["settings"].to_dict(), "model": str(tmp_path / "llama"), "pooling": "cls",
+                                 "teacher_model": str(matrix_env["root"] / "model"), "w2s_epochs": 2.0,
+                                 "w2s_ce_weight": 1.0, "w2s_kd_weight": 1.0, "w2s_feature_weight": 0.01})
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], defenses=["none", "w2sdefense"], floors=[], seeds=[0])
+    out = _run(matrix_env, settings=settings, grid=grid, results_dir=tmp_path / "results", output=tmp_path / "w.json",
+               workdir=tmp_path / "work")
+    cells = {c["defense"]: c for c in out["cells"]}
+    assert set(cells) == {"none", "w2sdefense"} and all(0.0 <= c["cacc"] <= 1.0 for c in cells.values())
+    w2s = cells["w2sdefense"]["details"]
+    assert w2s["loss_weights"] == {"ce": 1.0, "kd": 1.0, "feature": 0.01}
+    assert [round(e["epoch"]) for e in w2s["per_epoch"]] == [1, 2]
+    for epoch in w2s["per_epoch"]:
+        shares = [epoch[f"grad_share_{t}"] for t in ("ce", "kd", "feature")]
+        assert all(0.0 <= x <= 1.0 for x in shares) and abs(sum(shares) - 1.0) < 1e-6
+    teacher = next((tmp_path / "work" / "models").glob("teacher-*"))
+    assert json.loads((teacher / "config.json").read_text())["model_type"] == "w2s_teacher"
+    info = json.loads((teacher / "hbd_matrix_model.json").read_text())
+    assert info["config"]["teacher_model"] == str(matrix_env["root"] / "model") and info["config"]["student_hidden"] == 48
+    suspect = next((tmp_path / "work" / "models").glob("suspect-*"))
+    assert json.loads((suspect / "config.json").read_text())["pad_token_id"] == tokenizer.eos_token_id
+
+
+def test_w2s_loss_weights_are_set_together():
+    for kwargs in ({"w2s_ce_weight": 1.0}, {"w2s_ce_weight": 1.0, "w2s_kd_weight": 1.0},
+                   {"w2s_ce_weight": 0.0, "w2s_kd_weight": 0.0, "w2s_feature_weight": 0.0},
+                   {"w2s_ce_weight": -1.0, "w2s_kd_weight": 1.0, "w2s_feature_weight": 1.0}):
+        with pytest.raises(ValueError, match="w2s_"):
+            MatrixSettings(**kwargs)
+    w2s = CellSpec(DATA, "badnets-dirty", "w2sdefense", 0)
+    base = MatrixSettings()
+    assert w2s.key(MatrixSettings(w2s_ce_weight=5, w2s_kd_weight=0.001, w2s_feature_weight=0.001)) != w2s.key(base)
+    assert w2s.key(MatrixSettings(teacher_model="minilm")) != w2s.key(base)
+    none = CellSpec(DATA, "badnets-dirty", "none", 0)
+    assert none.key(MatrixSettings(teacher_model="minilm", w2s_ce_weight=1, w2s_kd_weight=1,
+                                   w2s_feature_weight=1)) == none.key(base)
