@@ -54,6 +54,15 @@ class CellSettings:
     adapter_config: dict = field(default_factory=dict)
 
 
+def lora_target_modules(config) -> list[str]:
+    """The modules LoRA wraps in a model of ``config``: PEFT's attention projections for its architecture
+    (``q_proj``/``v_proj`` for Llama, ``query``/``value`` for BERT), and ``query``/``value`` for the BERT-like
+    encoders PEFT has no entry for (ALBERT, CamemBERT, Longformer, ...)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    return list(PEFT_TARGETS.get(config.model_type, ["query", "value"]))
+
+
 def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling: str = "cls",
                      adapter_config: dict | None = None):
     """A fresh classifier from ``model_dir`` prepared for ``method``; returns ``(model, description)``.
@@ -77,8 +86,8 @@ def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling
         return model, METHODS[method]
     if method == "lora":
         extra_head = [n for n in head_module_names(pooling) if n != "classifier"] or None
-        # target_modules=None: PEFT's attention projections of the architecture (query/value for BERT)
-        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, modules_to_save=extra_head)
+        config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=lora_target_modules(model.config),
+                            modules_to_save=extra_head)
         return get_peft_model(model, config), METHODS[method]
     config = MuScleLoRAConfig(task_type="SEQ_CLS", **(adapter_config or {}))
     return get_peft_model(model, config), METHODS[method]

@@ -117,6 +117,12 @@ class MatrixContext:
         return self.model_path if self.settings.teacher_model is None else resolve_model_path(self.settings.teacher_model)
 
     @property
+    def teacher_max_length(self) -> int:
+        """The teacher's truncation length: texts are cut to fit the student's tokenizer, and another tokenizer
+        may split them into more tokens, so a teacher of another backbone reads twice as many."""
+        return self.settings.max_length * (1 if self.settings.teacher_model is None else 2)
+
+    @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
@@ -334,7 +340,7 @@ class MatrixContext:
                                          save_strategy="no", report_to="none", seed=seed, use_cpu=True,
                                          disable_tqdm=self.disable_progress, logging_strategy="no")
                 teacher, tokenizer = train_teacher(self.teacher_path, student_hidden, clean, output_dir=scratch,
-                                                   args=args, max_length=s.max_length,
+                                                   args=args, max_length=self.teacher_max_length,
                                                    num_labels=self.num_labels(name), save=False)
             teacher.save_pretrained(out, safe_serialization=True)
             tokenizer.save_pretrained(out)
@@ -558,6 +564,7 @@ class MatrixContext:
         from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
 
         from ..data import tokenize_dataset
+        from ..experiments import lora_target_modules
         from ..metrics import make_compute_metrics
         from ..models import head_module_names
         from ..models.teacher import W2STeacher
@@ -591,10 +598,10 @@ class MatrixContext:
                                   f"dev) does not beat the backdoored student ({details['student_dev_accuracy']:.3f}): "
                                   "it cannot pull the student towards better clean behaviour. Give it more data or "
                                   "epochs (w2s_clean_size, teacher_epochs).", UserWarning, stacklevel=2)
-        # target_modules=None: PEFT's default attention projections of the architecture (query/value for BERT).
         extra_head = [n for n in head_module_names(s.pooling) if n != "classifier"] or None
         lora = LoraConfig(task_type="SEQ_CLS", r=s.w2s_lora_r, lora_alpha=s.w2s_lora_alpha or 2 * s.w2s_lora_r,
-                          lora_dropout=0.05, modules_to_save=extra_head)
+                          lora_dropout=0.05, modules_to_save=extra_head,
+                          target_modules=lora_target_modules(student.config))
         student = get_peft_model(student, lora)
         schedule = dict(num_train_epochs=s.w2s_epochs, learning_rate=s.w2s_lr, per_device_train_batch_size=s.w2s_batch_size,
                         weight_decay=s.w2s_weight_decay, max_grad_norm=s.w2s_max_grad_norm, report_to="none",
@@ -607,12 +614,14 @@ class MatrixContext:
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             if distil:
                 preset = _W2S_PRESET[spec.parsed.attack]
-                details["preset"] = preset
                 weights = {"alpha_ce": s.w2s_ce_weight, "beta_kd": s.w2s_kd_weight, "gamma_feature": s.w2s_feature_weight}
+                if s.w2s_ce_weight is None:  # (the weights are set together)
+                    details["preset"] = preset
                 # Each term's share of the update, measured on one batch per epoch (three extra backward passes).
                 steps_per_epoch = max(1, math.ceil(len(train) / s.w2s_batch_size))
                 args = W2SDefenseTrainingArguments(
-                    output_dir=scratch, preset=preset, max_length=s.max_length, teacher_max_length=s.max_length,
+                    output_dir=scratch, preset=preset, max_length=s.max_length,
+                    teacher_max_length=self.teacher_max_length,
                     feature_alignment=s.w2s_feature_alignment, gradient_shares=True,
                     **{k: v for k, v in weights.items() if v is not None},
                     **{**schedule, "logging_strategy": "steps", "logging_steps": steps_per_epoch})

@@ -463,8 +463,8 @@ class MatrixSettings:
             raise ValueError(f"W2SDefense's loss weights are set together: give all of {list(weights)} or none "
                              f"(None keeps the authors' weights), got {given}.")
         for name, value in given.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
             setattr(self, name, float(value))
         if given and not any(given.values()):
             raise ValueError("`w2s_ce_weight`, `w2s_kd_weight` and `w2s_feature_weight` are all 0: give at least "

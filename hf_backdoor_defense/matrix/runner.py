@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -82,14 +83,39 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
+@functools.cache
+def backbone_scale(model: str | None) -> float:
+    """How much more a backbone costs per token than all-MiniLM-L6-v2 (whose times :data:`RATES` holds): the
+    ratio of their parameters outside the input embeddings, counted on an empty (meta-device) model built from
+    each config. ``None`` (MiniLM itself), or a model whose config cannot be read offline: ``1.0``."""
+    if model is None:
+        return 1.0
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModel
+
+        from ..assets import resolve_model_path
+
+        def body(name: str) -> int:
+            with torch.device("meta"):
+                net = AutoModel.from_config(AutoConfig.from_pretrained(resolve_model_path(name)))
+            return sum(p.numel() for p in net.parameters()) - net.get_input_embeddings().weight.numel()
+
+        return body(model) / body("minilm")
+    except Exception:  # an estimate only: a Hub name without a network, a broken folder
+        return 1.0
+
+
 def _estimate(todo: list[CellSpec], done: list[dict], settings: MatrixSettings) -> float:
     """Seconds the ``todo`` cells should take: the mean wall time of this grid's finished cells of the same
-    defense where there are some, else the rate model of :func:`~hf_backdoor_defense.matrix.config.estimate_seconds`."""
+    defense where there are some, else the rate model of :func:`~hf_backdoor_defense.matrix.config.estimate_seconds`
+    scaled by the backbone's size (:func:`backbone_scale`)."""
     observed: dict[str, list[float]] = {}
     for record in done:
         observed.setdefault(record["defense"], []).append(record["seconds"])
     known = sum(sum(observed[c.defense]) / len(observed[c.defense]) for c in todo if c.defense in observed)
-    return known + estimate_seconds([c for c in todo if c.defense not in observed], settings)
+    rest = [c for c in todo if c.defense not in observed]
+    return known + (estimate_seconds(rest, settings) * backbone_scale(settings.model) if rest else 0.0)
 
 
 def summarise_cells(cells: list[dict]) -> dict:

@@ -133,7 +133,8 @@ STUDIES: dict[str, Study] = {
                      "ratio over the weights the fine-tune moved, embeddings left out, per-example Fisher), at which "
                      "ratio, with which curvature exponent, does a stronger clean fine-tune help, and what do 64 or 128 "
                      "trusted sentences leave? Rotten Tomatoes, the backdoored full fine-tune of the v2 matrix, 256 "
-                     "trusted sentences unless the variant says otherwise.",
+                     "trusted sentences unless the variant says otherwise (with fewer, the validation rows scored "
+                     "start earlier, so those variants' rows are scored on partly other sentences).",
             grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
                   "defenses": ["none", "fine_mixing", "fine_purifying"], "floors": ["clean_floor"], "seeds": [0]},
             variants={"first ranking, Fine-mixing 0.5, Fine-purifying 0.3 (v2)": {},

@@ -40,3 +40,14 @@ def test_trainers_package_exports_every_trainer():
     from hf_backdoor_defense.trainers import MuScleLoRATrainer, W2SDefenseTrainer  # noqa: F401
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         trainers.Nope  # noqa: B018
+
+
+def test_lora_targets_follow_the_architecture():
+    """PEFT's attention projections where it knows the architecture, query/value for the BERT-like rest."""
+    from transformers import AlbertConfig, BertConfig, LlamaConfig
+
+    from hf_backdoor_defense.experiments import lora_target_modules
+
+    assert sorted(lora_target_modules(BertConfig())) == ["query", "value"]
+    assert sorted(lora_target_modules(LlamaConfig())) == ["q_proj", "v_proj"]
+    assert sorted(lora_target_modules(AlbertConfig())) == ["query", "value"]  # not in PEFT's table

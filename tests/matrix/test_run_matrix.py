@@ -150,6 +150,7 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
     from hf_backdoor_defense.assets import smollm2_path
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    tokenizer.pad_token = None  # the asset pads with its end token; a base Llama has no pad token at all
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "lm")
@@ -634,7 +635,7 @@ def test_weak_to_strong_w2s_cell_teaches_a_decoder_student_with_an_encoder(matri
     cells = {c["defense"]: c for c in out["cells"]}
     assert set(cells) == {"none", "w2sdefense"} and all(0.0 <= c["cacc"] <= 1.0 for c in cells.values())
     w2s = cells["w2sdefense"]["details"]
-    assert w2s["loss_weights"] == {"ce": 1.0, "kd": 1.0, "feature": 0.01}
+    assert w2s["loss_weights"] == {"ce": 1.0, "kd": 1.0, "feature": 0.01} and "preset" not in w2s
     assert [round(e["epoch"]) for e in w2s["per_epoch"]] == [1, 2]
     for epoch in w2s["per_epoch"]:
         shares = [epoch[f"grad_share_{t}"] for t in ("ce", "kd", "feature")]
@@ -650,7 +651,8 @@ def test_weak_to_strong_w2s_cell_teaches_a_decoder_student_with_an_encoder(matri
 def test_w2s_loss_weights_are_set_together():
     for kwargs in ({"w2s_ce_weight": 1.0}, {"w2s_ce_weight": 1.0, "w2s_kd_weight": 1.0},
                    {"w2s_ce_weight": 0.0, "w2s_kd_weight": 0.0, "w2s_feature_weight": 0.0},
-                   {"w2s_ce_weight": -1.0, "w2s_kd_weight": 1.0, "w2s_feature_weight": 1.0}):
+                   {"w2s_ce_weight": -1.0, "w2s_kd_weight": 1.0, "w2s_feature_weight": 1.0},
+                   {"w2s_ce_weight": float("nan"), "w2s_kd_weight": 1.0, "w2s_feature_weight": 1.0}):
         with pytest.raises(ValueError, match="w2s_"):
             MatrixSettings(**kwargs)
     w2s = CellSpec(DATA, "badnets-dirty", "w2sdefense", 0)
@@ -660,3 +662,21 @@ def test_w2s_loss_weights_are_set_together():
     none = CellSpec(DATA, "badnets-dirty", "none", 0)
     assert none.key(MatrixSettings(teacher_model="minilm", w2s_ce_weight=1, w2s_kd_weight=1,
                                    w2s_feature_weight=1)) == none.key(base)
+
+
+def test_the_estimate_scales_with_the_backbone(tmp_path):
+    """A larger backbone's cells are estimated longer in proportion to its non-embedding parameters."""
+    from transformers import BertConfig
+
+    from hf_backdoor_defense.matrix import plan_cells
+    from hf_backdoor_defense.matrix.runner import _estimate, backbone_scale
+
+    BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072).save_pretrained(
+        tmp_path / "bert-base")
+    assert backbone_scale(None) == backbone_scale("minilm") == 1.0
+    assert backbone_scale(str(tmp_path / "missing")) == 1.0  # unknown: the MiniLM rates, not a crash
+    scale = backbone_scale(str(tmp_path / "bert-base"))
+    assert 6 < scale < 10  # 85 M against 10.6 M parameters outside the embeddings
+    cells = plan_cells(MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], seeds=[0]))
+    base = _estimate(cells, [], MatrixSettings())
+    assert _estimate(cells, [], MatrixSettings(model=str(tmp_path / "bert-base"))) == pytest.approx(base * scale)
