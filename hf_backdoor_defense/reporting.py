@@ -22,7 +22,7 @@ import statistics
 import sys
 from collections.abc import Iterable, Sequence
 
-__all__ = ["MachineMonitor", "cpu_model", "hardware_info", "machine_state", "markdown_table", "percent",
+__all__ = ["MachineMonitor", "PeakMemory", "cpu_model", "hardware_info", "machine_state", "markdown_table", "percent",
            "prepare_machine", "summarise"]
 
 _ALIGN = {"l": "---", "c": ":---:", "r": "---:"}
@@ -234,6 +234,58 @@ class MachineMonitor:
         return {"other_cpu_cores_max": max(loads) if loads else None,
                 "load_average_max": max(averages) if averages else None, "samples": len(self.samples),
                 "other_torch_processes": list(seen.values()), "busy": any(s["busy"] for s in self.samples)}
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakMemory:
+    """The peak growth of this process's resident memory while a block runs, sampled every ``interval``
+    seconds in a thread (Linux ``/proc``; ``extra`` is ``None`` elsewhere).
+
+    Memory the process had freed before the block is reused without growing the resident set, so ``extra`` is
+    a lower bound of what the block held at its peak, and close to it for a block that allocates whole
+    model copies, as the purifiers do.
+
+    Example:
+        >>> with PeakMemory() as peak:            # doctest: +SKIP
+        ...     result = purifier.purify(suspect, pretrained, clean)
+        >>> peak.extra / model_bytes               # doctest: +SKIP
+    """
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        self.interval = interval
+        self.base = self.peak = _resident_bytes()
+        self.extra: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = _resident_bytes()
+            if now is not None and self.peak is not None:
+                self.peak = max(self.peak, now)
+
+    def __enter__(self) -> PeakMemory:
+        self.base = self.peak = _resident_bytes()
+        if self.base is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.base is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _resident_bytes() or 0)
+        self.extra = self.peak - self.base
 
 
 def prepare_machine(threads: int | None = None, *, log=None) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import statistics
 from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_text_atomic
@@ -172,10 +173,38 @@ def render_defense_snippet(payload: dict, defense: str) -> str:
         return f"*No cell of {name} has finished in the matrix yet ([results](../results.md)).*\n"
     table = markdown_table(["Data", "Threat", "undefended (full FT)", name, "CACC change", "verdict"], rows,
                            align="llcccl")
+    facts = "".join(f"\n{line}\n" for line in _purifier_facts(payload["cells"], defense))
     return (f"{table}\n\nCACC / ASR in percent on the {split} split, mean ± std over the seeds that finished "
             f"((n=k) when fewer than {seeds}); Δ = ASR minus the clean-data floor, paired per seed; verdicts: "
             f"{_VERDICT_RULE}. Generated with the [results page](../results.md) from the same cells "
-            f"({payload['n_finished']} of {payload['n_cells']} finished).\n")
+            f"({payload['n_finished']} of {payload['n_cells']} finished).\n{facts}")
+
+
+def _purifier_facts(cells: list[dict], defense: str) -> list[str]:
+    """What a purifier's cells record beside CACC and ASR: E-PUR's recall of the BadNets trigger words among
+    the rows it reset, and the peak memory of the purification step (cells that measured it)."""
+    mine = [c for c in cells if c["defense"] == defense]
+    lines = []
+    if defense == "e_pur":
+        badnets = [(c["attack_config"]["triggers"], c["details"]["tokens_reset"]) for c in mine
+                   if c["threat"].startswith("badnets") and (c.get("attack_config") or {}).get("triggers")
+                   and (c.get("details") or {}).get("tokens_reset") is not None]
+        if badnets:
+            listed = min(len(reset) for _, reset in badnets)
+            found = sum(t in reset for triggers, reset in badnets for t in triggers)
+            words = sum(len(triggers) for triggers, _ in badnets)
+            complete = sum(all(t in reset for t in triggers) for triggers, reset in badnets)
+            lines.append(f"E-PUR's recall of the BadNets trigger words among the rows it reset (the first "
+                         f"{listed} recorded per cell, the most drifted first): {found} of {words} words "
+                         f"({100 * found / words:.0f} %); every trigger word found in {complete} of "
+                         f"{_n(len(badnets), 'cell')}.")
+    peaks = [c["details"]["peak_extra_x_model"] for c in mine
+             if (c.get("details") or {}).get("peak_extra_x_model") is not None]
+    if peaks:
+        lines.append(f"Peak memory of the purification step, above the suspect and the pre-trained model "
+                     f"already loaded: {statistics.mean(peaks):.2f}× the model on average, at most "
+                     f"{max(peaks):.2f}× ({_n(len(peaks), 'cell')} measured).")
+    return lines
 
 
 def _cost_table(payload: dict) -> list[str]:

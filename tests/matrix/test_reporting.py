@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from hf_backdoor_defense.reporting import MachineMonitor, machine_state, prepare_machine
+from hf_backdoor_defense.reporting import MachineMonitor, PeakMemory, machine_state, prepare_machine
 
 
 def test_another_busy_process_is_seen():
@@ -52,3 +52,16 @@ def test_markdown_table_aligns_and_rejects_a_wrong_alignment():
     assert table.split("\n") == ["| run | CACC | ASR |", "|---|:---:|---:|", "| lora | 72.5% | - |"]
     with pytest.raises(ValueError, match="`align`"):
         markdown_table(["a", "b"], [], align="l")
+
+
+def test_peak_memory_sees_a_block_that_holds_a_large_buffer():
+    with PeakMemory() as peak:
+        buffer = bytearray(64 * 2**20)  # 64 MiB, touched page by page
+        for i in range(0, len(buffer), 4096):
+            buffer[i] = 1
+        time.sleep(0.05)
+        del buffer
+    assert peak.extra is not None and peak.extra >= 48 * 2**20
+    with PeakMemory() as idle:
+        time.sleep(0.02)
+    assert idle.extra is not None and idle.extra < 16 * 2**20

@@ -21,6 +21,7 @@ from hf_backdoor_defense.matrix import (
     render_results,
     run_matrix,
 )
+from hf_backdoor_defense.matrix.render import _purifier_facts
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run_matrix.py"
 POS = ["a great and moving film", "wonderful acting and a sharp script", "i loved every minute",
@@ -140,6 +141,10 @@ def test_other_defenses_reuse_the_backdoored_model(matrix_env):
     by_defense = {c["defense"]: c for c in out["cells"]}
     assert by_defense["fine_purifying"]["details"]["dims_reset"] > 0
     assert len(by_defense["e_pur"]["details"]["tokens_reset"]) == 5
+    for defense in ("e_pur", "fine_purifying"):  # the purification step's peak memory, in copies of the model
+        assert 0.0 <= by_defense[defense]["details"]["peak_extra_x_model"] < 20.0
+    recall, memory = _purifier_facts(out["cells"], "e_pur")
+    assert "recall of the BadNets trigger words" in recall and "(1 cell measured)" in memory
 
 
 @pytest.mark.slow
@@ -680,3 +685,20 @@ def test_the_estimate_scales_with_the_backbone(tmp_path):
     cells = plan_cells(MatrixGrid(datasets=[DATA], threats=["badnets-dirty"], seeds=[0]))
     base = _estimate(cells, [], MatrixSettings())
     assert _estimate(cells, [], MatrixSettings(model=str(tmp_path / "bert-base"))) == pytest.approx(base * scale)
+
+
+def test_purifier_facts_count_trigger_recall_and_memory():
+    def cell(defense, threat, reset=None, peak=None):
+        return {"defense": defense, "threat": threat, "attack_config": {"triggers": ["cf", "mn", "bb", "tq"]},
+                "details": {"tokens_reset": reset, "peak_extra_x_model": peak}}
+
+    cells = [cell("e_pur", "badnets-dirty", ["cf", "mn", "bb", "tq", "the"], 2.1),
+             cell("e_pur", "badnets4-clean", ["cf", "mn", "bb", "also"], 2.3),
+             cell("e_pur", "addsent-dirty", ["3d", "watch"], None), cell("fine_mixing", "badnets-dirty", None, 2.5)]
+    recall, memory = _purifier_facts(cells, "e_pur")
+    assert "first 4 recorded" in recall and "7 of 8 words (88 %)" in recall and "in 1 of 2 cells" in recall
+    assert "2.20× the model on average, at most 2.30× (2 cells measured)" in memory
+    assert _purifier_facts(cells, "fine_mixing") == [
+        "Peak memory of the purification step, above the suspect and the pre-trained model already loaded: "
+        "2.50× the model on average, at most 2.50× (1 cell measured)."]
+    assert _purifier_facts(cells, "fine_purifying") == []
