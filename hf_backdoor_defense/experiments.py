@@ -1,6 +1,7 @@
 """Train-and-score cells shared by ``make demo`` and the benchmarks: one place for how each method trains.
 
-A *cell* is one way of training a classifier (``full_ft``, ``lora``, ``musclelora``) on one dataset;
+A *cell* is one way of training a classifier (``full_ft``, ``lora``, ``musclelora``, or ``gradient_control``: the
+same LoRA trained by the Gradient Control attacker) on one dataset;
 :func:`train_cell` returns the trained model and how long it took. The experiment engine
 (:mod:`hf_backdoor_defense.matrix`) builds every efficacy cell from these.
 
@@ -20,6 +21,7 @@ METHODS = {
     "full_ft": "full fine-tune",
     "lora": "LoRA (q/v, r=8, alpha=32)",
     "musclelora": "MuScleLoRA + gradient alignment",
+    "gradient_control": "LoRA (q/v, r=8, alpha=32) trained by the Gradient Control attacker",
 }
 
 
@@ -37,7 +39,8 @@ class CellSettings:
         seed: Seed of the model head, data order and reference sampling.
         pooling: Encoder setup, one of :data:`hf_backdoor_defense.models.POOLING_MODES` (``"cls"``,
             ``"pooler_head"``, ``"mean"``).
-        extra_args: Further ``MuScleLoRATrainingArguments`` fields.
+        extra_args: Further ``MuScleLoRATrainingArguments`` fields (``GradientControlTrainingArguments`` fields for
+            the ``gradient_control`` method).
         adapter_config: Further ``MuScleLoRAConfig`` fields of the ``musclelora`` cell (e.g.
             ``{"trainable_head": True, "init_weights": "paper"}``).
     """
@@ -84,7 +87,7 @@ def build_classifier(method: str, model_dir, num_labels: int, seed: int, pooling
     model = load_sequence_classifier(model_dir, pooling=pooling, num_labels=num_labels)
     if method == "full_ft":
         return model, METHODS[method]
-    if method == "lora":
+    if method in ("lora", "gradient_control"):
         extra_head = [n for n in head_module_names(pooling) if n != "classifier"] or None
         config = LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=32, target_modules=lora_target_modules(model.config),
                             modules_to_save=extra_head)
@@ -104,13 +107,19 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     """Train one cell on the tokenised ``train`` set; return ``(model in eval mode, info dict)``.
 
     ``musclelora`` needs ``reference`` (tokenised trusted clean examples) for gradient alignment; the
-    other methods run through the same trainer with alignment off, so every cell shares one code path.
+    other methods run through the same trainer with alignment off, so every cell shares one code path, except
+    ``gradient_control``: the attacker's trainer, which needs the ``is_poisoned`` column the attacks add.
     With ``dev`` (tokenised clean examples, disjoint from ``reference``) the accuracy on it is measured after
     every epoch and the best epoch's weights are kept (``info["dev_accuracy"]`` lists the epochs).
     """
     from transformers import DataCollatorWithPadding
 
-    from .trainers import MuScleLoRATrainer, MuScleLoRATrainingArguments
+    from .trainers import (
+        GradientControlTrainer,
+        GradientControlTrainingArguments,
+        MuScleLoRATrainer,
+        MuScleLoRATrainingArguments,
+    )
 
     align = method == "musclelora"
     if align and reference is None:
@@ -122,26 +131,29 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
     best_dev = {"eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
                 "metric_for_best_model": "accuracy", "save_total_limit": 1, "save_only_model": True,
                 "per_device_eval_batch_size": 64} if dev is not None else {"save_strategy": "no"}
-    args = MuScleLoRATrainingArguments(
-        output_dir=os.path.join(workdir, f"{method}-{settings.seed}"),
-        per_device_train_batch_size=settings.batch_size,
-        num_train_epochs=settings.epochs,
-        learning_rate=settings.full_ft_lr if method == "full_ft" else settings.adapter_lr,
-        seed=settings.seed,
-        gradient_alignment=align,
-        alignment_preset=settings.alignment_preset,
-        report_to=[],
-        use_cpu=True,
-        logging_steps=10,
-        disable_tqdm=disable_tqdm,
-        **best_dev,
-        **settings.extra_args,
-    )
-    trainer = MuScleLoRATrainer(
-        model=model, args=args, train_dataset=train, reference_dataset=reference if align else None,
-        eval_dataset=dev, compute_metrics=_accuracy if dev is not None else None,
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-    )
+    common = dict(output_dir=os.path.join(workdir, f"{method}-{settings.seed}"),
+                  per_device_train_batch_size=settings.batch_size, num_train_epochs=settings.epochs,
+                  learning_rate=settings.full_ft_lr if method == "full_ft" else settings.adapter_lr,
+                  seed=settings.seed, report_to=[], use_cpu=True, logging_steps=10, disable_tqdm=disable_tqdm,
+                  **best_dev, **settings.extra_args)
+    if method == "gradient_control":
+        if "is_poisoned" not in train.column_names:
+            raise ValueError("method 'gradient_control' needs the poisoned training set's `is_poisoned` column "
+                             "(added by every attack's .poison()).")
+        keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "is_poisoned"}
+        train = train.remove_columns([c for c in train.column_names if c not in keep])
+        args = GradientControlTrainingArguments(poison_batch_size=settings.batch_size, **common)
+        trainer = GradientControlTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                                         compute_metrics=_accuracy if dev is not None else None,
+                                         processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
+    else:
+        args = MuScleLoRATrainingArguments(gradient_alignment=align, alignment_preset=settings.alignment_preset,
+                                           **common)
+        trainer = MuScleLoRATrainer(
+            model=model, args=args, train_dataset=train, reference_dataset=reference if align else None,
+            eval_dataset=dev, compute_metrics=_accuracy if dev is not None else None,
+            processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
+        )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..reporting import PeakMemory
 from .config import (
+    ADAPTER_DEFENSES,
     BASELINES,
     CLEAN_FLOOR,
     DATA_FILTERS,
@@ -279,6 +280,8 @@ class MatrixContext:
                 settings.extra_args["multiscale_learning_rate"] = s.musclelora_multiscale_lr
             if s.musclelora_gate != "tensor":
                 settings.extra_args["alignment_gate"] = s.musclelora_gate
+        if method == "gradient_control":
+            settings.extra_args["clnorm_alpha"] = s.gc_clnorm_alpha
         return settings
 
     def suspect(self, name: str, threat: Threat, seed: int) -> tuple[Path, dict]:
@@ -314,6 +317,33 @@ class MatrixContext:
             return {"adapter": info["method"], "seconds_per_step": info["seconds_per_step"]}
 
         return self._cached("clean_lora", config, train)
+
+    def poisoned_adapter(self, name: str, threat: Threat, seed: int) -> tuple[Path, dict]:
+        """The LoRA adapter (with its head) trained on the poisoned training set, plainly or, for a ``+gc``
+        threat, by the Gradient Control attacker; saved as a PEFT adapter, what an attacker publishes."""
+        s = self.settings
+        attack = make_attack(threat, seed, s)
+        method = "gradient_control" if threat.attacker == "gradient_control" else "lora"
+        config = {**self._training_config(name, seed), "attack": attack.to_dict(), "adapter_lr": s.adapter_lr,
+                  "method": method}
+        if method == "gradient_control":
+            config["gc_clnorm_alpha"] = s.gc_clnorm_alpha
+
+        def train(out: Path) -> dict:
+            from ..data import tokenize_dataset
+            from ..experiments import train_cell
+
+            poisoned = attack.poison(self.splits(name, seed)["train"])
+            tokenized = tokenize_dataset(poisoned, self.tokenizer, max_length=s.max_length)
+            with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+                model, info = train_cell(method, tokenized, self.tokenizer, self.model_path,
+                                         self._cell_settings(seed, method), workdir=scratch,
+                                         num_labels=self.num_labels(name), disable_tqdm=self.disable_progress)
+            model.save_pretrained(out, safe_serialization=True)
+            return {"adapter": info["method"], "seconds_per_step": info["seconds_per_step"],
+                    "poisoned_examples": int(sum(poisoned["is_poisoned"]))}
+
+        return self._cached("adapter", config, train)
 
     def teacher(self, name: str, seed: int, student_hidden: int) -> tuple[Path, dict]:
         """The W2SDefense teacher trained on the trusted clean set."""
@@ -358,6 +388,39 @@ class MatrixContext:
         pooling = self.settings.pooling if fresh else None
         return load_sequence_classifier(str(folder), pooling=pooling, num_labels=num_labels).eval()
 
+    def _load_adapter(self, folder: str | Path, num_labels: int, *, trainable: bool = False):
+        """A saved PEFT adapter on a fresh copy of the backbone (its head comes from the adapter)."""
+        from peft import PeftModel
+
+        base = self._load(self.model_path, num_labels, fresh=True)
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = self.tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+        return model if trainable else model.eval()
+
+    def _retune_cell(self, spec: CellSpec, num_labels: int, shared: list[dict]):
+        """The user's clean re-tune of the poisoned adapter: plain training on the trusted clean set."""
+        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+        from ..data import tokenize_dataset
+
+        s = self.settings
+        folder, info = self.poisoned_adapter(spec.dataset, spec.parsed, spec.seed)
+        shared.append(info)
+        model = self._load_adapter(folder, num_labels, trainable=True)
+        clean = tokenize_dataset(self.splits(spec.dataset, spec.seed)["clean"], self.tokenizer, max_length=s.max_length)
+        keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
+        clean = clean.remove_columns([c for c in clean.column_names if c not in keep])
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            args = TrainingArguments(output_dir=scratch, num_train_epochs=s.retune_epochs,
+                                     learning_rate=s.retune_lr or s.adapter_lr, per_device_train_batch_size=s.batch_size,
+                                     seed=spec.seed, save_strategy="no", report_to="none", use_cpu=True,
+                                     logging_strategy="no", disable_tqdm=self.disable_progress)
+            Trainer(model=model, args=args, train_dataset=clean, data_collator=DataCollatorWithPadding(self.tokenizer),
+                    processing_class=self.tokenizer).train()
+        return model.eval(), {"retune_rows": len(clean), "retune_seconds": time.perf_counter() - start}
+
     def _evaluate(self, model, name: str, seed: int, attack, tokenizer=None) -> dict:
         from ..metrics import evaluate_backdoor
 
@@ -381,6 +444,18 @@ class MatrixContext:
                 spec.dataset, spec.seed)
             shared.append(info)
             model = self._load(folder, num_labels)
+        elif threat.attacker != "plain" and spec.defense not in ADAPTER_DEFENSES:
+            raise ValueError(f"{spec.name}: {spec.threat!r} is an adapter attack; only {list(ADAPTER_DEFENSES)} run "
+                             "on it.")
+        elif spec.defense == "retune":
+            model, details = self._retune_cell(spec, num_labels, shared)
+        elif threat.attacker != "plain":  # the published adapter, as the attacker made it or purified
+            folder, info = self.poisoned_adapter(spec.dataset, threat, spec.seed)
+            shared.append(info)
+            if spec.defense == "lora":
+                model = self._load_adapter(folder, num_labels)
+            else:
+                model, details = self._purifier_cell(spec, folder, num_labels, adapter=True)
         elif spec.defense in ("lora", "musclelora"):
             model, details = self._adapter_cell(spec, attack, num_labels)
         else:
@@ -431,12 +506,17 @@ class MatrixContext:
                    "poisoned_examples": int(sum(poisoned["is_poisoned"]))}
         return model, {**details, **{k: info[k] for k in ("dev_accuracy", "best_checkpoint") if k in info}}
 
-    def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int):
+    def _purifier_cell(self, spec: CellSpec, suspect_dir: Path, num_labels: int, *, adapter: bool = False):
+        """A purifier on the backdoored full fine-tune, or with ``adapter=True`` on the poisoned PEFT adapter
+        (adapter mode: the reference is "no adapter"), then the clean fine-tune on the trusted set."""
         from ..trainers.purification import PurificationTrainingArguments, finetune_clean
 
         s, clean = self.settings, self.splits(spec.dataset, spec.seed)["clean"]
-        suspect = self._load(suspect_dir, num_labels)
-        pretrained = self._load(self.model_path, num_labels, fresh=True)
+        if adapter:
+            suspect, pretrained = self._load_adapter(suspect_dir, num_labels, trainable=True), None
+        else:
+            suspect = self._load(suspect_dir, num_labels)
+            pretrained = self._load(self.model_path, num_labels, fresh=True)
         model_bytes = sum(p.numel() * p.element_size() for p in suspect.parameters())
         t0 = time.perf_counter()
         with PeakMemory() as peak:  # the papers' claim: a purifier holds about three copies of the model

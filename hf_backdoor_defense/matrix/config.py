@@ -6,7 +6,9 @@ matches: change any setting and every affected cell gets a new key (and is train
 
 * A **threat** names an attack, its trigger count and its label mode: ``badnets-dirty``,
   ``badnets4-clean`` (four distinct trigger words per sentence, training and test alike), ``addsent-mixed``
-  (see :func:`parse_threat`).
+  (see :func:`parse_threat`). A ``+gc`` suffix (``badnets-dirty+gc``) makes it an adapter attack trained by the
+  Gradient Control attacker: only the adapter cells (``lora``: the published adapter, ``retune``: the user's
+  clean re-tune of it, the purifiers in adapter mode) run on such a threat.
 * A **dataset** is a corpus name (``rotten_tomatoes``, ``spamassassin``, ``spamassassin@1`` for one
   collection period, a local folder), or a cross-domain pair ``source->target`` such as
   ``spamassassin@1->spamassassin@2``: poisoned training on the source, the trusted clean set and the
@@ -39,6 +41,8 @@ from ..attacks.base import LABEL_MODES
 from ..options import EMBEDDING_MODES, ESTIMATORS, FEATURE_ALIGNMENTS, GATES, RATIO_BASES, check_pooling
 
 __all__ = [
+    "ADAPTER_DEFENSES",
+    "ATTACKERS",
     "ATTACKS",
     "BASELINES",
     "DATA_FILTERS",
@@ -77,6 +81,7 @@ DEFENSES: dict[str, str] = {
     "fine_purifying": "Fine-purifying",
     "w2sdefense": "W2SDefense",
     "w2s_lora": "LoRA on the W2S clean set (its baseline)",
+    "retune": "the user's clean re-tune of the poisoned LoRA",
     "onion": "ONION (baseline)",
     "strip": "STRIP (baseline)",
     "rap": "RAP (baseline)",
@@ -88,7 +93,9 @@ purifiers and W2SDefense start from the backdoored full fine-tune (the ``none`` 
 clean set; the baselines ONION, STRIP and RAP act at inference time on the ``none`` model (STRIP's and RAP's
 thresholds come from the trusted clean set); BKI and CUBE filter the poisoned training set with the ``none``
 model and retrain on what they keep. ``w2s_lora`` is W2SDefense's own baseline (the authors' ``lora.py``): the
-same LoRA on the same clean set with the cross-entropy alone, no teacher."""
+same LoRA on the same clean set with the cross-entropy alone, no teacher. ``retune`` is the Gradient Control
+threat model's user: the poisoned LoRA adapter (the ``lora`` cell's, or the Gradient Control attacker's on a
+``+gc`` threat) re-tuned on the trusted clean set, which a cross-domain dataset draws from the target."""
 
 _MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
                         "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev", "musclelora_gate")
@@ -96,7 +103,7 @@ _PURIFY_SETTINGS = ("purify_epochs", "purify_lr")
 _W2S_SETTINGS = ("w2s_epochs", "w2s_lr", "w2s_lora_r", "w2s_lora_alpha", "w2s_clean_source", "w2s_clean_size",
                  "w2s_batch_size", "w2s_weight_decay", "w2s_max_grad_norm", "w2s_best_dev")
 DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "lora": ("adapter_lr",),
+    "lora": ("adapter_lr", "gc_clnorm_alpha"),
     "clean_lora": ("adapter_lr",),
     "musclelora": ("adapter_lr", "reference_size", *_MUSCLELORA_SETTINGS),
     "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
@@ -110,6 +117,7 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "rap": ("rap_word", "rap_frr"),
     "bki": ("bki_keywords",),
     "cube": ("cube_min_samples",),
+    "retune": ("adapter_lr", "gc_clnorm_alpha", "retune_epochs", "retune_lr"),
 }
 """The :class:`MatrixSettings` fields only some cells read; every other field is shared by all cells."""
 _DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names}
@@ -118,9 +126,12 @@ BASELINES = ("onion", "strip", "rap")
 """The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
 DATA_FILTERS = ("bki", "cube")
 """The field's training-data filters: the backdoored ``none`` model finds the poison, the model is retrained."""
-OUR_DEFENSES = tuple(d for d in DEFENSES if d not in BASELINES + DATA_FILTERS + ("w2s_lora",))
-"""The defenses this library implements (and ``none``): a grid's default; the baselines and W2SDefense's own
-baseline (``w2s_lora``) are added by name."""
+ADAPTER_DEFENSES = ("lora", "retune", "fine_mixing", "fine_purifying")
+"""The cells a Gradient Control threat (``+gc``) has: the attacker's adapter, the user's re-tune of it, and the
+purifiers in adapter mode (the reference is "no adapter"), each followed by the clean fine-tune."""
+OUR_DEFENSES = tuple(d for d in DEFENSES if d not in BASELINES + DATA_FILTERS + ("w2s_lora", "retune"))
+"""The defenses this library implements (and ``none``): a grid's default; the baselines, W2SDefense's own
+baseline (``w2s_lora``) and the user's re-tune (``retune``) are added by name."""
 
 CLEAN_FLOOR = "clean_floor"
 """Floor cell: a full fine-tune on clean data, scored on the triggered test set (the ASR floor)."""
@@ -130,16 +141,19 @@ FLOORS: dict[str, str] = {CLEAN_FLOOR: "clean-data floor (full FT)", CLEAN_LORA:
 
 ATTACKS: dict[str, str] = {"badnets": "BadNets", "addsent": "AddSent"}
 EVAL_SPLITS: tuple[str, ...] = ("test", "validation")
-_THREAT = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)-(?P<mode>[a-z]+)$")
+_THREAT = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)-(?P<mode>[a-z]+)(?P<gc>\+gc)?$")
+ATTACKERS: dict[str, str] = {"plain": "", "gradient_control": "Gradient Control"}
+"""How the poisoned adapter of a threat is trained: plainly, or by the Gradient Control attacker (``+gc``)."""
 _TRIGGER = re.compile(r"^(?P<attack>[a-z]+?)(?P<n>\d*)$")
 
 
 class Threat(NamedTuple):
-    """An attack with its trigger count and label mode (parsed from e.g. ``"badnets4-clean"``)."""
+    """An attack with its trigger count, label mode and attacker (parsed from e.g. ``"badnets4-clean"``)."""
 
     attack: str
     num_triggers: int
     label_mode: str | None  # None: a floor's trigger (no poisoned training)
+    attacker: str = "plain"  # "gradient_control": the poisoned adapter is trained by the Gradient Control attacker
 
     @property
     def trigger(self) -> str:
@@ -149,24 +163,28 @@ class Threat(NamedTuple):
     @property
     def label(self) -> str:
         words = ATTACKS[self.attack] + (f" ×{self.num_triggers}" if self.num_triggers != 1 else "")
-        return f"{words}, {self.label_mode}-label" if self.label_mode else words
+        words = f"{words}, {self.label_mode}-label" if self.label_mode else words
+        return f"{words}, {ATTACKERS[self.attacker]}" if self.attacker != "plain" else words
 
 
 def parse_threat(name: str, *, floor: bool = False) -> Threat:
-    """``"badnets4-clean"`` -> ``Threat("badnets", 4, "clean")``; with ``floor=True`` a trigger (``"badnets4"``).
+    """``"badnets4-clean"`` -> ``Threat("badnets", 4, "clean")``; with ``floor=True`` a trigger (``"badnets4"``);
+    ``"badnets-dirty+gc"`` -> the same attack with its adapter trained by the Gradient Control attacker.
 
     Raises a ``ValueError`` naming the attacks and label modes for anything else.
     """
     match = (_TRIGGER if floor else _THREAT).match(str(name))
-    form = "<attack>[<triggers>]" if floor else "<attack>[<triggers>]-<label mode>"
+    form = "<attack>[<triggers>]" if floor else "<attack>[<triggers>]-<label mode>[+gc]"
     if not match or match["attack"] not in ATTACKS or (not floor and match["mode"] not in LABEL_MODES):
         raise ValueError(f"threat {name!r} is not {form}: attacks {list(ATTACKS)}, label modes "
-                         f"{list(LABEL_MODES)}, e.g. 'badnets-dirty', 'badnets4-clean', 'addsent-mixed'.")
+                         f"{list(LABEL_MODES)}, e.g. 'badnets-dirty', 'badnets4-clean', 'addsent-mixed', "
+                         "'badnets-dirty+gc' (the Gradient Control attacker's adapter).")
     n = int(match["n"] or 1)
     if n < 1 or (match["attack"] == "addsent" and n != 1):
         raise ValueError(f"threat {name!r}: the trigger count must be >= 1 (BadNets only; AddSent inserts one "
                          "sentence).")
-    return Threat(match["attack"], n, None if floor else match["mode"])
+    attacker = "gradient_control" if not floor and match["gc"] else "plain"
+    return Threat(match["attack"], n, None if floor else match["mode"], attacker)
 
 
 class DatasetSpec(NamedTuple):
@@ -292,6 +310,9 @@ class MatrixSettings:
         rap_frr: RAP: clean target-class inputs rejected (sets the threshold on the trusted clean set).
         bki_keywords: BKI: backdoor keywords whose sentences are removed before retraining.
         cube_min_samples: CUBE: HDBSCAN's ``min_samples`` (the authors' toolkit uses 100).
+        retune_epochs: ``retune``: epochs of the user's clean re-tune of the poisoned adapter.
+        retune_lr: ``retune``: its learning rate; ``None``: ``adapter_lr``.
+        gc_clnorm_alpha: Gradient Control attacker (``+gc`` threats): the CLNorm step size.
         test_seed: Seed of the fixed test subsample.
     """
 
@@ -390,6 +411,11 @@ class MatrixSettings:
     rap_frr: float = field(default=0.01, metadata={"help": "RAP: clean target-class inputs rejected."})
     bki_keywords: int = field(default=1, metadata={"help": "BKI: keywords whose sentences are removed."})
     cube_min_samples: int = field(default=100, metadata={"help": "CUBE: HDBSCAN min_samples."})
+    retune_epochs: float = field(default=2.0, metadata={"help": "retune: epochs of the user's clean re-tune."})
+    retune_lr: float | None = field(default=None, metadata={
+        "help": "retune: learning rate of the user's re-tune; None: adapter_lr."})
+    gc_clnorm_alpha: float = field(default=1e-4, metadata={
+        "help": "Gradient Control attacker (+gc threats): CLNorm step size.", "key_default": 1e-4})
     test_seed: int = field(default=1234, metadata={"help": "Seed of the fixed test subsample."})
 
     def __post_init__(self) -> None:
@@ -417,7 +443,7 @@ class MatrixSettings:
                 f"`reference_size` ({self.reference_size}) must be <= `clean_size` ({self.clean_size}): the "
                 "MuScleLoRA reference set is drawn from the trusted clean set."
             )
-        for name in ("epochs", "purify_epochs", "w2s_epochs", "teacher_epochs"):
+        for name in ("epochs", "purify_epochs", "w2s_epochs", "teacher_epochs", "retune_epochs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
 
@@ -550,7 +576,9 @@ class MatrixGrid:
             if not threats:
                 raise ValueError(f"`threats_by_dataset[{dataset!r}]` is empty: give at least one threat.")
         for threat in [*self.threats, *(t for ts in self.threats_by_dataset.values() for t in ts)]:
-            parse_threat(threat)
+            if parse_threat(threat).attacker != "plain" and not set(self.defenses) & set(ADAPTER_DEFENSES):
+                raise ValueError(f"threat {threat!r} is an adapter attack: only the defenses {list(ADAPTER_DEFENSES)} "
+                                 f"run on it, and `defenses` has neither ({self.defenses}).")
         for dataset in self.datasets:
             parse_dataset(dataset)
         for name in ("datasets", "threats", "defenses", "floors", "seeds"):
@@ -630,7 +658,9 @@ def plan_cells(grid: MatrixGrid) -> list[CellSpec]:
             cells += [CellSpec(dataset, trigger, floor, seed) for trigger in grid.triggers_for(dataset)
                       for floor in grid.floors]
             for threat in grid.threats_for(dataset):
-                cells += [CellSpec(dataset, threat, d, seed) for d in grid.defenses]
+                adapter_attack = parse_threat(threat).attacker != "plain"  # only the adapter cells apply
+                cells += [CellSpec(dataset, threat, d, seed) for d in grid.defenses
+                          if not adapter_attack or d in ADAPTER_DEFENSES]
     return cells
 
 
@@ -649,6 +679,16 @@ PRESETS: dict[str, tuple[dict, dict]] = {
          "defenses": ["none", "lora", "musclelora"], "floors": [CLEAN_FLOOR, CLEAN_LORA], "seeds": [0]},
         {"train_size": 1000, "test_size": 600, "clean_size": 96, "reference_size": 96, "max_length": 48,
          "batch_size": 32, "epochs": 2.0, "full_ft_lr": 1e-4},
+    ),
+    # The Gradient Control threat model (docs/concepts/gradient-control.md): the attacker publishes a poisoned
+    # LoRA adapter, trained plainly or with Gradient Control (+gc); the user re-tunes it on 1,000 clean sentences
+    # of a shifted domain (SpamAssassin collection 2) or of the same one (Rotten Tomatoes validation sentences).
+    # Does the backdoor survive the re-tune better with Gradient Control? The v2 budget otherwise.
+    "gradient-control": (
+        {"datasets": ["spamassassin@1->spamassassin@2", "rotten_tomatoes"],
+         "threats": ["badnets-dirty", "badnets-dirty+gc"], "defenses": ["lora", "retune"], "floors": [CLEAN_LORA]},
+        {"train_size": 3000, "test_size": 1000, "clean_size": 1000, "max_length": 48, "batch_size": 32,
+         "epochs": 3.0, "full_ft_lr": 1e-4, "retune_epochs": 2.0, "fm_ratio": 0.5, "fp_ratio": 0.5},
     ),
     # The evidence regime, chosen on validation (benchmarks/studies.py, docs/results.md "How the regime was
     # chosen"): the clean full fine-tune within 2 points of the full-data reference, every kept threat
@@ -706,15 +746,20 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
         elif c.defense == CLEAN_LORA:
             shared.append((("clean_lora", c.dataset, c.seed), poisoned_train * r["lora"]))
         elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense", "w2s_lora", *BASELINES,
-                           *DATA_FILTERS):
+                           *DATA_FILTERS) and not c.threat.endswith("+gc"):
             shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
+        elif c.defense == "retune" or c.threat.endswith("+gc"):
+            # the poisoned adapter; the Gradient Control attacker adds a poison batch and per-layer gradients
+            gc = 2.0 if c.threat.endswith("+gc") else 1.0
+            shared.append((("adapter", c.dataset, c.threat, c.seed), gc * poisoned_train * r["lora"]))
         if c.defense == "w2sdefense":
             shared.append((("teacher", c.dataset, c.seed), w2s_rows * s.teacher_epochs * scale * r["full"]))
         for key, seconds in shared:
             if key not in seen:
                 seen.add(key)
                 total += seconds + r["cell"]
-        own = {"lora": poisoned_train * r["lora"],
+        own = {"lora": 0.0 if c.threat.endswith("+gc") else poisoned_train * r["lora"],
+               "retune": s.clean_size * s.retune_epochs * scale * r["lora"],
                "musclelora": s.train_size * (s.musclelora_epochs or s.epochs) * scale * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],
                "fine_purifying": clean_ft * r["full"] + s.clean_size * scale * r["fisher"],

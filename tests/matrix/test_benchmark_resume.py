@@ -84,29 +84,6 @@ def test_apply_preset_fills_only_unset_arguments_and_names_the_output(common, tm
     assert (full.size, full.output) == (64, results)
 
 
-def test_gradient_control_resume_keeps_finished_runs_and_refuses_silent_overwrite(tmp_path):
-    """The GC benchmark follows the shared rule: an existing output is refused without --resume / --overwrite,
-    and --resume with every requested run already there trains nothing and keeps the measured runs."""
-    gc = _load_benchmark("gradient_control")
-    settings = {**gc.PRESETS["quick"], "eval_split": "test", "clnorm_alpha": 1e-4, "defense_ratio": 0.5,
-                "purify_finetune_epochs": 3.0, "retune_reference": 24}
-    stages = {"attack": {"cacc": 0.8, "lfr": 0.9}, "retune": {"cacc": 0.85, "lfr": 0.4}}
-    runs = [{"shift": "spamassassin", "seed": 0, "method": m, "stages": stages, "timings_s": {"attack": 1.0},
-             "wall_s": 1.0, "cached": False} for m in ("vanilla", "gradient_control")]
-    output = tmp_path / "gc.json"
-    output.write_text(json.dumps({"settings": settings, "runs": runs}))
-    argv = ["--preset", "quick", "--shifts", "spamassassin", "--output", str(output)]
-
-    with pytest.raises(SystemExit, match="--resume"):
-        gc.main(argv)
-    with pytest.raises(SystemExit, match=r"other settings \(clnorm_alpha\)"):
-        gc.main([*argv, "--resume", "--clnorm-alpha", "1e-3"])
-    assert gc.main([*argv, "--resume"]) == 0
-    payload = json.loads(output.read_text())
-    assert payload["runs"] == runs and payload["complete"]
-    assert payload["summary"]["spamassassin"]["lfr_gain_points"] == pytest.approx(0.0)
-
-
 def test_render_of_a_missing_or_broken_results_file_stops_clearly(common, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         common.read_results(tmp_path / "nope.json")

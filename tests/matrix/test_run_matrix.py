@@ -702,3 +702,56 @@ def test_purifier_facts_count_trigger_recall_and_memory():
         "Peak memory of the purification step, above the suspect and the pre-trained model already loaded: "
         "2.50× the model on average, at most 2.50× (1 cell measured)."]
     assert _purifier_facts(cells, "fine_purifying") == []
+
+
+def test_gradient_control_threats_name_an_adapter_attack():
+    from hf_backdoor_defense.matrix import plan_cells
+    from hf_backdoor_defense.matrix.config import parse_threat
+
+    gc = parse_threat("badnets-dirty+gc")
+    assert (gc.attack, gc.label_mode, gc.attacker, gc.trigger) == ("badnets", "dirty", "gradient_control", "badnets")
+    assert gc.label == "BadNets, dirty-label, Gradient Control" and parse_threat("addsent-mixed").attacker == "plain"
+    with pytest.raises(ValueError, match=r"\[\+gc\]"):
+        parse_threat("badnets-dirty+xx")
+    with pytest.raises(ValueError, match="adapter attack"):
+        MatrixGrid(datasets=[DATA], threats=["badnets-dirty+gc"], defenses=["none", "e_pur"])
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty", "badnets-dirty+gc"],
+                      defenses=["none", "lora", "retune"], floors=["clean_lora"], seeds=[0])
+    cells = [c.name for c in plan_cells(grid)]
+    assert cells == [f"{DATA}/badnets/clean_lora/s0", f"{DATA}/badnets-dirty/none/s0", f"{DATA}/badnets-dirty/lora/s0",
+                     f"{DATA}/badnets-dirty/retune/s0", f"{DATA}/badnets-dirty+gc/lora/s0",
+                     f"{DATA}/badnets-dirty+gc/retune/s0"]  # the adapter attack has no full fine-tune
+    lora = CellSpec(DATA, "badnets-dirty", "lora", 0)
+    assert lora.key(MatrixSettings(gc_clnorm_alpha=1e-4)) == lora.key(MatrixSettings())  # keys cached before stay
+    assert CellSpec(DATA, "badnets-dirty+gc", "lora", 0).key(MatrixSettings()) != lora.key(MatrixSettings())
+
+
+@pytest.mark.slow
+def test_retune_cells_reuse_the_published_adapter_of_either_attacker(matrix_env, tmp_path):
+    """The poisoned adapter is a shared model: trained once per attacker, scored as published (``+gc`` lora) and
+    re-tuned by the user on the trusted clean set (``retune``)."""
+    grid = MatrixGrid(datasets=[DATA], threats=["badnets-dirty", "badnets-dirty+gc"], defenses=["lora", "retune"],
+                      threats_by_dataset={}, floors=[], seeds=[0])
+    out = _run(matrix_env, grid=grid, results_dir=tmp_path / "results", output=tmp_path / "gc.json",
+               workdir=tmp_path / "work")
+    cells = {(c["threat"], c["defense"]): c for c in out["cells"]}
+    assert set(cells) == {("badnets-dirty", "lora"), ("badnets-dirty", "retune"), ("badnets-dirty+gc", "lora"),
+                          ("badnets-dirty+gc", "retune")}
+    adapters = [m for m in out["run_stats"]["models_trained"] if m.startswith("adapter-")]
+    assert len(adapters) == 2  # one per attacker; the plain lora cell trains in the cell as before
+    published = cells[("badnets-dirty+gc", "lora")]["shared_models"][0]
+    assert published["kind"] == "adapter" and "Gradient Control" in published["adapter"]
+    retuned = cells[("badnets-dirty+gc", "retune")]
+    assert retuned["shared_models"][0]["key"] == published["key"] and not retuned["shared_models"][0]["trained_here"]
+    assert retuned["details"]["retune_rows"] == matrix_env["settings"].clean_size
+    for cell in cells.values():
+        assert 0.0 <= cell["cacc"] <= 1.0 and 0.0 <= cell["asr"] <= 1.0
+    folder = tmp_path / "work" / "models" / f"adapter-{published['key']}"
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
+    purified = _run(matrix_env, grid=MatrixGrid(datasets=[DATA], threats=["badnets-dirty+gc"],
+                                                defenses=["fine_purifying"], floors=[], seeds=[0]),
+                    results_dir=tmp_path / "results", output=tmp_path / "gc-fp.json", workdir=tmp_path / "work")
+    fp = purified["cells"][0]
+    assert fp["shared_models"][0]["key"] == published["key"] and fp["details"]["dims_reset"] > 0
+    page = render_results(out, tmp_path / "gc.md", tmp_path / "gc.png", title="gc")["markdown"].read_text()
+    assert "BadNets, dirty-label, Gradient Control" in page and "the user's clean re-tune" in page
