@@ -17,14 +17,19 @@ the cell's configuration: the shared settings and its own defense's), so running
 run continues. The backdoored full fine-tune that Fine-mixing, E-PUR, Fine-purifying and W2SDefense start
 from, the clean models and the W2SDefense teacher are trained once and kept (safetensors) under
 ``--workdir``. Writes ``benchmarks/results/matrix.json`` after every cell and, at the end, renders
-``docs/results.md`` and ``docs/figures/matrix_scatter.png`` (``--preset quick`` renders to
-``benchmarks/results/matrix_quick.md`` instead: smoke numbers stay out of the docs).
+``docs/results.md`` and ``docs/figures/matrix_scatter.png``.
 
 Presets:
     quick        Rotten Tomatoes, BadNets dirty-label, seed 0; 64 training examples, 1 epoch, max length 32:
                  a smoke run of every defense (about 30 s of cells for four defenses).
     demo-minilm  what ``make demo-minilm`` runs (see ``hf_backdoor_defense/demo.py``).
+    gradient-control  the Gradient Control threat model: the attacker's poisoned LoRA adapter (plain, or
+                 ``+gc``: trained by the Gradient Control attacker) and the user's clean re-tune of it
+                 (docs/concepts/gradient-control.md).
     v2           the evidence regime above (``--dry_run`` prints the cell count and an estimate).
+
+Only ``v2`` writes docs/results.md, matrix.json and the concept pages' snippets; every other preset writes
+``matrix_<preset>.json``, ``matrix_<preset>.md`` and ``matrix_<preset>_scatter.png`` in the results folder.
 
 ``--dry_run`` prints the cells, which are cached, and an estimate of the time left (from the measured wall
 times of finished cells of the grid where there are some, else from the per-example rates in
@@ -96,8 +101,13 @@ REGIME = "\n".join([
 ])
 
 
-def quick_preset(args: argparse.Namespace) -> bool:
-    return args.preset == "quick"
+MAIN_PRESET = "v2"
+"""The preset whose page is docs/results.md; every other preset writes matrix_<preset>.* in the results folder,
+so a smoke or side run never overwrites the published matrix."""
+
+
+def side_preset(args: argparse.Namespace) -> bool:
+    return args.preset != MAIN_PRESET
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("files")
     io.add_argument("--results_dir", type=Path, default=RESULTS, help="holds matrix_cells/ (default %(default)s)")
     io.add_argument("--output", type=Path, default=None,
-                    help="matrix.json path (default <results_dir>/matrix.json; quick: matrix_quick.json)")
+                    help="matrix.json path (default <results_dir>/matrix.json; other presets than v2: "
+                         "matrix_<preset>.json)")
     io.add_argument("--docs", type=Path, default=None,
-                    help="results page (default docs/results.md; quick: <results_dir>/matrix_quick.md)")
+                    help="results page (default docs/results.md; other presets: <results_dir>/matrix_<preset>.md)")
     io.add_argument("--figure", type=Path, default=None,
-                    help="scatter PNG (default docs/figures/matrix_scatter.png; quick: next to the page)")
+                    help="scatter PNG (default docs/figures/matrix_scatter.png; other presets: next to the page)")
     io.add_argument("--snippets", type=Path, default=None,
                     help="folder of the per-defense tables the concept pages include (default docs/snippets when "
                          "the page is docs/results.md; otherwise none unless given)")
@@ -147,17 +158,17 @@ def resolve(args: argparse.Namespace) -> tuple[MatrixSettings, MatrixGrid, dict]
     grid = MatrixGrid(**chosen)
     names = [f.name for f in dataclasses.fields(MatrixSettings)]
     settings = MatrixSettings(**{**settings_preset, **{k: given[k] for k in names if k in given}})
-    quick = quick_preset(args)
-    results_dir = args.results_dir
+    side = side_preset(args)
+    results_dir, stem = args.results_dir, f"matrix_{args.preset}"
     paths = {
         "results_dir": results_dir,
-        "output": args.output or results_dir / ("matrix_quick.json" if quick else "matrix.json"),
-        "docs": args.docs or (results_dir / "matrix_quick.md" if quick else DOCS / "results.md"),
+        "output": args.output or results_dir / (f"{stem}.json" if side else "matrix.json"),
+        "docs": args.docs or (results_dir / f"{stem}.md" if side else DOCS / "results.md"),
         "workdir": args.workdir or cache_dir() / "matrix_work",
     }
     default_page = Path(paths["docs"]).resolve() == (DOCS / "results.md").resolve()
     paths["snippets"] = args.snippets or (DOCS / "snippets" if default_page else None)
-    paths["figure"] = args.figure or (results_dir / "matrix_quick_scatter.png" if quick
+    paths["figure"] = args.figure or (results_dir / f"{stem}_scatter.png" if side
                                       else DOCS / "figures" / "matrix_scatter.png")
     return settings, grid, paths
 
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                              threads=args.threads)
         if args.dry_run:
             return 0
-    extra = [] if quick_preset(args) else render_studies_section(RESULTS / "studies", REGIME_STUDIES, intro=REGIME)
+    extra = [] if side_preset(args) else render_studies_section(RESULTS / "studies", REGIME_STUDIES, intro=REGIME)
     written = render_results(payload, paths["docs"], paths["figure"], extra=extra,
                              snippet_dir=paths["snippets"])
     print(f"rendered {written['markdown']}" + (f" and {written['figure']}" if written["figure"] else "")

@@ -381,6 +381,19 @@ def test_script_reads_none_for_optional_settings():
         script.build_parser().parse_args(["--musclelora_best_dev", "maybe"])
 
 
+def test_only_the_main_preset_writes_the_published_page(tmp_path):
+    spec = importlib.util.spec_from_file_location("run_matrix_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _, _, main = script.resolve(script.build_parser().parse_args(["--results_dir", str(tmp_path)]))
+    assert main["docs"] == script.DOCS / "results.md" and main["output"] == tmp_path / "matrix.json"
+    assert main["snippets"] == script.DOCS / "snippets"
+    for preset in ("quick", "demo-minilm", "gradient-control"):
+        _, _, side = script.resolve(script.build_parser().parse_args(["--preset", preset, "--results_dir", str(tmp_path)]))
+        assert side["docs"] == tmp_path / f"matrix_{preset}.md" and side["output"] == tmp_path / f"matrix_{preset}.json"
+        assert side["figure"] == tmp_path / f"matrix_{preset}_scatter.png" and side["snippets"] is None
+
+
 @pytest.mark.slow
 def test_validation_split_never_reads_test_and_is_disjoint_from_the_clean_set(matrix_env):
     from hf_backdoor_defense.matrix.cells import MatrixContext
