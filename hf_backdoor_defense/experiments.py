@@ -142,7 +142,7 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
                              "(added by every attack's .poison()).")
         keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "is_poisoned"}
         train = train.remove_columns([c for c in train.column_names if c not in keep])
-        args = GradientControlTrainingArguments(poison_batch_size=settings.batch_size, **common)
+        args = GradientControlTrainingArguments(**{"poison_batch_size": settings.batch_size, **common})
         trainer = GradientControlTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                                          compute_metrics=_accuracy if dev is not None else None,
                                          processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))

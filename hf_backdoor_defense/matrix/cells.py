@@ -414,7 +414,7 @@ class MatrixContext:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             args = TrainingArguments(output_dir=scratch, num_train_epochs=s.retune_epochs,
-                                     learning_rate=s.retune_lr or s.adapter_lr, per_device_train_batch_size=s.batch_size,
+                                     learning_rate=s.adapter_lr if s.retune_lr is None else s.retune_lr, per_device_train_batch_size=s.batch_size,
                                      seed=spec.seed, save_strategy="no", report_to="none", use_cpu=True,
                                      logging_strategy="no", disable_tqdm=self.disable_progress)
             Trainer(model=model, args=args, train_dataset=clean, data_collator=DataCollatorWithPadding(self.tokenizer),
@@ -525,8 +525,9 @@ class MatrixContext:
         purify_seconds = time.perf_counter() - t0
         del suspect, pretrained
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
+            # an adapter's clean fine-tune trains only its factors and head, at the adapter learning rate
             args = PurificationTrainingArguments(output_dir=scratch, num_train_epochs=s.purify_epochs,
-                                                 learning_rate=s.purify_lr, per_device_train_batch_size=16,
+                                                 learning_rate=s.adapter_lr if adapter else s.purify_lr, per_device_train_batch_size=16,
                                                  max_length=s.max_length, seed=spec.seed, use_cpu=True,
                                                  disable_tqdm=self.disable_progress)
             model = finetune_clean(result.model, clean, self.tokenizer, args)

@@ -94,8 +94,9 @@ clean set; the baselines ONION, STRIP and RAP act at inference time on the ``non
 thresholds come from the trusted clean set); BKI and CUBE filter the poisoned training set with the ``none``
 model and retrain on what they keep. ``w2s_lora`` is W2SDefense's own baseline (the authors' ``lora.py``): the
 same LoRA on the same clean set with the cross-entropy alone, no teacher. ``retune`` is the Gradient Control
-threat model's user: the poisoned LoRA adapter (the ``lora`` cell's, or the Gradient Control attacker's on a
-``+gc`` threat) re-tuned on the trusted clean set, which a cross-domain dataset draws from the target."""
+threat model's user: the poisoned LoRA adapter (trained as the ``lora`` cell trains, or by the Gradient Control
+attacker on a ``+gc`` threat) re-tuned on the trusted clean set, which a cross-domain dataset draws from the
+target."""
 
 _MUSCLELORA_SETTINGS = ("musclelora_head", "musclelora_init", "musclelora_alignment", "musclelora_lr",
                         "musclelora_multiscale_lr", "musclelora_epochs", "musclelora_best_dev", "musclelora_gate")
@@ -103,7 +104,7 @@ _PURIFY_SETTINGS = ("purify_epochs", "purify_lr")
 _W2S_SETTINGS = ("w2s_epochs", "w2s_lr", "w2s_lora_r", "w2s_lora_alpha", "w2s_clean_source", "w2s_clean_size",
                  "w2s_batch_size", "w2s_weight_decay", "w2s_max_grad_norm", "w2s_best_dev")
 DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "lora": ("adapter_lr", "gc_clnorm_alpha"),
+    "lora": ("adapter_lr",),
     "clean_lora": ("adapter_lr",),
     "musclelora": ("adapter_lr", "reference_size", *_MUSCLELORA_SETTINGS),
     "fine_mixing": (*_PURIFY_SETTINGS, "fm_ratio", "fm_ratio_of"),
@@ -117,10 +118,12 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
     "rap": ("rap_word", "rap_frr"),
     "bki": ("bki_keywords",),
     "cube": ("cube_min_samples",),
-    "retune": ("adapter_lr", "gc_clnorm_alpha", "retune_epochs", "retune_lr"),
+    "retune": ("adapter_lr", "retune_epochs", "retune_lr"),
 }
 """The :class:`MatrixSettings` fields only some cells read; every other field is shared by all cells."""
-_DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names}
+_GC_SETTINGS = ("adapter_lr", "gc_clnorm_alpha")
+"""What every cell of a Gradient Control threat (``+gc``) reads besides its own: the attacker's adapter."""
+_DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names} | set(_GC_SETTINGS)
 
 BASELINES = ("onion", "strip", "rap")
 """The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
@@ -411,9 +414,10 @@ class MatrixSettings:
     rap_frr: float = field(default=0.01, metadata={"help": "RAP: clean target-class inputs rejected."})
     bki_keywords: int = field(default=1, metadata={"help": "BKI: keywords whose sentences are removed."})
     cube_min_samples: int = field(default=100, metadata={"help": "CUBE: HDBSCAN min_samples."})
-    retune_epochs: float = field(default=2.0, metadata={"help": "retune: epochs of the user's clean re-tune."})
+    retune_epochs: float = field(default=2.0, metadata={
+        "help": "retune: epochs of the user's clean re-tune.", "key_default": 2.0})
     retune_lr: float | None = field(default=None, metadata={
-        "help": "retune: learning rate of the user's re-tune; None: adapter_lr."})
+        "help": "retune: learning rate of the user's re-tune; None: adapter_lr.", "key_default": None})
     gc_clnorm_alpha: float = field(default=1e-4, metadata={
         "help": "Gradient Control attacker (+gc threats): CLNorm step size.", "key_default": 1e-4})
     test_seed: int = field(default=1234, metadata={"help": "Seed of the fixed test subsample."})
@@ -495,6 +499,10 @@ class MatrixSettings:
         if given and not any(given.values()):
             raise ValueError("`w2s_ce_weight`, `w2s_kd_weight` and `w2s_feature_weight` are all 0: give at least "
                              "one term a weight > 0.")
+        if self.retune_lr is not None and not self.retune_lr > 0:
+            raise ValueError(f"`retune_lr` must be > 0 (None: adapter_lr), got {self.retune_lr!r}.")
+        if not self.gc_clnorm_alpha >= 0:
+            raise ValueError(f"`gc_clnorm_alpha` must be >= 0, got {self.gc_clnorm_alpha!r}.")
         if self.w2s_feature_alignment not in FEATURE_ALIGNMENTS:
             raise ValueError(f"`w2s_feature_alignment` must be one of {list(FEATURE_ALIGNMENTS)}, got "
                              f"{self.w2s_feature_alignment!r}.")
@@ -518,10 +526,13 @@ class MatrixSettings:
         """The settings as a plain dict (the order of the fields)."""
         return dataclasses.asdict(self)
 
-    def for_cell(self, defense: str) -> dict:
+    def for_cell(self, defense: str, threat: str | None = None) -> dict:
         """The settings a ``defense`` (or floor) cell reads: the shared ones plus its own
-        (:data:`DEFENSE_SETTINGS`), so changing one defense's setting re-runs only that defense's cells."""
+        (:data:`DEFENSE_SETTINGS`), so changing one defense's setting re-runs only that defense's cells; on a
+        Gradient Control ``threat`` (``+gc``) also the attacker's adapter settings."""
         own = set(DEFENSE_SETTINGS.get(defense, ()))
+        if threat is not None and threat.endswith("+gc"):
+            own |= set(_GC_SETTINGS)
         return {k: v for k, v in self.to_dict().items()
                 if (k in own or k not in _DEFENSE_ONLY) and _KEY_DEFAULTS.get(k, _NO_DEFAULT) != v}
 
@@ -635,7 +646,8 @@ class CellSpec:
         """The full JSON configuration the key is computed from."""
         revisions = parse_dataset(self.dataset).corpus_revisions  # {} keeps the keys of unrevised corpora
         return {"version": MATRIX_VERSION, "dataset": self.dataset, "threat": self.threat,
-                "defense": self.defense, "seed": self.seed, "settings": settings.for_cell(self.defense),
+                "defense": self.defense, "seed": self.seed,
+                "settings": settings.for_cell(self.defense, self.threat),
                 **({"corpus_revisions": revisions} if revisions else {})}
 
     def key(self, settings: MatrixSettings) -> str:
@@ -686,7 +698,8 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # Does the backdoor survive the re-tune better with Gradient Control? The v2 budget otherwise.
     "gradient-control": (
         {"datasets": ["spamassassin@1->spamassassin@2", "rotten_tomatoes"],
-         "threats": ["badnets-dirty", "badnets-dirty+gc"], "defenses": ["lora", "retune"], "floors": [CLEAN_LORA]},
+         "threats": ["badnets-dirty", "badnets-dirty+gc"], "defenses": ["lora", "retune"],
+         "floors": [CLEAN_FLOOR, CLEAN_LORA]},
         {"train_size": 3000, "test_size": 1000, "clean_size": 1000, "max_length": 48, "batch_size": 32,
          "epochs": 3.0, "full_ft_lr": 1e-4, "retune_epochs": 2.0, "fm_ratio": 0.5, "fp_ratio": 0.5},
     ),

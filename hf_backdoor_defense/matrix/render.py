@@ -34,7 +34,7 @@ KEPT_CACC = 0.02
 """... and keeps the task when its CACC is at most this below the undefended model's."""
 _THREAT_COLOURS = ["tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green", "tab:brown", "tab:pink"]
 _DEFENSE_MARKERS = {"none": "o", "lora": "s", "musclelora": "D", "fine_mixing": "^", "e_pur": "v",
-                    "fine_purifying": "P", "w2sdefense": "*", "w2s_lora": "d", "onion": "<", "strip": ">", "rap": "h", "bki": "p", "cube": "8",
+                    "fine_purifying": "P", "w2sdefense": "*", "w2s_lora": "d", "retune": "H", "onion": "<", "strip": ">", "rap": "h", "bki": "p", "cube": "8",
                     CLEAN_LORA: "X"}
 
 
@@ -191,9 +191,9 @@ def _purifier_facts(cells: list[dict], defense: str) -> list[str]:
                    and (c.get("details") or {}).get("tokens_reset") is not None]
         if badnets:
             listed = min(len(reset) for _, reset in badnets)
-            found = sum(t in reset for triggers, reset in badnets for t in triggers)
+            found = sum(t in reset[:listed] for triggers, reset in badnets for t in triggers)
             words = sum(len(triggers) for triggers, _ in badnets)
-            complete = sum(all(t in reset for t in triggers) for triggers, reset in badnets)
+            complete = sum(all(t in reset[:listed] for t in triggers) for triggers, reset in badnets)
             lines.append(f"E-PUR's recall of the BadNets trigger words among the rows it reset (the first "
                          f"{listed} recorded per cell, the most drifted first): {found} of {words} words "
                          f"({100 * found / words:.0f} %); every trigger word found in {complete} of "
@@ -201,8 +201,7 @@ def _purifier_facts(cells: list[dict], defense: str) -> list[str]:
     peaks = [c["details"]["peak_extra_x_model"] for c in mine
              if (c.get("details") or {}).get("peak_extra_x_model") is not None]
     if peaks:
-        lines.append(f"Peak memory of the purification step, above the suspect and the pre-trained model "
-                     f"already loaded: {statistics.mean(peaks):.2f}× the model on average, at most "
+        lines.append(f"Peak memory of the purification step, above the models it starts from: {statistics.mean(peaks):.2f}× the model on average, at most "
                      f"{max(peaks):.2f}× ({_n(len(peaks), 'cell')} measured).")
     return lines
 
@@ -337,6 +336,11 @@ def render_markdown(payload: dict, *, figure: str | None = None, title: str | No
             "distinct trigger words in every poisoned training sentence and every triggered test sentence.",
             "- **Cross-domain** (`a → b`): the poisoned training set comes from `a`; the trusted clean set (from "
             "`b`'s training split), the floors' scoring and the evaluation from `b`.",
+            *([f"- **Gradient Control** (`+gc` threats): the poisoned LoRA adapter is trained by the Gradient "
+               "Control attacker; on such a threat LoRA is that published adapter and the purifiers act on it in "
+               "adapter mode (their clean fine-tune at the adapter learning rate). **retune** is the user's plain "
+               f"re-tune of the poisoned adapter on the trusted clean set ({_n(settings['retune_epochs'], 'epoch')})."]
+              if any(c["defense"] == "retune" or c["threat"].endswith("+gc") for c in payload["cells"]) else []),
             ""]
     cost = _cost_table(payload)
     if cost:

@@ -712,7 +712,7 @@ def test_purifier_facts_count_trigger_recall_and_memory():
     assert "first 4 recorded" in recall and "7 of 8 words (88 %)" in recall and "in 1 of 2 cells" in recall
     assert "2.20× the model on average, at most 2.30× (2 cells measured)" in memory
     assert _purifier_facts(cells, "fine_mixing") == [
-        "Peak memory of the purification step, above the suspect and the pre-trained model already loaded: "
+        "Peak memory of the purification step, above the models it starts from: "
         "2.50× the model on average, at most 2.50× (1 cell measured)."]
     assert _purifier_facts(cells, "fine_purifying") == []
 
@@ -735,7 +735,13 @@ def test_gradient_control_threats_name_an_adapter_attack():
                      f"{DATA}/badnets-dirty/retune/s0", f"{DATA}/badnets-dirty+gc/lora/s0",
                      f"{DATA}/badnets-dirty+gc/retune/s0"]  # the adapter attack has no full fine-tune
     lora = CellSpec(DATA, "badnets-dirty", "lora", 0)
-    assert lora.key(MatrixSettings(gc_clnorm_alpha=1e-4)) == lora.key(MatrixSettings())  # keys cached before stay
+    assert lora.key(MatrixSettings(gc_clnorm_alpha=1e-3)) == lora.key(MatrixSettings())  # plain threats skip it
+    purifier = CellSpec(DATA, "badnets-dirty+gc", "fine_purifying", 0)  # it starts from the attacker's adapter
+    for changed in (MatrixSettings(adapter_lr=1e-3), MatrixSettings(gc_clnorm_alpha=1e-3)):
+        assert purifier.key(changed) != purifier.key(MatrixSettings())
+    for bad in ({"retune_lr": 0.0}, {"gc_clnorm_alpha": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MatrixSettings(**bad)
     assert CellSpec(DATA, "badnets-dirty+gc", "lora", 0).key(MatrixSettings()) != lora.key(MatrixSettings())
 
 
