@@ -437,7 +437,7 @@ def test_cross_domain_trains_on_the_source_and_evaluates_on_the_target(matrix_en
 def test_grid_threats_floors_and_errors():
     from hf_backdoor_defense.matrix import parse_threat, plan_cells
 
-    assert parse_threat("badnets4-clean") == ("badnets", 4, "clean")
+    assert parse_threat("badnets4-clean") == ("badnets", 4, "clean", "plain")
     assert parse_threat("addsent-mixed").trigger == "addsent" and parse_threat("badnets4", floor=True).trigger == "badnets4"
     for bad in ("badnets", "badnets-grey", "onion-dirty", "addsent2-dirty", "badnets0-dirty"):
         with pytest.raises(ValueError, match="threat"):
