@@ -140,8 +140,9 @@ def train_cell(method: str, train, tokenizer, model_dir, settings: CellSettings,
         if "is_poisoned" not in train.column_names:
             raise ValueError("method 'gradient_control' needs the poisoned training set's `is_poisoned` column "
                              "(added by every attack's .poison()).")
-        keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "is_poisoned"}
-        train = train.remove_columns([c for c in train.column_names if c not in keep])
+        from .data import model_inputs
+
+        train = model_inputs(train, keep=("is_poisoned",))
         args = GradientControlTrainingArguments(**{"poison_batch_size": settings.batch_size, **common})
         trainer = GradientControlTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                                          compute_metrics=_accuracy if dev is not None else None,

@@ -476,11 +476,9 @@ def _train(model, dataset, tokenizer, config: RetuningScenarioConfig, *, stage: 
 
 def _encode(dataset, tokenizer, config: RetuningScenarioConfig, keep: set = frozenset()):
     """``dataset`` tokenised to ``config.max_length``, keeping only the model inputs, the labels and ``keep``."""
-    from .data import tokenize_dataset
+    from .data import model_inputs, tokenize_dataset
 
-    encoded = tokenize_dataset(dataset, tokenizer, max_length=config.max_length)
-    wanted = {"input_ids", "attention_mask", "token_type_ids", "labels"} | set(keep)
-    return encoded.remove_columns([c for c in encoded.column_names if c not in wanted])
+    return model_inputs(tokenize_dataset(dataset, tokenizer, max_length=config.max_length), keep)
 
 
 def _training_kwargs(config: RetuningScenarioConfig, output_dir: str, epochs: float, learning_rate: float,

@@ -23,6 +23,7 @@ _LAZY = {
     "load_instruction_splits": ".instructions",
     "subsample": ".loading",
     "tokenize_dataset": ".tokenize",
+    "model_inputs": ".tokenize",
     "check_trigger_room": ".truncation",
     "fit_dataset_to_tokens": ".truncation",
     "fit_to_tokens": ".truncation",

@@ -51,3 +51,14 @@ def tokenize_dataset(
         return out
 
     return dataset.map(encode, batched=True, desc="Tokenizing")
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+"""The columns a sequence classifier's forward pass takes (``token_type_ids`` only for BERT-like tokenizers)."""
+
+
+def model_inputs(dataset: datasets.Dataset, keep=()) -> datasets.Dataset:
+    """``dataset`` (tokenised) with only :data:`MODEL_INPUTS` and the columns in ``keep`` (e.g. the attacks'
+    ``is_poisoned``, which the Gradient Control trainer reads)."""
+    wanted = set(MODEL_INPUTS) | set(keep)
+    return dataset.remove_columns([c for c in dataset.column_names if c not in wanted])

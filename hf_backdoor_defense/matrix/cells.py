@@ -402,15 +402,14 @@ class MatrixContext:
         """The user's clean re-tune of the poisoned adapter: plain training on the trusted clean set."""
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-        from ..data import tokenize_dataset
+        from ..data import model_inputs, tokenize_dataset
 
         s = self.settings
         folder, info = self.poisoned_adapter(spec.dataset, spec.parsed, spec.seed)
         shared.append(info)
         model = self._load_adapter(folder, num_labels, trainable=True)
-        clean = tokenize_dataset(self.splits(spec.dataset, spec.seed)["clean"], self.tokenizer, max_length=s.max_length)
-        keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
-        clean = clean.remove_columns([c for c in clean.column_names if c not in keep])
+        clean = model_inputs(tokenize_dataset(self.splits(spec.dataset, spec.seed)["clean"], self.tokenizer,
+                                              max_length=s.max_length))
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.workdir) as scratch:
             args = TrainingArguments(output_dir=scratch, num_train_epochs=s.retune_epochs,
@@ -444,12 +443,12 @@ class MatrixContext:
                 spec.dataset, spec.seed)
             shared.append(info)
             model = self._load(folder, num_labels)
-        elif threat.attacker != "plain" and spec.defense not in ADAPTER_DEFENSES:
+        elif threat.adapter_attack and spec.defense not in ADAPTER_DEFENSES:
             raise ValueError(f"{spec.name}: {spec.threat!r} is an adapter attack; only {list(ADAPTER_DEFENSES)} run "
                              "on it.")
         elif spec.defense == "retune":
             model, details = self._retune_cell(spec, num_labels, shared)
-        elif threat.attacker != "plain":  # the published adapter, as the attacker made it or purified
+        elif threat.adapter_attack:  # the published adapter, as the attacker made it or purified
             folder, info = self.poisoned_adapter(spec.dataset, threat, spec.seed)
             shared.append(info)
             if spec.defense == "lora":

@@ -167,7 +167,12 @@ class Threat(NamedTuple):
     def label(self) -> str:
         words = ATTACKS[self.attack] + (f" ×{self.num_triggers}" if self.num_triggers != 1 else "")
         words = f"{words}, {self.label_mode}-label" if self.label_mode else words
-        return f"{words}, {ATTACKERS[self.attacker]}" if self.attacker != "plain" else words
+        return f"{words}, {ATTACKERS[self.attacker]}" if self.adapter_attack else words
+
+    @property
+    def adapter_attack(self) -> bool:
+        """Trained by the Gradient Control attacker (``+gc``): only :data:`ADAPTER_DEFENSES` cells run on it."""
+        return self.attacker != "plain"
 
 
 def parse_threat(name: str, *, floor: bool = False) -> Threat:
@@ -526,12 +531,12 @@ class MatrixSettings:
         """The settings as a plain dict (the order of the fields)."""
         return dataclasses.asdict(self)
 
-    def for_cell(self, defense: str, threat: str | None = None) -> dict:
+    def for_cell(self, defense: str, adapter_attack: bool = False) -> dict:
         """The settings a ``defense`` (or floor) cell reads: the shared ones plus its own
         (:data:`DEFENSE_SETTINGS`), so changing one defense's setting re-runs only that defense's cells; on a
-        Gradient Control ``threat`` (``+gc``) also the attacker's adapter settings."""
+        Gradient Control threat (``adapter_attack``, ``+gc``) also the attacker's adapter settings."""
         own = set(DEFENSE_SETTINGS.get(defense, ()))
-        if threat is not None and threat.endswith("+gc"):
+        if adapter_attack:
             own |= set(_GC_SETTINGS)
         return {k: v for k, v in self.to_dict().items()
                 if (k in own or k not in _DEFENSE_ONLY) and _KEY_DEFAULTS.get(k, _NO_DEFAULT) != v}
@@ -587,7 +592,7 @@ class MatrixGrid:
             if not threats:
                 raise ValueError(f"`threats_by_dataset[{dataset!r}]` is empty: give at least one threat.")
         for threat in [*self.threats, *(t for ts in self.threats_by_dataset.values() for t in ts)]:
-            if parse_threat(threat).attacker != "plain" and not set(self.defenses) & set(ADAPTER_DEFENSES):
+            if parse_threat(threat).adapter_attack and not set(self.defenses) & set(ADAPTER_DEFENSES):
                 raise ValueError(f"threat {threat!r} is an adapter attack: only the defenses {list(ADAPTER_DEFENSES)} "
                                  f"run on it, and `defenses` has neither ({self.defenses}).")
         for dataset in self.datasets:
@@ -647,7 +652,7 @@ class CellSpec:
         revisions = parse_dataset(self.dataset).corpus_revisions  # {} keeps the keys of unrevised corpora
         return {"version": MATRIX_VERSION, "dataset": self.dataset, "threat": self.threat,
                 "defense": self.defense, "seed": self.seed,
-                "settings": settings.for_cell(self.defense, self.threat),
+                "settings": settings.for_cell(self.defense, self.parsed.adapter_attack),
                 **({"corpus_revisions": revisions} if revisions else {})}
 
     def key(self, settings: MatrixSettings) -> str:
@@ -670,7 +675,7 @@ def plan_cells(grid: MatrixGrid) -> list[CellSpec]:
             cells += [CellSpec(dataset, trigger, floor, seed) for trigger in grid.triggers_for(dataset)
                       for floor in grid.floors]
             for threat in grid.threats_for(dataset):
-                adapter_attack = parse_threat(threat).attacker != "plain"  # only the adapter cells apply
+                adapter_attack = parse_threat(threat).adapter_attack  # only the adapter cells apply
                 cells += [CellSpec(dataset, threat, d, seed) for d in grid.defenses
                           if not adapter_attack or d in ADAPTER_DEFENSES]
     return cells
@@ -759,11 +764,11 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
         elif c.defense == CLEAN_LORA:
             shared.append((("clean_lora", c.dataset, c.seed), poisoned_train * r["lora"]))
         elif c.defense in ("none", "fine_mixing", "e_pur", "fine_purifying", "w2sdefense", "w2s_lora", *BASELINES,
-                           *DATA_FILTERS) and not c.threat.endswith("+gc"):
+                           *DATA_FILTERS) and not c.parsed.adapter_attack:
             shared.append((("suspect", c.dataset, c.threat, c.seed), poisoned_train * r["full"]))
-        elif c.defense == "retune" or c.threat.endswith("+gc"):
+        elif c.defense == "retune" or c.parsed.adapter_attack:
             # the poisoned adapter; the Gradient Control attacker adds a poison batch and per-layer gradients
-            gc = 2.0 if c.threat.endswith("+gc") else 1.0
+            gc = 2.0 if c.parsed.adapter_attack else 1.0
             shared.append((("adapter", c.dataset, c.threat, c.seed), gc * poisoned_train * r["lora"]))
         if c.defense == "w2sdefense":
             shared.append((("teacher", c.dataset, c.seed), w2s_rows * s.teacher_epochs * scale * r["full"]))
@@ -771,7 +776,7 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
             if key not in seen:
                 seen.add(key)
                 total += seconds + r["cell"]
-        own = {"lora": 0.0 if c.threat.endswith("+gc") else poisoned_train * r["lora"],
+        own = {"lora": 0.0 if c.parsed.adapter_attack else poisoned_train * r["lora"],
                "retune": s.clean_size * s.retune_epochs * scale * r["lora"],
                "musclelora": s.train_size * (s.musclelora_epochs or s.epochs) * scale * r["musclelora"],
                "fine_mixing": clean_ft * r["full"], "e_pur": clean_ft * r["full"],

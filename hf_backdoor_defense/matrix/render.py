@@ -340,7 +340,8 @@ def render_markdown(payload: dict, *, figure: str | None = None, title: str | No
                "Control attacker; on such a threat LoRA is that published adapter and the purifiers act on it in "
                "adapter mode (their clean fine-tune at the adapter learning rate). **retune** is the user's plain "
                f"re-tune of the poisoned adapter on the trusted clean set ({_n(settings['retune_epochs'], 'epoch')})."]
-              if any(c["defense"] == "retune" or c["threat"].endswith("+gc") for c in payload["cells"]) else []),
+              if any(c["defense"] == "retune" or (c["defense"] not in FLOORS and parse_threat(c["threat"]).adapter_attack)
+                     for c in payload["cells"]) else []),
             ""]
     cost = _cost_table(payload)
     if cost:

@@ -64,9 +64,6 @@ from hf_backdoor_defense.scripts.utils import (
 #: Datasets with a built-in domain shift for the user's re-tuning (`hf_backdoor_defense.scenario.load_shift`).
 BUILTIN_SHIFTS = ("spamassassin", "rotten_tomatoes")
 
-_MODEL_COLUMNS = {"input_ids", "attention_mask", "token_type_ids", "labels"}
-
-
 @dataclass
 class AttackModelArguments(ModelArguments):
     r"""[`ModelArguments`] of the attack: the frozen base and the attacker's adapter (LoRA by default).
@@ -209,10 +206,9 @@ def load_data(script_args, retune_args, seed: int, tokenizer=None) -> dict:
 
 
 def _encode(dataset, tokenizer, max_length: int, keep=()):
-    from hf_backdoor_defense.data import tokenize_dataset
+    from hf_backdoor_defense.data import model_inputs, tokenize_dataset
 
-    encoded = tokenize_dataset(dataset, tokenizer, max_length=max_length)
-    return encoded.remove_columns([c for c in encoded.column_names if c not in _MODEL_COLUMNS | set(keep)])
+    return model_inputs(tokenize_dataset(dataset, tokenizer, max_length=max_length), keep)
 
 
 # ---------------------------------------------------------------------------------------------- stages

@@ -219,3 +219,16 @@ def test_build_poisoned_splits_samples_poisons_and_names_a_missing_split(tiny_te
     assert splits["reference"] is raw["validation"] and "is_poisoned" not in raw["train"].column_names
     with pytest.raises(ValueError, match="eval_split='dev' is not a split of reviews"):
         build_poisoned_splits(raw, BadNets(), seed=0, eval_split="dev", dataset_name="reviews")
+
+
+def test_model_inputs_keeps_the_forward_pass_columns_and_what_is_asked(bert_tokenizer):
+    import datasets
+
+    from hf_backdoor_defense.data import model_inputs, tokenize_dataset
+
+    raw = datasets.Dataset.from_dict({"text": ["a fine film", "dull"], "label": [1, 0], "is_poisoned": [True, False]})
+    encoded = tokenize_dataset(raw, bert_tokenizer, max_length=8)
+    assert set(model_inputs(encoded).column_names) == {"input_ids", "attention_mask", "labels"}
+    kept = model_inputs(encoded, keep=("is_poisoned",))
+    assert set(kept.column_names) == {"input_ids", "attention_mask", "labels", "is_poisoned"}
+    assert kept["is_poisoned"] == [True, False] and "text" in encoded.column_names  # the input is not modified
