@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["GRADIENT_EDIT", "launch_backend", "refuse_sharded_launch", "trainer_backend"]
+__all__ = ["GRADIENT_EDIT", "end_process_group", "launch_backend", "refuse_sharded_launch", "trainer_backend"]
 
 _NAMES = {"deepspeed": "DeepSpeed", "fsdp": "FSDP"}
 
@@ -43,6 +43,20 @@ def trainer_backend(trainer) -> str:
     if getattr(trainer, "is_fsdp_enabled", False):
         return "fsdp"
     return "ddp/single"
+
+
+def end_process_group() -> None:
+    """Destroy the default ``torch.distributed`` process group, if a launch made one; otherwise do nothing.
+
+    Call it last in a multi-process script. A process that exits with a live gloo group can abort in the
+    interpreter's teardown ("terminate called without an active exception", SIGABRT) after its work is done,
+    and the launcher then reports the whole run as failed.
+    """
+    import sys
+
+    dist = getattr(sys.modules.get("torch"), "distributed", None)  # torch not imported: no group to end
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def refuse_sharded_launch(backend: str, feature: str, why: str, *, off_switch: str | None = None,

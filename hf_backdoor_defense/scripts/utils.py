@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from hf_backdoor_defense.attacks.base import LABEL_MODES
+from hf_backdoor_defense.launch import end_process_group
 
 PEFT_TYPES = ("lora", "musclelora")
 TASKS = ("classification", "instruction")
@@ -545,3 +546,5 @@ def run_cli(main_fn, *args, **kwargs) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        end_process_group()

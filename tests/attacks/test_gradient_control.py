@@ -296,6 +296,7 @@ import json, os, sys
 import datasets, torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, default_data_collator
+from hf_backdoor_defense.launch import end_process_group
 from hf_backdoor_defense.trainers.gradient_control import GradientControlTrainer, GradientControlTrainingArguments
 
 out = sys.argv[1]
@@ -321,6 +322,7 @@ state = {"world": trainer.accelerator.num_processes, "weights": trainer.layer_we
          "params": {k: v.detach().flatten().tolist() for k, v in model.named_parameters() if v.requires_grad}}
 with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
     json.dump(state, fh)
+end_process_group()
 '''
 
 

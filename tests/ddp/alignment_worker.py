@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from hf_backdoor_defense.assets import minilm_path  # noqa: E402
 from hf_backdoor_defense.data import tokenize_dataset  # noqa: E402
+from hf_backdoor_defense.launch import end_process_group  # noqa: E402
 from hf_backdoor_defense.trainers.musclelora import MuScleLoRATrainer, MuScleLoRATrainingArguments  # noqa: E402
 
 TRAIN = [f"a good film number {i}" for i in range(4)] + [f"a bad movie number {i}" for i in range(4)]
@@ -96,3 +97,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()

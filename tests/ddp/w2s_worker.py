@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from hf_backdoor_defense.launch import end_process_group  # noqa: E402
+
 
 def build(seed: int = 3):
     """The shared set-up: (student, teacher, student tokenizer, teacher tokenizer, 4-example dataset)."""
@@ -115,3 +117,4 @@ def run(output_dir: str, per_device_batch: int) -> dict[str, torch.Tensor]:
 
 if __name__ == "__main__":
     run(sys.argv[1], per_device_batch=2)
+    end_process_group()

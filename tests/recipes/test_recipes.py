@@ -187,6 +187,25 @@ def test_gradient_alignment_refuses_deepspeed_and_fsdp(monkeypatch):
         script_utils.check_launch_supported(True)
 
 
+def test_run_cli_ends_the_process_group_a_script_made(tmp_path):
+    """A script's gloo group is destroyed when it returns and when it stops on a configuration error, so no
+    process aborts in interpreter teardown after its work is done."""
+    import torch.distributed as dist
+
+    def script(fail: bool):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/{int(fail)}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        if fail:
+            raise ValueError("--learning_rate must be positive")
+
+    script_utils.run_cli(script, False)
+    assert not dist.is_initialized()
+    with pytest.raises(SystemExit) as stop:
+        script_utils.run_cli(script, True)
+    assert stop.value.code == 2 and not dist.is_initialized()
+    script_utils.run_cli(lambda: None)  # no group: nothing to end
+
+
 @pytest.mark.slow
 def test_recipe_exits_with_a_clear_message_under_deepspeed(tmp_path):
     # What `accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml` sets in each process.
