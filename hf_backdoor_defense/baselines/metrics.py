@@ -9,6 +9,10 @@ fractions of all the inputs and compare with the undefended model's:
 * ``cacc``: clean inputs accepted and correctly classified / clean inputs;
 * ``asr``: triggered inputs accepted and classified as the target / triggered inputs.
 
+A detector's threshold is one operating point; :func:`detection_auroc` asks whether its score separates the
+attacks at all: among the inputs the model predicts as the target (the only ones whose rejection matters), the
+probability that a triggered input scores as more suspect than a clean one.
+
 A corrector (ONION) rejects nothing: its CACC and ASR are those of the classifier on the corrected texts.
 
 A training-data filter (BKI) is scored by the model retrained on what it kept, and by the precision and recall
@@ -27,7 +31,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["filter_quality", "scores_after_rejection"]
+__all__ = ["detection_auroc", "filter_quality", "scores_after_rejection"]
 
 
 def scores_after_rejection(*, clean_preds: Sequence[int], clean_labels: Sequence[int],
@@ -43,6 +47,32 @@ def scores_after_rejection(*, clean_preds: Sequence[int], clean_labels: Sequence
     cr, tr = cr.astype(bool), tr.astype(bool)
     return {"cacc": float(((cp == cl) & ~cr).mean()), "asr": float(((tp == target_label) & ~tr).mean()),
             "frr": float(cr.mean()), "far": float((~tr).mean())}
+
+
+def detection_auroc(*, clean_scores: Sequence[float], triggered_scores: Sequence[float], clean_preds: Sequence[int],
+                    triggered_preds: Sequence[int], target_label: int) -> float | None:
+    """AUROC of a detector's score, lower meaning more suspect (STRIP's entropy, RAP's drop), among the inputs
+    predicted as ``target_label``: triggered ones are the positives, clean ones the negatives; ties count one
+    half and scores that are not finite are left out. ``None`` when either group is empty.
+
+    Example:
+        >>> detection_auroc(clean_scores=[0.9, 0.5, 0.1], triggered_scores=[0.2, 0.05], clean_preds=[1, 1, 0],
+        ...                 triggered_preds=[1, 1], target_label=1)
+        1.0
+    """
+    cs, ts = np.asarray(clean_scores, dtype=float), np.asarray(triggered_scores, dtype=float)
+    cp, tp = np.asarray(clean_preds), np.asarray(triggered_preds)
+    if len(cs) != len(cp) or len(ts) != len(tp):
+        raise ValueError("each score needs its prediction: `clean_scores`/`clean_preds` and "
+                         "`triggered_scores`/`triggered_preds` must have the same lengths.")
+    negatives = cs[(cp == target_label) & np.isfinite(cs)]
+    positives = ts[(tp == target_label) & np.isfinite(ts)]
+    if len(negatives) == 0 or len(positives) == 0:
+        return None
+    negatives = np.sort(negatives)  # for each positive: negatives above it, and those equal to it
+    above = len(negatives) - np.searchsorted(negatives, positives, side="right")
+    ties = np.searchsorted(negatives, positives, side="right") - np.searchsorted(negatives, positives, side="left")
+    return float((above + 0.5 * ties).sum() / (len(positives) * len(negatives)))
 
 
 def filter_quality(removed: Sequence[bool], is_poisoned: Sequence[bool]) -> dict[str, float | int | None]:

@@ -4,7 +4,14 @@ From "RAP: Robustness-Aware Perturbations for Defending against Backdoor Attacks
 EMNLP 2021). Inputs carrying a backdoor trigger hold the target class far more firmly than clean inputs of that
 class. RAP learns the embedding of one rare word so that putting it in front of a clean input lowers the
 target-class probability by between ``lower`` and ``upper``; at test time, an input predicted as the target
-whose probability drops by less than a threshold (the ``frr`` quantile of the clean dev drops) is rejected.
+whose probability drops by less than a threshold is rejected. The threshold is the ``frr`` quantile of the drops
+of the clean dev inputs of the target class that the model predicts as the target.
+
+As in the authors' code, the word is trained on the clean dev inputs *of the target class* (when labels are
+given), and each step moves the vector by ``learning_rate`` times the sum of every gradient so far: their loop
+never zeroes the gradient, which they note converges faster. A threshold at or below zero means that at
+least ``frr`` of the clean target-class inputs were not lowered at all by the word; the authors' advice,
+repeated in a warning, is to raise ``scale`` and fit again (each fit starts from the word's own embedding).
 
 Choices where the paper is silent, each documented:
 
@@ -16,6 +23,8 @@ Choices where the paper is silent, each documented:
   default ``"mb"`` is one for BERT WordPiece and differs from the BadNets triggers ``cf``/``mn``/``bb``/``tq``).
 * Only inputs predicted as the target class can be rejected: the others are not attack successes, and their
   target probability has little room to drop.
+* The model stays in eval mode while the word is trained (no dropout), as in OpenBackdoor; the authors' script
+  leaves dropout on.
 
 Example:
     >>> from hf_backdoor_defense.baselines import RAP, RAPConfig
@@ -48,8 +57,8 @@ class RAPConfig:
         target_label: The class the backdoor produces (the class RAP protects).
         lower: Smallest target-probability drop wanted on clean inputs.
         upper: Largest target-probability drop wanted on clean inputs.
-        epochs: Passes over the clean dev set.
-        learning_rate: Step size on the word's vector (plain gradient descent, norm kept).
+        epochs: Passes over the clean dev rows of the target class.
+        learning_rate: Step size on the word's vector (times the running sum of its gradients; norm kept).
         scale: Weight of the "drop too small" part of the loss.
         frr: Clean target-class inputs rejected (sets the threshold).
         batch_size: Batch size.
@@ -61,7 +70,7 @@ class RAPConfig:
     target_label: int = field(default=1, metadata={"help": "The class the backdoor produces."})
     lower: float = field(default=0.1, metadata={"help": "Smallest wanted drop of the target probability."})
     upper: float = field(default=0.3, metadata={"help": "Largest wanted drop of the target probability."})
-    epochs: int = field(default=5, metadata={"help": "Passes over the clean dev set."})
+    epochs: int = field(default=5, metadata={"help": "Passes over the clean target-class dev rows."})
     learning_rate: float = field(default=1e-2, metadata={"help": "Step size on the word's vector."})
     scale: float = field(default=1.0, metadata={"help": "Weight of the drop-too-small part of the loss."})
     frr: float = field(default=0.01, metadata={"help": "Clean target-class inputs rejected (sets the threshold)."})
@@ -101,7 +110,8 @@ class RAP:
         self.token_id = ids[0]
         row = model.get_input_embeddings().weight[self.token_id].detach().float().clone()
         self.norm = float(row.norm())
-        self.vector = row
+        self._initial = row  # every fit starts here, as the authors retrain from the original model
+        self.vector = row.clone()
         self.threshold: float | None = None
         self.history: list[dict] = []
 
@@ -128,15 +138,27 @@ class RAP:
         return logits.float().softmax(-1)
 
     # ------------------------------------------------------------------ training and detection
-    def fit(self, clean_dev: Any, text_column: str = "text") -> RAP:
-        """Learn the word's vector on ``clean_dev`` (texts or a dataset; labels are not needed) and set the
-        threshold from the clean inputs predicted as the target. Returns ``self``."""
+    def fit(self, clean_dev: Any, text_column: str = "text", label_column: str = "label") -> RAP:
+        """Learn the word's vector on ``clean_dev`` and set the threshold from the drops of its inputs predicted
+        as the target. Returns ``self``.
+
+        ``clean_dev`` is a list of texts (all used) or a dataset with ``text_column``; when the dataset also
+        has ``label_column``, RAP uses its rows labelled ``target_label`` only, as its authors do.
+        """
         texts = texts_of(clean_dev, text_column)
         if not texts:
             raise ValueError("`clean_dev` is empty: RAP learns its word on clean dev texts.")
         c, was_training = self.config, self.model.training
+        if label_column in getattr(clean_dev, "column_names", ()):
+            labels = clean_dev[label_column]
+            texts = [t for t, y in zip(texts, labels) if int(y) == c.target_label]
+            if not texts:
+                raise ValueError(f"`clean_dev`: no row has `{label_column}` == target_label {c.target_label}; RAP "
+                                 "learns its word on clean inputs of the target class. Check `target_label`.")
         self.model.eval()
-        vector = self.vector.clone().requires_grad_(True)
+        self.history = []
+        vector = self._initial.clone().requires_grad_(True)
+        summed = torch.zeros_like(vector)  # the authors never zero the gradient: each step uses the running sum
         try:
             for epoch in range(c.epochs):
                 losses, inside = [], 0
@@ -150,7 +172,8 @@ class RAP:
                     loss = c.scale * torch.relu(change + c.lower).mean() + torch.relu(-c.upper - change).mean()
                     (grad,) = torch.autograd.grad(loss, vector)
                     with torch.no_grad():
-                        vector -= c.learning_rate * grad
+                        summed += grad
+                        vector -= c.learning_rate * summed
                         vector *= self.norm / vector.norm().clamp(min=1e-12)
                     losses.append(loss.item() * len(batch))
                     inside += int(((change <= -c.lower) & (change >= -c.upper)).sum())
@@ -166,34 +189,47 @@ class RAP:
                 self.threshold = float("-inf")
             else:
                 self.threshold = float(np.nanpercentile(target_drops, 100 * c.frr))
+                if self.threshold <= 0:
+                    warnings.warn(f"RAP: the threshold is {self.threshold:.4f} <= 0: the word did not lower at least "
+                                  f"{c.frr:.0%} of the clean target-class inputs (in range after training: "
+                                  f"{self.history[-1]['share_in_range']:.0%}). Raise `scale` (the authors' advice) "
+                                  "or `epochs` and fit again.", stacklevel=2)
         finally:
             self.model.train(was_training)
         return self
 
     def _drops(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's target-probability drop with the word in front, and the model's prediction without it
+        (eval mode, restored after)."""
         c, out, preds = self.config, [], []
-        with torch.no_grad():
-            for start in range(0, len(texts), c.batch_size):
-                batch = texts[start : start + c.batch_size]
-                base = self._probs(batch, None)
-                moved = self._probs(batch, self.vector)
-                out.append((base[:, c.target_label] - moved[:, c.target_label]).cpu().numpy())
-                preds.append(base.argmax(-1).cpu().numpy())
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(texts), c.batch_size):
+                    batch = texts[start : start + c.batch_size]
+                    base = self._probs(batch, None)
+                    moved = self._probs(batch, self.vector)
+                    out.append((base[:, c.target_label] - moved[:, c.target_label]).cpu().numpy())
+                    preds.append(base.argmax(-1).cpu().numpy())
+        finally:
+            self.model.train(was_training)
         return np.concatenate(out), np.concatenate(preds)
 
     def scores(self, texts: Any, text_column: str = "text") -> np.ndarray:
-        """The target-probability drop of each input when the learned word is put in front."""
+        """The target-probability drop of each input when the learned word is put in front (small: suspect)."""
         return self._drops(texts_of(texts, text_column))[0]
+
+    def rejects(self, scores: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """``True`` where an input predicted as the target has a drop (:meth:`scores`) under the threshold: the
+        decision of :meth:`detect`, from scores and predictions already computed."""
+        if self.threshold is None:
+            raise ValueError("call `fit(clean_dev)` first: the threshold comes from the clean dev drops.")
+        return (np.asarray(predicted) == self.config.target_label) & (np.asarray(scores) < self.threshold)
 
     def detect(self, texts: Any, text_column: str = "text") -> np.ndarray:
         """``True`` for each input predicted as the target whose drop is under the threshold."""
         if self.threshold is None:
             raise ValueError("call `fit(clean_dev)` first: the threshold comes from the clean dev drops.")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            drops, predicted = self._drops(texts_of(texts, text_column))
-        finally:
-            self.model.train(was_training)
-        return (predicted == self.config.target_label) & (drops < self.threshold)
+        return self.rejects(*self._drops(texts_of(texts, text_column)))
 

@@ -5,17 +5,20 @@ text as in "Design and Evaluation of a Multi-Domain Trojan Detection Method on D
 al., 2021). A backdoored model answers the target label whenever the trigger is present, whatever else the
 sentence says; a clean input's prediction wavers when half of its words are replaced. For each input,
 ``num_copies`` perturbed copies replace ``swap_ratio`` of its words with words of clean sentences; the mean
-entropy (bits) of the predictions over the copies is the input's score, and inputs under a threshold are
+entropy (bits) of the predictions over the copies is the input's score (:meth:`STRIP.scores`), and inputs under a threshold are
 rejected. The threshold is the ``frr`` quantile of the clean dev inputs' scores, so that about ``frr`` of clean
 inputs are rejected.
 
 Choices where the papers are silent, each documented here:
 
-* The replacement words of a copy are the highest TF-IDF words of one randomly drawn clean dev sentence (its
-  own words, in decreasing TF-IDF, reused in turn when it has fewer words than the positions to fill); words
-  are lower-cased ``\\w\\w+`` runs and IDF is smoothed, ``ln((1 + n) / (1 + df)) + 1``.
-* Positions are drawn uniformly with replacement, as in the reference implementation; copies are seeded, so
-  a run is reproducible.
+* The replacement words of a copy are the highest TF-IDF words of one randomly drawn clean dev sentence, in
+  decreasing TF-IDF; when it has fewer words than the positions to fill, the rest are drawn uniformly from
+  the distinct words of all the clean dev sentences. Words are lower-cased ``\\w\\w+`` runs without English
+  stop words (scikit-learn's list; ``stop_words=False`` keeps them), and IDF is smoothed,
+  ``ln((1 + n) / (1 + df)) + 1``, as OpenBackdoor's ``TfidfVectorizer`` does.
+* Positions are drawn uniformly with replacement, as in the reference implementation (so about 39 % of the
+  words change at ``swap_ratio=0.5``, not half); copies are seeded, so a run is reproducible.
+* An input's score averages its own copies. (OpenBackdoor's reshape averages copies of different inputs.)
 
 Example:
     >>> from hf_backdoor_defense.baselines import STRIP, STRIPConfig
@@ -49,6 +52,8 @@ class STRIPConfig:
         num_copies: Perturbed copies per input.
         swap_ratio: Fraction of an input's words replaced in each copy.
         frr: False rejection rate allowed on the clean dev inputs (sets the threshold).
+        stop_words: Leave English stop words out of the replacement words, as OpenBackdoor does (needs
+            scikit-learn, the ``baselines`` extra).
         batch_size: Classifier batch size.
         max_length: Classifier truncation length.
         seed: Seed of the perturbations.
@@ -58,6 +63,7 @@ class STRIPConfig:
     num_copies: int = field(default=5, metadata={"help": "Perturbed copies per input."})
     swap_ratio: float = field(default=0.5, metadata={"help": "Fraction of the words replaced in each copy."})
     frr: float = field(default=0.01, metadata={"help": "Clean inputs rejected (sets the threshold)."})
+    stop_words: bool = field(default=True, metadata={"help": "Leave English stop words out of the replacements."})
     batch_size: int = field(default=32, metadata={"help": "Classifier batch size."})
     max_length: int = field(default=128, metadata={"help": "Classifier truncation length."})
     seed: int = field(default=0, metadata={"help": "Seed of the perturbations."})
@@ -71,9 +77,18 @@ class STRIPConfig:
             raise ValueError(f"`frr` must lie in [0, 1) (the clean inputs rejected), got {self.frr}.")
 
 
-def tfidf_words(texts: list[str]) -> list[list[str]]:
-    """For each text, its distinct words in decreasing TF-IDF (ties by first occurrence)."""
-    docs = [_WORD.findall(t.lower()) for t in texts]
+def tfidf_words(texts: list[str], stop_words: bool = True) -> list[list[str]]:
+    """For each text, its distinct words (without English stop words unless ``stop_words=False``), in
+    decreasing TF-IDF (ties by first occurrence)."""
+    drop: frozenset[str] = frozenset()
+    if stop_words:
+        try:
+            from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS as drop
+        except ImportError as err:
+            raise ImportError("STRIP takes its stop words from scikit-learn: pip install "
+                              "'hf-backdoor-defense[baselines]', or pass stop_words=False.") from err
+
+    docs = [[w for w in _WORD.findall(t.lower()) if w not in drop] for t in texts]
     df = Counter(w for d in docs for w in set(d))
     n = len(docs)
     out = []
@@ -99,6 +114,7 @@ class STRIP:
         self.config = config or STRIPConfig()
         self.threshold: float | None = None
         self._pieces: list[list[str]] = []
+        self._vocabulary: list[str] = []
 
     def fit(self, clean_dev: Any, text_column: str = "text") -> STRIP:
         """Build the replacement words from ``clean_dev`` (texts or a dataset) and set the threshold from the
@@ -106,10 +122,12 @@ class STRIP:
         texts = texts_of(clean_dev, text_column)
         if not texts:
             raise ValueError("`clean_dev` is empty: STRIP needs clean dev texts for its replacements and threshold.")
-        self._pieces = [p for p in tfidf_words(texts) if p]
+        self._pieces = [p for p in tfidf_words(texts, self.config.stop_words) if p]
         if not self._pieces:
-            raise ValueError("`clean_dev`: no word of two or more letters in the clean texts to replace with.")
-        scores = np.sort(self.entropy(texts))
+            raise ValueError("`clean_dev`: no word of two or more letters, other than stop words, in the clean "
+                             "texts to replace with; give STRIP clean sentences of the task.")
+        self._vocabulary = sorted({w for p in self._pieces for w in p})
+        scores = np.sort(self.scores(texts))
         self.clean_scores = scores
         self.threshold = float(scores[min(int(len(scores) * self.config.frr), len(scores) - 1)])
         return self
@@ -121,12 +139,15 @@ class STRIP:
         if m == 0:
             return text
         piece = self._pieces[int(rng.integers(len(self._pieces)))]
-        for i, position in enumerate(rng.integers(0, len(words), m)):
-            words[int(position)] = piece[i % len(piece)]
+        positions = rng.integers(0, len(words), m)
+        if m > len(piece):  # the drawn sentence runs out: words of other clean sentences fill the rest
+            piece = piece + [self._vocabulary[int(i)] for i in rng.integers(0, len(self._vocabulary), m - len(piece))]
+        for i, position in enumerate(positions):
+            words[int(position)] = piece[i]
         return " ".join(words)
 
-    def entropy(self, texts: Any, text_column: str = "text") -> np.ndarray:
-        """Mean prediction entropy (bits) over the perturbed copies of each text."""
+    def scores(self, texts: Any, text_column: str = "text") -> np.ndarray:
+        """Each text's score: the mean prediction entropy (bits) over its perturbed copies (low: suspect)."""
         from datasets import Dataset
 
         from ..metrics import predict_proba
@@ -142,9 +163,16 @@ class STRIP:
         bits = -(probs * np.log2(np.clip(probs, 1e-12, 1.0))).sum(-1)
         return bits.reshape(len(texts), self.config.num_copies).mean(1)
 
+    def rejects(self, scores: np.ndarray, predicted: np.ndarray | None = None) -> np.ndarray:
+        """``True`` where a score (:meth:`scores`) is under the threshold: the decision of :meth:`detect`, from
+        scores already computed. ``predicted`` is not needed (STRIP rejects whatever the prediction)."""
+        if self.threshold is None:
+            raise ValueError("call `fit(clean_dev)` first: the threshold comes from the clean dev scores.")
+        return np.asarray(scores) < self.threshold
+
     def detect(self, texts: Any, text_column: str = "text") -> np.ndarray:
         """``True`` for each input STRIP rejects (its score is under the threshold)."""
         if self.threshold is None:
             raise ValueError("call `fit(clean_dev)` first: the threshold comes from the clean dev scores.")
-        return self.entropy(texts, text_column) < self.threshold
+        return self.rejects(self.scores(texts, text_column))
 

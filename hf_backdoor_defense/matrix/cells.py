@@ -543,7 +543,16 @@ class MatrixContext:
         a rejected input counts as a lost prediction, see :mod:`hf_backdoor_defense.baselines.metrics`)."""
         import numpy as np
 
-        from ..baselines import ONION, RAP, STRIP, ONIONConfig, RAPConfig, STRIPConfig, scores_after_rejection
+        from ..baselines import (
+            ONION,
+            RAP,
+            STRIP,
+            ONIONConfig,
+            RAPConfig,
+            STRIPConfig,
+            detection_auroc,
+            scores_after_rejection,
+        )
         from ..metrics import attack_success_rate, clean_accuracy, predict
 
         s, splits = self.settings, self.splits(spec.dataset, spec.seed)
@@ -568,23 +577,30 @@ class MatrixContext:
         else:
             if spec.defense == "strip":
                 detector = STRIP(model, self.tokenizer, STRIPConfig(
-                    num_copies=s.strip_copies, swap_ratio=s.strip_swap_ratio, frr=s.strip_frr, seed=spec.seed,
-                    max_length=s.max_length, show_progress=not self.disable_progress))
+                    num_copies=s.strip_copies, swap_ratio=s.strip_swap_ratio, frr=s.strip_frr,
+                    stop_words=s.strip_stop_words, seed=spec.seed,
+                    max_length=s.max_length, show_progress=not self.disable_progress)).fit(splits["clean"], text)
             else:
                 if s.rap_word in getattr(attack, "triggers", ()):
                     raise ValueError(f"`rap_word` {s.rap_word!r} is one of the attack's triggers "
                                      f"{list(attack.triggers)}: RAP needs another rare word.")
                 detector = RAP(model, self.tokenizer, RAPConfig(
-                    word=s.rap_word, target_label=attack.target_label, frr=s.rap_frr, max_length=s.max_length,
-                    show_progress=not self.disable_progress))
-            detector.fit(splits["clean"], text)
-            rejected = [detector.detect(d, text) for d in (clean_test, triggered)]
+                    word=s.rap_word, target_label=attack.target_label, frr=s.rap_frr, epochs=s.rap_epochs,
+                    learning_rate=s.rap_lr, scale=s.rap_scale, max_length=s.max_length,
+                    show_progress=not self.disable_progress)).fit(splits["clean"], text, label)  # target rows only
             clean_preds, triggered_preds = (predict(model, self.tokenizer, d, **common) for d in (clean_test, triggered))
+            clean_scores, triggered_scores = (detector.scores(d, text) for d in (clean_test, triggered))
             scores = scores_after_rejection(clean_preds=clean_preds, clean_labels=clean_test[label],
-                                            clean_rejected=rejected[0], triggered_preds=triggered_preds,
-                                            target_label=attack.target_label, triggered_rejected=rejected[1])
+                                            clean_rejected=detector.rejects(clean_scores, clean_preds),
+                                            triggered_preds=triggered_preds, target_label=attack.target_label,
+                                            triggered_rejected=detector.rejects(triggered_scores, triggered_preds))
             threshold = detector.threshold if np.isfinite(detector.threshold) else None  # None: rejects nothing
-            details = {"frr": scores.pop("frr"), "far": scores.pop("far"), "threshold": threshold}
+            details = {"frr": scores.pop("frr"), "far": scores.pop("far"), "threshold": threshold,
+                       "auroc": detection_auroc(clean_scores=clean_scores, triggered_scores=triggered_scores,
+                                                clean_preds=clean_preds, triggered_preds=triggered_preds,
+                                                target_label=attack.target_label)}
+            if spec.defense == "rap":
+                details["rap_history"] = detector.history
         details["defense_seconds"] = time.perf_counter() - start
         return {**scores, "n_clean": len(clean_test), "n_triggered": len(triggered)}, details
 

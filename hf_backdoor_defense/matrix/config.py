@@ -114,8 +114,8 @@ DEFENSE_SETTINGS: dict[str, tuple[str, ...]] = {
                    "w2s_ce_weight", "w2s_kd_weight", "w2s_feature_weight"),
     "w2s_lora": _W2S_SETTINGS,
     "onion": ("onion_model", "onion_threshold", "onion_eval_size"),
-    "strip": ("strip_copies", "strip_swap_ratio", "strip_frr"),
-    "rap": ("rap_word", "rap_frr"),
+    "strip": ("strip_copies", "strip_swap_ratio", "strip_frr", "strip_stop_words"),
+    "rap": ("rap_word", "rap_frr", "rap_epochs", "rap_lr", "rap_scale"),
     "bki": ("bki_keywords",),
     "cube": ("cube_min_samples",),
     "retune": ("adapter_lr", "retune_epochs", "retune_lr"),
@@ -314,8 +314,13 @@ class MatrixSettings:
         strip_copies: STRIP: perturbed copies per input.
         strip_swap_ratio: STRIP: fraction of an input's words replaced in each copy.
         strip_frr: STRIP: clean inputs rejected (sets the threshold on the trusted clean set).
+        strip_stop_words: STRIP: leave English stop words out of the replacement words (OpenBackdoor does).
         rap_word: RAP: the rare word whose embedding is learned (not one of the attack's triggers).
         rap_frr: RAP: clean target-class inputs rejected (sets the threshold on the trusted clean set).
+        rap_epochs: RAP: passes over the trusted clean set's target-class rows while the word is learned.
+        rap_lr: RAP: step size on the word's vector.
+        rap_scale: RAP: weight of the "drop too small" part of its loss (the authors raise it when the
+            threshold ends at or below zero).
         bki_keywords: BKI: backdoor keywords whose sentences are removed before retraining.
         cube_min_samples: CUBE: HDBSCAN's ``min_samples`` (the authors' toolkit uses 100).
         retune_epochs: ``retune``: epochs of the user's clean re-tune of the poisoned adapter.
@@ -415,8 +420,12 @@ class MatrixSettings:
     strip_copies: int = field(default=5, metadata={"help": "STRIP: perturbed copies per input."})
     strip_swap_ratio: float = field(default=0.5, metadata={"help": "STRIP: fraction of words replaced per copy."})
     strip_frr: float = field(default=0.01, metadata={"help": "STRIP: clean inputs rejected (sets the threshold)."})
+    strip_stop_words: bool = field(default=True, metadata={"help": "STRIP: no stop words among the replacements."})
     rap_word: str = field(default="mb", metadata={"help": "RAP: rare word whose embedding is learned."})
     rap_frr: float = field(default=0.01, metadata={"help": "RAP: clean target-class inputs rejected."})
+    rap_epochs: int = field(default=5, metadata={"help": "RAP: passes over the clean target-class rows."})
+    rap_lr: float = field(default=1e-2, metadata={"help": "RAP: step size on the word's vector."})
+    rap_scale: float = field(default=1.0, metadata={"help": "RAP: weight of the drop-too-small loss term."})
     bki_keywords: int = field(default=1, metadata={"help": "BKI: keywords whose sentences are removed."})
     cube_min_samples: int = field(default=100, metadata={"help": "CUBE: HDBSCAN min_samples."})
     retune_epochs: float = field(default=2.0, metadata={
@@ -434,7 +443,7 @@ class MatrixSettings:
                 setattr(self, f.name, float(value))
         for name in ("train_size", "test_size", "clean_size", "reference_size", "max_length", "batch_size",
                      "w2s_batch_size",
-                     "epur_tokens", "w2s_lora_r", "strip_copies", "bki_keywords",
+                     "epur_tokens", "w2s_lora_r", "strip_copies", "bki_keywords", "rap_epochs",
                      "cube_min_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -470,6 +479,9 @@ class MatrixSettings:
             raise ValueError(f"`poison_rate` must be in (0, 1], got {self.poison_rate}.")
         if not 0.0 < self.strip_swap_ratio <= 1.0:
             raise ValueError(f"`strip_swap_ratio` must be in (0, 1], got {self.strip_swap_ratio}.")
+        for name in ("rap_lr", "rap_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
         for name in ("strip_frr", "rap_frr"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1) (the clean inputs rejected), got {getattr(self, name)}.")
@@ -714,8 +726,8 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "v2": (
         {"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
          # SpamAssassin drops BadNets x4 clean-label: 43.5 % ASR undefended on validation (the `budget` study),
-         # so no defense could be judged there. The baselines (``--defenses``) are not in this grid yet: STRIP,
-         # RAP and CUBE would add about 1.4 h, BKI 3 h, and ONION ran over 20 min on one cell.
+         # so no defense could be judged there. The baselines (``--defenses``) are not in this grid yet; on 3
+         # seeds the engine estimates STRIP and RAP at about 40 min, CUBE 1.3 h, BKI 2.8 h and ONION 4 h.
          "threats_by_dataset": {"spamassassin": ["badnets-dirty", "addsent-dirty", "addsent-mixed"],
                                 "spamassassin@1->spamassassin@2": ["badnets-dirty"]},
          "floors": [CLEAN_FLOOR, CLEAN_LORA]},
@@ -786,7 +798,7 @@ def estimate_seconds(cells: list[CellSpec], settings: MatrixSettings, rates: dic
                "onion": (min(s.test_size, s.onion_eval_size or s.test_size)
                          + min(s.test_size // 2, s.onion_eval_size or s.test_size)) * scale * r["onion"],
                "strip": (1.5 * s.test_size + s.clean_size) * s.strip_copies * r["eval"] * scale,
-               "rap": (3 * s.test_size + 5 * 3 * s.clean_size) * r["eval"] * scale,
+               "rap": (3 * s.test_size + s.rap_epochs * 3 * s.clean_size) * r["eval"] * scale,
                "bki": poisoned_train * r["full"] + s.train_size * 20 * r["eval"] * scale,
                "cube": poisoned_train * r["full"] + s.train_size * r["eval"] * scale + 30.0}.get(c.defense, 0.0)
         total += own + evaluate + r["cell"]

@@ -535,7 +535,8 @@ CONFIG_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 def run_cli(main_fn, *args, **kwargs) -> None:
     """Run ``main_fn(*args, **kwargs)``; configuration errors print one line and exit with code 2
-    (``HBD_DEBUG=1`` shows the traceback instead)."""
+    (``HBD_DEBUG=1`` shows the traceback instead). After a success, the distributed process group a launch
+    made is ended (:func:`hf_backdoor_defense.launch.end_process_group`)."""
     from hf_backdoor_defense.hub import HubOfflineError
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -546,5 +547,6 @@ def run_cli(main_fn, *args, **kwargs) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        end_process_group()
+    # After a success only: on an error path another rank may still wait in a collective, and ending the group
+    # there could hang (NCCL) where exiting lets the launcher stop the run.
+    end_process_group()

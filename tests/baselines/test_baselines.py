@@ -20,6 +20,7 @@ from hf_backdoor_defense.baselines import (
     ONIONConfig,
     RAPConfig,
     STRIPConfig,
+    detection_auroc,
     drop_minority_clusters,
     filter_quality,
     scores_after_rejection,
@@ -134,16 +135,28 @@ def test_strip_rejects_trigger_inputs_and_keeps_its_frr(bert_tokenizer, tiny_tex
     # The trigger survives a copy unless its position is replaced: most copies keep it, so entropy stays low.
     assert strip.detect(triggered).mean() > 0.5 and strip.detect(clean).mean() <= 0.15
     again = STRIP(model, bert_tokenizer, STRIPConfig(num_copies=8, frr=0.1, show_progress=False)).fit(clean)
-    np.testing.assert_array_equal(again.entropy(triggered), strip.entropy(triggered))  # seeded
+    np.testing.assert_array_equal(again.scores(triggered), strip.scores(triggered))  # seeded
+    np.testing.assert_array_equal(strip.rejects(strip.scores(triggered)), strip.detect(triggered))
     with pytest.raises(ValueError, match="fit"):
         STRIP(model, bert_tokenizer).detect(clean)
     with pytest.raises(ValueError, match="swap_ratio"):
         STRIPConfig(swap_ratio=0.0)
 
 
-def test_tfidf_words_rank_rare_words_first():
+def test_tfidf_words_rank_rare_words_first_without_stop_words():
     ranked = tfidf_words(["The film plot", "the cast", "the score and the film", "a"])
-    assert ranked[0] == ["plot", "film", "the"] and ranked[1] == ["cast", "the"] and ranked[3] == []
+    assert ranked[0] == ["plot", "film"] and ranked[1] == ["cast"] and ranked[2] == ["score", "film"]
+    assert ranked[3] == []
+    assert tfidf_words(["the cast", "the plot"], stop_words=False)[0] == ["cast", "the"]
+
+
+def test_strip_copies_fill_from_other_clean_sentences_when_one_runs_out(bert_tokenizer):
+    strip = STRIP(_KeywordClassifier(0), bert_tokenizer, STRIPConfig(swap_ratio=1.0, show_progress=False))
+    strip._pieces, strip._vocabulary = [["plot"]], ["plot", "cast", "score"]  # what fit() builds from clean texts
+    copy = strip.perturb("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10", np.random.default_rng(0)).split()
+    replaced = {w for w in copy if not w.startswith("w")}
+    assert len(copy) == 10 and replaced <= {"plot", "cast", "score"}
+    assert len(replaced) > 1  # the one-word sentence is not reused in turn
 
 
 def test_scores_after_rejection_counts_rejections_as_lost():
@@ -194,9 +207,16 @@ def test_rap_learns_its_word_without_touching_the_model(bert_tokenizer, tiny_tex
     triggered = [f"cf {t}" for t in clean]
     assert rap.scores(triggered).mean() < rap.scores(clean).mean()  # the trigger holds the target firmly
     assert rap.detect(triggered).mean() > 0.5 and rap.detect(clean).mean() <= 0.25
+    learned = rap.vector.clone()
+    rap.fit(tiny_text_dataset)  # a second fit starts again from the word's own embedding
+    assert torch.allclose(rap.vector, learned) and len(rap.history) == 20
     with torch.no_grad():
         predicted = model(**bert_tokenizer(clean, padding=True, return_tensors="pt")).logits.argmax(-1).numpy()
     assert not rap.detect(clean)[predicted != 1].any()  # only target-class predictions can be rejected
+    no_target = tiny_text_dataset.filter(lambda row: row["label"] != 1)
+    with pytest.raises(ValueError, match="target_label"):  # it learns on the target class's clean rows only
+        RAP(model, bert_tokenizer, RAPConfig(show_progress=False)).fit(no_target)
+    RAP(model, bert_tokenizer, RAPConfig(epochs=1, show_progress=False)).fit(list(no_target["text"]))  # no labels
     with pytest.raises(ValueError, match="one word"):
         RAPConfig(word="two words")
     with pytest.raises(ValueError, match="single token"):
@@ -246,3 +266,16 @@ def test_cube_clusters_the_training_set_and_flags_minorities_only(bert_tokenizer
     assert quality["removed"] == int(cube.flagged.sum())
     with pytest.raises(ValueError, match="label_column"):
         CUBE(tiny_backdoor["model"], bert_tokenizer, CUBEConfig(show_progress=False)).fit(data.remove_columns("label"))
+
+
+def test_detection_auroc_counts_target_predictions_only():
+    # The clean input predicted 0 would look suspect (score 0.0) but cannot be an attack success: left out.
+    assert detection_auroc(clean_scores=[0.9, 0.6, 0.0], triggered_scores=[0.1, 0.6], clean_preds=[1, 1, 0],
+                           triggered_preds=[1, 1], target_label=1) == pytest.approx(3.5 / 4)  # 0.6 vs 0.6 ties
+    assert detection_auroc(clean_scores=[0.5], triggered_scores=[0.1], clean_preds=[0], triggered_preds=[1],
+                           target_label=1) is None
+    assert detection_auroc(clean_scores=[0.9, float("nan")], triggered_scores=[0.1, float("nan")],
+                           clean_preds=[1, 1], triggered_preds=[1, 1], target_label=1) == 1.0  # NaN left out
+    with pytest.raises(ValueError, match="same lengths"):
+        detection_auroc(clean_scores=[0.5], triggered_scores=[0.1], clean_preds=[1, 0], triggered_preds=[1],
+                        target_label=1)

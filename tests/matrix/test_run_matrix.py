@@ -174,6 +174,8 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
         assert 0.0 <= details["frr"] <= 1.0 and 0.0 <= details["far"] <= 1.0 and "threshold" in details
         assert cells[detector]["cacc"] <= cells["none"]["cacc"] + 1e-9  # rejections only lose clean predictions
         assert cells[detector]["asr"] <= cells["none"]["asr"] + 1e-9
+        assert details["auroc"] is None or 0.0 <= details["auroc"] <= 1.0
+    assert [h["epoch"] for h in cells["rap"]["details"]["rap_history"]] == list(range(1, settings.rap_epochs + 1))
     onion = cells["onion"]["details"]
     assert onion["words_removed_per_clean_input"] >= 0 and onion["words_removed_per_triggered_input"] >= 0
     assert 0.0 <= cells["onion"]["asr"] <= 1.0
