@@ -173,6 +173,19 @@ STUDIES: dict[str, Study] = {
                       "regime, r 64": {**_W2S_AUTHORS, "model": "smollm2", "pooling": "cls",
                                        "teacher_model": "minilm", "w2s_lora_r": 64, "w2s_lora_alpha": 64.0}},
         ),
+        Study(
+            name="detectors",
+            question="Which settings should the inference-time detectors use at the v2 budget: their reference "
+                     "code's defaults (STRIP 5 copies, RAP loss weight 1, both rejecting 1 % of clean inputs), RAP "
+                     "with the larger loss weight its authors advise when the threshold ends at or below zero, or "
+                     "STRIP with more copies at the 3 % false rejection of the text STRIP paper? Rotten Tomatoes, "
+                     "the backdoored full fine-tune of the v2 matrix, 256 trusted sentences.",
+            grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
+                  "defenses": ["none", "strip", "rap"], "floors": ["clean_floor"], "seeds": [0]},
+            variants={"reference defaults": {},
+                      "RAP loss weight 10": {"rap_scale": 10.0},
+                      "STRIP 20 copies, FRR 3 %": {"strip_copies": 20, "strip_frr": 0.03}},
+        ),
     ]
 }
 """The studies behind the ``v2`` preset; ``benchmarks/studies.py NAME`` runs one."""
