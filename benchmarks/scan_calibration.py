@@ -20,6 +20,7 @@ prints a Markdown table.
 Usage:
     python benchmarks/scan_calibration.py                   # every cached v2 model
     python benchmarks/scan_calibration.py --max_models 4    # a smoke run
+    python benchmarks/scan_calibration.py --figure docs/figures/scan_calibration.png   # table and figure
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from hf_backdoor_defense.reporting import markdown_table, percent, prepare_machi
 from hf_backdoor_defense.scan import ScanConfig, scan_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "scan_calibration.json"
-THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
+THRESHOLDS = (0.5, 0.7, 0.85, 0.9)  # 0.85: the default, chosen on the seed 0 and 1 models
 CAPS = (None, 0.05, 0.01, 0.0)  # max_clean_frequency values compared
 # The v2 regime's models only: other budgets (studies, older runs) answer another question.
 V2_KEYS = ("train_size", "max_length", "epochs", "full_ft_lr", "pooling")
@@ -104,6 +105,32 @@ def summarise(records: list[dict], k: int, cap: float | None = None) -> dict:
     return out
 
 
+def plot_scores(records: list[dict], path: Path, cap: float | None = None) -> Path:
+    """One row of dots per kind of model (clean, then each threat): its scan scores, the thresholds as lines."""
+    from hf_backdoor_defense.matrix.render import _pyplot, _save_png
+
+    plt = _pyplot()
+    rows = ["clean"] + sorted({r["threat"] for r in records if r["backdoored"]})
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
+    for y, name in enumerate(rows):
+        mine = [r for r in records if (r["threat"] if r["backdoored"] else "clean") == name]
+        for r in mine:
+            score = rescore(r, cap, 1)[0]
+            marker = "o" if r["dataset"].startswith("rotten") else ("s" if "->" not in r["dataset"] else "^")
+            ax.scatter(score, y, marker=marker, facecolors="none",
+                       edgecolors="tab:green" if name == "clean" else "tab:red", s=40)
+    for t in THRESHOLDS:
+        default = t == ScanConfig().threshold
+        ax.axvline(t, color="0.3" if default else "0.8", lw=1.0 if default else 0.8, ls="--" if default else "-",
+                   zorder=0)
+    ax.set_yticks(range(len(rows)), [f"{name} ({sum((r['threat'] if r['backdoored'] else 'clean') == name for r in records)})"
+                                     for name in rows])
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel("scan score: the largest flip rate of a candidate token (dashed: the default threshold)")
+    ax.set_title("hbd scan on the v2 models (o Rotten Tomatoes, s SpamAssassin, ^ SpamAssassin 1->2)", fontsize=9)
+    return _save_png(plt, fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=str(cache_dir() / "matrix_work"), help="The matrix's shared-model folder.")
@@ -112,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top_k", type=int, default=5, help="Candidates searched for the trigger (recall@k).")
     p.add_argument("--max_models", type=int, default=None, help="Scan at most this many models (smoke runs).")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable CPU).")
+    p.add_argument("--figure", default=None, help="Also draw the scores per kind of model to this PNG.")
     args = p.parse_args(argv)
     machine = prepare_machine(args.threads)
     output = Path(args.output)
@@ -150,6 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
                     summary={str(cap): summarise(done["models"], args.top_k, cap) for cap in CAPS})
         write_json_atomic(output, done)
         print(f"[{index}/{len(models)}] {folder.name} ({threat}): score {report.score:.2f}", flush=True)
+    if done["models"]:  # the summary follows the thresholds and caps of this version of the script
+        done.update(settings={**done.get("settings", {}), "thresholds": list(THRESHOLDS)},
+                    summary={str(cap): summarise(done["models"], args.top_k, cap) for cap in CAPS})
+        write_json_atomic(output, done)
     rows = [[f"{name}, cap {cap}", s["n_backdoored"], s["n_clean"], "-" if s["auc"] is None else f"{s['auc']:.2f}",
              *(f"{percent(s['tpr'][str(t)], 0)} / {percent(s['fpr'][str(t)], 0)}" for t in THRESHOLDS),
              percent(s[f"trigger_recall_at_{args.top_k}"], 0)]
@@ -157,6 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown_table(["backdoored models, max_clean_frequency", "n", "clean n", "AUC",
                           *(f"flagged at {t} (backdoored / clean)" for t in THRESHOLDS), f"trigger in top {args.top_k}"],
                          rows, align="lrrr" + "r" * len(THRESHOLDS) + "r"))
+    if args.figure and done["models"]:
+        print(f"figure: {plot_scores(done['models'], Path(args.figure))}")
     return done
 
 

@@ -46,21 +46,22 @@ class ScanConfig:
         candidates: Tokens tested per label from each candidate source.
         top_k: Candidates listed in the report.
         num_inputs: Clean inputs used for the gradient and for each flip test.
-        threshold: Flip rate at or above which the model is reported suspicious.
+        threshold: Flip rate at or above which the model is reported suspicious. The default, 0.85, is the
+            lowest that flagged none of the clean v2 models of seeds 0 and 1 (``docs/howto/scan.md``).
         batch_size: Batch size.
         max_length: Truncation length.
         seed: Seed of the choice of clean inputs.
         max_clean_frequency: Candidates found in more than this share of the clean texts do not count toward
             the score (they are the task's own vocabulary: on a sentiment task "stunning" sends most negative
-            reviews to positive in a clean model too); ``None``: every candidate counts. Being calibrated on the
-            matrix's models (``benchmarks/scan_calibration.py``).
+            reviews to positive in a clean model too); ``None``: every candidate counts. On the matrix's models
+            (``benchmarks/scan_calibration.py``) no cap raised the AUC, so none is the default.
         show_progress: Progress bars.
     """
 
     candidates: int = field(default=30, metadata={"help": "Tokens tested per label and source."})
     top_k: int = field(default=5, metadata={"help": "Candidates listed in the report."})
     num_inputs: int = field(default=128, metadata={"help": "Clean inputs used."})
-    threshold: float = field(default=0.5, metadata={"help": "Flip rate at or above which the model is suspicious."})
+    threshold: float = field(default=0.85, metadata={"help": "Flip rate at or above which the model is suspicious."})
     batch_size: int = field(default=32, metadata={"help": "Batch size."})
     max_length: int = field(default=128, metadata={"help": "Truncation length."})
     seed: int = field(default=0, metadata={"help": "Seed of the choice of clean inputs."})

@@ -28,13 +28,14 @@ def register(subparsers) -> None:
     parser.add_argument("--clean-data", required=True, help="Clean texts of the task: corpus name or local file/folder.")
     parser.add_argument("--clean-split", default="validation", help="Split of --clean-data (default 'validation').")
     parser.add_argument("--num-clean", type=int, default=128, help="Clean inputs used (default 128).")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="Flip rate at or above which the model is reported suspicious (default 0.5).")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Flip rate at or above which the model is reported suspicious (default: "
+                             "ScanConfig's, calibrated on the benchmark's models; docs/howto/scan.md).")
     parser.add_argument("--candidates", type=int, default=30, help="Tokens tested per label and source (default 30).")
     parser.add_argument("--top-k", type=int, default=5, help="Candidates listed (default 5).")
     parser.add_argument("--max-clean-frequency", type=float_or_none, default=None,
                         help="Candidates in more than this share of the clean texts do not count toward the score "
-                             "(default: all count; being calibrated).")
+                             "(default: all count; no cap raised the AUC on the benchmark's models).")
     parser.add_argument("--max-length", type=int, default=128, help="Truncation length (default 128).")
     parser.add_argument("--pooling", default="cls", choices=("cls", "mean"),
                         help="Adapters: how the base classifier reads the encoder (default cls).")
@@ -65,9 +66,10 @@ def _scan(args: argparse.Namespace):
     from ..scan import ScanConfig, scan_model
     from .evaluate import load_classifier
 
-    config = ScanConfig(num_inputs=args.num_clean, threshold=args.threshold, candidates=args.candidates,
-                        top_k=args.top_k, max_length=args.max_length, max_clean_frequency=args.max_clean_frequency,
-                        show_progress=not args.no_progress)
+    threshold = {} if args.threshold is None else {"threshold": args.threshold}
+    config = ScanConfig(num_inputs=args.num_clean, candidates=args.candidates, top_k=args.top_k,
+                        max_length=args.max_length, max_clean_frequency=args.max_clean_frequency,
+                        show_progress=not args.no_progress, **threshold)
     splits = load_text_classification(args.clean_data)
     if args.clean_split not in splits:
         raise ValueError(f"--clean-split {args.clean_split!r} is not a split of --clean-data: {list(splits)}.")
