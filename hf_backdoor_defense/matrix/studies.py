@@ -182,9 +182,9 @@ STUDIES: dict[str, Study] = {
                      "the backdoored full fine-tune of the v2 matrix, 256 trusted sentences.",
             grid={"datasets": ["rotten_tomatoes"], "threats": ["badnets-dirty", "addsent-dirty"],
                   "defenses": ["none", "strip", "rap"], "floors": ["clean_floor"], "seeds": [0]},
-            variants={"reference defaults": {},
-                      "RAP loss weight 10": {"rap_scale": 10.0},
-                      "STRIP 20 copies, FRR 3 %": {"strip_copies": 20, "strip_frr": 0.03}},
+            variants={"reference defaults": {"rap_scale": 1.0},
+                      "RAP loss weight 10 (chosen)": {"rap_scale": 10.0},
+                      "STRIP 20 copies, FRR 3 %": {"rap_scale": 1.0, "strip_copies": 20, "strip_frr": 0.03}},
         ),
     ]
 }
