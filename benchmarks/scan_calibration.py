@@ -37,7 +37,7 @@ from hf_backdoor_defense.assets import cache_dir  # noqa: E402
 from hf_backdoor_defense.atomic import write_json_atomic  # noqa: E402
 from hf_backdoor_defense.matrix import PRESETS  # noqa: E402
 from hf_backdoor_defense.matrix.cells import MatrixContext  # noqa: E402
-from hf_backdoor_defense.matrix.config import MatrixSettings  # noqa: E402
+from hf_backdoor_defense.matrix.config import MatrixSettings, parse_dataset  # noqa: E402
 from hf_backdoor_defense.models import load_sequence_classifier  # noqa: E402
 from hf_backdoor_defense.reporting import markdown_table, percent, prepare_machine  # noqa: E402
 from hf_backdoor_defense.scan import ScanConfig, scan_model  # noqa: E402
@@ -49,13 +49,27 @@ CAPS = (None, 0.05, 0.01, 0.0)  # max_clean_frequency values compared
 V2_KEYS = ("train_size", "max_length", "epochs", "full_ft_lr", "pooling")
 
 
+def current(config: dict) -> bool:
+    """Trained at the v2 settings on the corpora's current rows (a model of an older corpus revision is not)."""
+    preset = MatrixSettings(**PRESETS["v2"][1]).to_dict()
+    revisions = parse_dataset(config.get("dataset", "")).corpus_revisions
+    return (config.get("kind") in ("suspect", "clean") and all(config.get(k) == preset[k] for k in V2_KEYS)
+            and config.get("corpus_revisions", {}) == revisions)
+
+
+def stale(folder: Path) -> bool:
+    """A scanned model that is still in the workdir but no longer a v2 model (a model folder this machine does
+    not hold keeps its record)."""
+    info = folder / "hbd_matrix_model.json"
+    return info.is_file() and not current(json.loads(info.read_text()).get("config", {}))
+
+
 def v2_models(workdir: Path) -> list[tuple[Path, dict]]:
     """``(folder, config)`` of every cached suspect and clean full fine-tune trained at the v2 settings."""
-    preset = MatrixSettings(**PRESETS["v2"][1]).to_dict()
     found = []
     for info in sorted((workdir / "models").glob("*/hbd_matrix_model.json")):
         config = json.loads(info.read_text()).get("config", {})
-        if config.get("kind") in ("suspect", "clean") and all(config.get(k) == preset[k] for k in V2_KEYS):
+        if current(config):
             found.append((info.parent, config))
     return found
 
@@ -114,10 +128,10 @@ def plot_scores(records: list[dict], path: Path, cap: float | None = None) -> Pa
     fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
     for y, name in enumerate(rows):
         mine = [r for r in records if (r["threat"] if r["backdoored"] else "clean") == name]
-        for r in mine:
+        for k, r in enumerate(mine):
             score = rescore(r, cap, 1)[0]
             marker = "o" if r["dataset"].startswith("rotten") else ("s" if "->" not in r["dataset"] else "^")
-            ax.scatter(score, y, marker=marker, facecolors="none",
+            ax.scatter(score, y + 0.07 * (k % 5 - 2), marker=marker, facecolors="none",  # equal scores apart
                        edgecolors="tab:green" if name == "clean" else "tab:red", s=40)
     for t in THRESHOLDS:
         default = t == ScanConfig().threshold
@@ -144,10 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
     machine = prepare_machine(args.threads)
     output = Path(args.output)
     done = json.loads(output.read_text()) if output.is_file() else {"models": []}
+    models = v2_models(Path(args.workdir))
+    done["models"] = [r for r in done["models"] if not stale(Path(args.workdir) / "models" / r["folder"])]
     seen = {r["folder"] for r in done["models"]}
     ctx = MatrixContext(MatrixSettings(**PRESETS["v2"][1]), workdir=args.workdir)
     reference = None
-    models = v2_models(Path(args.workdir))[: args.max_models]
+    models = models[: args.max_models]
     config = ScanConfig(num_inputs=args.num_inputs, top_k=args.top_k, max_length=ctx.settings.max_length,
                         show_progress=False)
     for index, (folder, cfg) in enumerate(models, 1):

@@ -15,7 +15,8 @@ single tokens that do so, without knowing the trigger:
    label is the likely target, and the top candidates are the likely triggers.
 
 A sentence trigger (AddSent) is not one token; its words may still flip some inputs, which the score then
-shows less clearly. The default threshold is a starting point; ``docs/howto/scan.md`` gives what was measured.
+shows less clearly. ``docs/howto/scan.md`` gives what was measured on the benchmark's models, and how the
+default threshold was chosen.
 
 Example:
     >>> from hf_backdoor_defense.scan import ScanConfig, scan_model
@@ -46,8 +47,8 @@ class ScanConfig:
         candidates: Tokens tested per label from each candidate source.
         top_k: Candidates listed in the report.
         num_inputs: Clean inputs used for the gradient and for each flip test.
-        threshold: Flip rate at or above which the model is reported suspicious. The default, 0.85, is the
-            lowest that flagged none of the clean v2 models of seeds 0 and 1 (``docs/howto/scan.md``).
+        threshold: Flip rate at or above which the model is reported suspicious. The default, 0.85, is a
+            round value above the scores of the clean v2 models of seeds 0 and 1 (``docs/howto/scan.md``).
         batch_size: Batch size.
         max_length: Truncation length.
         seed: Seed of the choice of clean inputs.
