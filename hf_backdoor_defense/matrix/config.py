@@ -726,11 +726,12 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     "v2": (
         {"datasets": ["rotten_tomatoes", "spamassassin", "spamassassin@1->spamassassin@2"],
          # SpamAssassin drops BadNets x4 clean-label: 43.5 % ASR undefended on validation (the `budget` study),
-         # so no defense could be judged there. The baselines (``--defenses``) are not in this grid yet: STRIP
-         # and RAP take about a minute a cell, CUBE 3.5 and BKI 7.5 min, ONION over 20 min. RAP's loss weight
+         # so no defense could be judged there. Of the baselines, STRIP and RAP (about a minute a cell) are in
+         # the grid; CUBE (3.5 min a cell), BKI (7.5 min) and ONION (over 20 min) are not yet. RAP's loss weight
          # 10 is the authors' advice for a threshold <= 0, chosen on validation (the `detectors` study).
          "threats_by_dataset": {"spamassassin": ["badnets-dirty", "addsent-dirty", "addsent-mixed"],
                                 "spamassassin@1->spamassassin@2": ["badnets-dirty"]},
+         "defenses": [*OUR_DEFENSES, "strip", "rap"],
          "floors": [CLEAN_FLOOR, CLEAN_LORA]},
         {"train_size": 3000, "test_size": 1000, "clean_size": 256, "max_length": 48, "batch_size": 32,
          "epochs": 3.0, "full_ft_lr": 1e-4, "rap_scale": 10.0},

@@ -292,6 +292,12 @@ def render_markdown(payload: dict, *, figure: str | None = None, title: str | No
         f"set is its first {settings['reference_size']} examples.",
         "",
     ]
+    if any(c.get("defense") in ("strip", "rap") for c in payload["cells"]):
+        out += ["STRIP and RAP (baselines) reject inputs instead of changing the model: a rejected clean input "
+                "counts as wrong and a rejected triggered input as a failed attack, so their CACC and ASR stay "
+                "fractions of all inputs. Their ASR can fall below the floor's: a clean model still sends some "
+                "triggered inputs to the target by mistake, while a detector turns inputs away "
+                "(docs/concepts/baselines.md).", ""]
     if settings.get("trigger_room") is not None:
         out += [f"Before poisoning, every text is cut to the whole words that fit in the max length minus "
                 f"{settings['trigger_room']} tokens (and the special tokens), so every inserted trigger lies "

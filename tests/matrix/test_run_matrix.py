@@ -176,6 +176,8 @@ def test_baseline_cells_score_the_backdoored_model_behind_onion_and_strip(matrix
         assert cells[detector]["asr"] <= cells["none"]["asr"] + 1e-9
         assert details["auroc"] is None or 0.0 <= details["auroc"] <= 1.0
     assert [h["epoch"] for h in cells["rap"]["details"]["rap_history"]] == list(range(1, settings.rap_epochs + 1))
+    page = render_results(out, tmp_path / "b.md", tmp_path / "b.png")["markdown"].read_text()
+    assert "STRIP and RAP (baselines) reject inputs" in page  # how a detector's ASR can fall below the floor
     onion = cells["onion"]["details"]
     assert onion["words_removed_per_clean_input"] >= 0 and onion["words_removed_per_triggered_input"] >= 0
     assert 0.0 <= cells["onion"]["asr"] <= 1.0
