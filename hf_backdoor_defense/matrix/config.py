@@ -127,6 +127,8 @@ _DEFENSE_ONLY = {name for names in DEFENSE_SETTINGS.values() for name in names} 
 
 BASELINES = ("onion", "strip", "rap")
 """The field's inference-time baselines: they score the backdoored ``none`` model behind a filter."""
+DETECTORS = ("strip", "rap")
+"""The baselines that reject inputs (ONION corrects them): their CACC and ASR count a rejection as lost."""
 DATA_FILTERS = ("bki", "cube")
 """The field's training-data filters: the backdoored ``none`` model finds the poison, the model is retrained."""
 ADAPTER_DEFENSES = ("lora", "retune", "fine_mixing", "fine_purifying")

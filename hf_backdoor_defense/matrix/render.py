@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..reporting import markdown_table
-from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, FLOORS, parse_threat
+from .config import CLEAN_FLOOR, CLEAN_LORA, DEFENSES, DETECTORS, FLOORS, parse_threat
 from .runner import format_duration, summarise_cells
 
 __all__ = ["PLANTED_ASR", "format_cell", "plot_scatter", "plot_study", "render_defense_snippet", "render_markdown",
@@ -292,7 +292,7 @@ def render_markdown(payload: dict, *, figure: str | None = None, title: str | No
         f"set is its first {settings['reference_size']} examples.",
         "",
     ]
-    if any(c.get("defense") in ("strip", "rap") for c in payload["cells"]):
+    if any(c.get("defense") in DETECTORS for c in payload["cells"]):
         out += ["STRIP and RAP (baselines) reject inputs instead of changing the model: a rejected clean input "
                 "counts as wrong and a rejected triggered input as a failed attack, so their CACC and ASR stay "
                 "fractions of all inputs. Their ASR can fall below the floor's: a clean model still sends some "

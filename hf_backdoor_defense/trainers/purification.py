@@ -65,16 +65,13 @@ class PurificationTrainingArguments(TrainingArguments):
 def _prepare(dataset: Any, tokenizer: Any, args: PurificationTrainingArguments) -> Any:
     if dataset is None or len(dataset) == 0:
         raise ValueError("`train_dataset` is empty: the clean fine-tune needs at least one example.")
-    if "input_ids" in dataset.column_names:
-        keep = {"input_ids", "attention_mask", "token_type_ids", "labels", "label"}
-    else:
-        from ..data import tokenize_dataset
+    from ..data import model_inputs, tokenize_dataset
 
+    if "input_ids" not in dataset.column_names:
         dataset = tokenize_dataset(dataset, tokenizer, max_length=args.max_length, text_column=args.text_column)
-        keep = {"input_ids", "attention_mask", "labels"}
     if "labels" not in dataset.column_names and "label" in dataset.column_names:
         dataset = dataset.rename_column("label", "labels")
-    return dataset.remove_columns([c for c in dataset.column_names if c not in keep or c == "label"])
+    return model_inputs(dataset)
 
 
 class PurificationTrainer(DefenseModelCardMixin, Trainer):
